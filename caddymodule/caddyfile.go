@@ -1,0 +1,319 @@
+package caddymodule
+
+import (
+	"strconv"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/dustin/go-humanize"
+)
+
+func init() {
+	httpcaddyfile.RegisterHandlerDirective("cc_relay", parseCaddyfile)
+	// The relay sets the upstream key that reverse_proxy then sends.
+	httpcaddyfile.RegisterDirectiveOrder("cc_relay", httpcaddyfile.Before, "reverse_proxy")
+}
+
+func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	m := new(Handler)
+	err := m.UnmarshalCaddyfile(h.Dispenser)
+	return m, err
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens:
+//
+//	cc_relay [<pool name>] {
+//	    strategy     least_loaded | round_robin | weighted | priority | random
+//	    client_token <secret> [<client name>]
+//	    client_auth  off
+//	    key <secret> {
+//	        name      <label>
+//	        rpm       <n>
+//	        itpm      <n>
+//	        otpm      <n>
+//	        weight    <n>
+//	        priority  <n>
+//	        org       <label>
+//	        workspace <label>
+//	        auth      x-api-key | bearer
+//	    }
+//	    max_wait             <duration>
+//	    max_body             <size>
+//	    retries              <n>
+//	    retry_overloaded     [on | off]
+//	    sticky               [<ttl>] | off
+//	    sticky_max_sessions  <n>
+//	    token_estimate_ratio <bytes per token>
+//	    model_class          <pattern> <class>
+//	    default_cooldown     <duration>
+//	    spend_cap_park       <duration>
+//	}
+func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // directive name
+	if d.NextArg() {
+		h.Pool = d.Val()
+	}
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	names := map[string]bool{}
+	secrets := map[string]bool{}
+	for d.NextBlock(0) {
+		switch d.Val() {
+		case "strategy":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			h.Strategy = d.Val()
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+		case "client_token":
+			var c ClientToken
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			c.Token = d.Val()
+			if d.NextArg() {
+				c.Name = d.Val()
+			}
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			h.ClientTokens = append(h.ClientTokens, c)
+		case "client_auth":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			if d.Val() != "off" {
+				return d.Errf("client_auth: only 'off' is accepted (client auth is on unless turned off), got %q", d.Val())
+			}
+			h.ClientAuth = "off"
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+		case "key":
+			k, err := parseKey(d)
+			if err != nil {
+				return err
+			}
+			if k.Name != "" {
+				if names[k.Name] {
+					return d.Errf("duplicate key name %q", k.Name)
+				}
+				names[k.Name] = true
+			}
+			if secrets[k.Key] {
+				return d.Errf("the same key secret is listed twice")
+			}
+			secrets[k.Key] = true
+			h.Keys = append(h.Keys, k)
+		case "max_wait":
+			dur, err := durationArg(d)
+			if err != nil {
+				return err
+			}
+			h.MaxWait = dur
+		case "max_body":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			n, err := humanize.ParseBytes(d.Val())
+			if err != nil || n == 0 || n > 1<<40 {
+				return d.Errf("max_body: bad size %q", d.Val())
+			}
+			h.MaxBody = int64(n)
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+		case "retries":
+			n, err := intArg(d, "retries")
+			if err != nil {
+				return err
+			}
+			r := int(n)
+			h.Retries = &r
+		case "retry_overloaded":
+			h.RetryOverloaded = true
+			if d.NextArg() {
+				switch d.Val() {
+				case "on":
+				case "off":
+					h.RetryOverloaded = false
+				default:
+					return d.Errf("retry_overloaded: want on or off, got %q", d.Val())
+				}
+			}
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+		case "sticky":
+			if d.NextArg() {
+				if d.Val() == "off" {
+					h.StickyOff = true
+				} else {
+					dur, err := caddy.ParseDuration(d.Val())
+					if err != nil || dur <= 0 {
+						return d.Errf("sticky: want a positive duration or 'off', got %q", d.Val())
+					}
+					h.StickyTTL = caddy.Duration(dur)
+				}
+			}
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+		case "sticky_max_sessions":
+			n, err := intArg(d, "sticky_max_sessions")
+			if err != nil {
+				return err
+			}
+			if n == 0 {
+				return d.Errf("sticky_max_sessions must be positive (use 'sticky off' to disable affinity)")
+			}
+			h.StickyMaxSessions = int(n)
+		case "token_estimate_ratio":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			f, err := strconv.ParseFloat(d.Val(), 64)
+			if err != nil || !(f > 0 && f < 1000) {
+				return d.Errf("token_estimate_ratio: want a positive number of bytes per token, got %q", d.Val())
+			}
+			h.TokenEstimateRatio = f
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+		case "model_class":
+			var mc ModelClass
+			if !d.Args(&mc.Pattern, &mc.Class) {
+				return d.ArgErr()
+			}
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			h.ModelClasses = append(h.ModelClasses, mc)
+		case "default_cooldown":
+			dur, err := durationArg(d)
+			if err != nil {
+				return err
+			}
+			h.DefaultCooldown = dur
+		case "spend_cap_park":
+			dur, err := durationArg(d)
+			if err != nil {
+				return err
+			}
+			h.SpendCapPark = dur
+		default:
+			return d.Errf("unknown cc_relay subdirective %q", d.Val())
+		}
+	}
+	if len(h.Keys) == 0 {
+		return d.Err("cc_relay: no upstream keys: add at least one 'key <secret>'")
+	}
+	if len(h.ClientTokens) == 0 && h.ClientAuth != "off" {
+		return d.Err("cc_relay: no client_token: add one, or 'client_auth off' to let anyone use the relay")
+	}
+	return nil
+}
+
+func parseKey(d *caddyfile.Dispenser) (Key, error) {
+	var k Key
+	if !d.NextArg() {
+		return k, d.ArgErr()
+	}
+	k.Key = d.Val()
+	if d.NextArg() {
+		return k, d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		sub := d.Val()
+		switch sub {
+		case "name", "org", "workspace", "auth":
+			if !d.NextArg() {
+				return k, d.ArgErr()
+			}
+			v := d.Val()
+			if d.NextArg() {
+				return k, d.ArgErr()
+			}
+			switch sub {
+			case "name":
+				k.Name = v
+			case "org":
+				k.Org = v
+			case "workspace":
+				k.Workspace = v
+			case "auth":
+				if v != "x-api-key" && v != "bearer" {
+					return k, d.Errf("auth: want x-api-key or bearer, got %q", v)
+				}
+				k.Auth = v
+			}
+		case "rpm", "itpm", "otpm", "weight", "priority":
+			n, err := intArg(d, sub)
+			if err != nil {
+				return k, err
+			}
+			switch sub {
+			case "rpm":
+				k.RPM = n
+			case "itpm":
+				k.ITPM = n
+			case "otpm":
+				k.OTPM = n
+			case "weight":
+				if n == 0 {
+					return k, d.Errf("weight must be at least 1")
+				}
+				k.Weight = int(n)
+			case "priority":
+				k.Priority = int(n)
+			}
+		default:
+			return k, d.Errf("unknown key subdirective %q", sub)
+		}
+	}
+	return k, nil
+}
+
+// intArg reads one non-negative integer argument.
+func intArg(d *caddyfile.Dispenser, what string) (int64, error) {
+	if !d.NextArg() {
+		return 0, d.ArgErr()
+	}
+	n, err := strconv.ParseInt(d.Val(), 10, 64)
+	if err != nil {
+		return 0, d.Errf("%s: %q is not a whole number", what, d.Val())
+	}
+	if n < 0 {
+		return 0, d.Errf("%s must not be negative, got %d", what, n)
+	}
+	if n > 1<<40 {
+		return 0, d.Errf("%s: %d is too large", what, n)
+	}
+	if d.NextArg() {
+		return 0, d.ArgErr()
+	}
+	return n, nil
+}
+
+func durationArg(d *caddyfile.Dispenser) (caddy.Duration, error) {
+	what := d.Val()
+	if !d.NextArg() {
+		return 0, d.ArgErr()
+	}
+	dur, err := caddy.ParseDuration(d.Val())
+	if err != nil || dur < 0 {
+		return 0, d.Errf("%s: bad duration %q", what, d.Val())
+	}
+	if d.NextArg() {
+		return 0, d.ArgErr()
+	}
+	return caddy.Duration(dur), nil
+}
+
+// Interface guard.
+var _ caddyfile.Unmarshaler = (*Handler)(nil)

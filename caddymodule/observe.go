@@ -1,0 +1,246 @@
+package caddymodule
+
+import (
+	"bytes"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/cc-relay/caddy-cc-relay/internal/usage"
+	"github.com/cc-relay/caddy-cc-relay/keypool"
+)
+
+// maxHeld bounds a held-back error body; upstream error bodies are small.
+const maxHeld = 64 << 10
+
+// observer wraps the ResponseWriter for one attempt. It learns from the
+// response headers at WriteHeader, reads usage from the body as it passes
+// through (never buffering a stream or delaying a flush), and holds back a
+// 429/401/403 answer that can still be retried on another key.
+type observer struct {
+	w        http.ResponseWriter
+	h        *Handler
+	metered  bool
+	res      keypool.Reservation
+	canRetry bool
+
+	hdr         http.Header // this attempt's header map until committed
+	status      int
+	wroteHeader bool
+	committed   bool // headers went to the client
+	hold        bool
+	held        *heldResponse
+	written     int64
+	writeErr    bool
+
+	kind int // 0 none, 1 SSE, 2 JSON
+	sse  usage.SSEScanner
+	js   usage.JSONScanner
+}
+
+type heldResponse struct {
+	status int
+	header http.Header
+	body   bytes.Buffer
+	key    string
+}
+
+func (o *observer) reset() {
+	*o = observer{w: o.w, h: o.h, metered: o.metered}
+}
+
+// Header returns a fresh map per attempt, so a retried attempt starts clean;
+// once the response is committed it is the real writer's map (trailers).
+func (o *observer) Header() http.Header {
+	if o.committed {
+		return o.w.Header()
+	}
+	if o.hdr == nil {
+		o.hdr = make(http.Header, 16)
+	}
+	return o.hdr
+}
+
+func (o *observer) WriteHeader(code int) {
+	if o.wroteHeader {
+		return
+	}
+	if code >= 100 && code < 200 {
+		// Informational responses pass through; they say nothing of limits.
+		for k, v := range o.hdr {
+			o.w.Header()[k] = v
+		}
+		o.w.WriteHeader(code)
+		return
+	}
+	o.wroteHeader = true
+	o.status = code
+	hdr := o.Header()
+	o.res.ObserveHeaders(code, keypool.ParseHeaders(hdr, o.h.clk.Now()))
+	retryable := code == http.StatusTooManyRequests || code == http.StatusUnauthorized || code == http.StatusForbidden ||
+		(o.h.RetryOverloaded && o.canRetry && code >= 500)
+	if retryable {
+		o.hold = true
+		o.held = &heldResponse{status: code, header: hdr, key: o.res.KeyName()}
+		return
+	}
+	ct := hdr.Get("Content-Type")
+	if o.metered && hdr.Get("Content-Encoding") == "" {
+		switch {
+		case strings.HasPrefix(ct, "text/event-stream"):
+			o.kind = 1
+		case strings.HasPrefix(ct, "application/json"):
+			o.kind = 2
+		}
+	}
+	dst := o.w.Header()
+	for k, v := range hdr {
+		dst[k] = v
+	}
+	dst.Set("X-Cc-Relay-Key", o.res.KeyName())
+	o.committed = true
+	o.w.WriteHeader(code)
+}
+
+func (o *observer) Write(p []byte) (int, error) {
+	if !o.wroteHeader {
+		o.WriteHeader(http.StatusOK)
+	}
+	if o.hold {
+		if room := maxHeld - o.held.body.Len(); room > 0 {
+			o.held.body.Write(p[:min(len(p), room)])
+		}
+		return len(p), nil
+	}
+	switch o.kind {
+	case 1:
+		if o.sse.Write(p) {
+			o.res.Charge(toPool(o.sse.Usage()))
+		}
+	case 2:
+		o.js.Write(p)
+	}
+	n, err := o.w.Write(p)
+	o.written += int64(n)
+	if err != nil {
+		o.writeErr = true
+	}
+	return n, err
+}
+
+// FlushError flushes through to the client, except for a held response:
+// nothing of it may reach the client.
+func (o *observer) FlushError() error {
+	if o.hold {
+		return nil
+	}
+	if !o.wroteHeader {
+		o.WriteHeader(http.StatusOK)
+		if o.hold {
+			return nil
+		}
+	}
+	return http.NewResponseController(o.w).Flush()
+}
+
+// Unwrap lets http.ResponseController reach the underlying writer.
+func (o *observer) Unwrap() http.ResponseWriter { return o.w }
+
+func (o *observer) usage() usage.Usage {
+	switch o.kind {
+	case 1:
+		return o.sse.Usage()
+	case 2:
+		return o.js.Usage()
+	}
+	return usage.Usage{}
+}
+
+// settle ends the attempt's reservation: usage read so far, or a refund
+// when the upstream never answered.
+func (o *observer) settle(err error) {
+	u := o.usage()
+	status := o.status
+	if !o.wroteHeader {
+		status = 0 // reverse_proxy returned an error: no upstream answer
+	}
+	o.res.Settle(keypool.Result{Status: status, Usage: toPool(u)})
+	outcome := "ok"
+	switch {
+	case o.hold:
+		outcome = "upstream_" + strconv.Itoa(o.status)
+	case status == 0:
+		outcome = "upstream_error"
+	case u.ErrorType != "":
+		outcome = "stream_error"
+	case status >= 400:
+		outcome = "upstream_" + strconv.Itoa(status)
+	case err != nil || o.writeErr:
+		outcome = "interrupted"
+	}
+	h := o.h
+	h.metrics.request(h.poolName, o.res.KeyName(), outcome)
+	h.metrics.tokens(h.poolName, o.res.KeyName(), u)
+	h.metrics.sticky(h.poolName, o.res.Sticky)
+	if ce := h.logger.Check(zap.DebugLevel, "attempt settled"); ce != nil {
+		ce.Write(zap.String("key", o.res.KeyName()), zap.Int("status", status), zap.String("outcome", outcome),
+			zap.Int64("input_tokens", u.InputTokens), zap.Int64("output_tokens", u.OutputTokens),
+			zap.Int64("estimate", o.res.Estimate()), zap.Error(err))
+	}
+}
+
+func (o *observer) takeHeld() *heldResponse {
+	h := o.held
+	o.held = nil
+	return h
+}
+
+// replay sends a held-back answer to the client; retryAfter >= 1 replaces
+// the upstream's Retry-After with the pool's.
+func (hr *heldResponse) replay(w http.ResponseWriter, retryAfter int) {
+	dst := w.Header()
+	for k, v := range hr.header {
+		dst[k] = v
+	}
+	dst.Del("Content-Length")
+	dst.Set("Content-Length", strconv.Itoa(hr.body.Len()))
+	dst.Set("X-Cc-Relay-Key", hr.key)
+	if retryAfter >= 1 {
+		dst.Set("Retry-After", strconv.Itoa(retryAfter))
+	}
+	w.WriteHeader(hr.status)
+	_, _ = w.Write(hr.body.Bytes())
+}
+
+// finish records the request in the access log's fields.
+func (h *Handler) finish(o *observer, extra *caddyhttp.ExtraLogFields, attempts int, client, session, model string) {
+	if extra == nil {
+		return
+	}
+	extra.Set(zap.String("cc_relay_key", o.res.KeyName()))
+	extra.Set(zap.String("cc_relay_client", client))
+	extra.Set(zap.String("cc_relay_model", model))
+	extra.Set(zap.String("cc_relay_session", session))
+	extra.Set(zap.Int("cc_relay_attempts", attempts))
+	extra.Set(zap.String("cc_relay_sticky", o.res.Sticky.String()))
+	if u := o.usage(); u.HaveInput || u.HaveOutput {
+		extra.Set(zap.Int64("cc_relay_input_tokens", u.InputTokens))
+		extra.Set(zap.Int64("cc_relay_output_tokens", u.OutputTokens))
+		extra.Set(zap.Int64("cc_relay_cache_read_tokens", u.CacheReadInputTokens))
+		extra.Set(zap.Int64("cc_relay_cache_creation_tokens", u.CacheCreationInputTokens))
+	}
+}
+
+func toPool(u usage.Usage) keypool.Usage {
+	return keypool.Usage{
+		InputTokens:              u.InputTokens,
+		CacheCreationInputTokens: u.CacheCreationInputTokens,
+		CacheReadInputTokens:     u.CacheReadInputTokens,
+		OutputTokens:             u.OutputTokens,
+		HaveInput:                u.HaveInput,
+		HaveOutput:               u.HaveOutput,
+	}
+}

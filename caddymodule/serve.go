@@ -1,0 +1,363 @@
+package caddymodule
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"hash/maphash"
+	"io"
+	"math"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/cc-relay/caddy-cc-relay/internal/reqscan"
+	"github.com/cc-relay/caddy-cc-relay/keypool"
+)
+
+var sessionSeed = maphash.MakeSeed()
+
+// ServeHTTP authenticates the client, reserves a key and calls next with it,
+// retrying on another key when the upstream refuses the key before any byte
+// reached the client.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	client, ok := h.authenticate(r)
+	if !ok {
+		h.metrics.request(h.poolName, "", "unauthorized")
+		writeError(w, http.StatusUnauthorized, "authentication_error", "invalid or missing client token for this relay", 0)
+		return nil
+	}
+	// The client's credential never goes upstream, and the upstream key
+	// set below must not linger in the request for the access log.
+	r.Header.Del("X-Api-Key")
+	r.Header.Del("Authorization")
+	defer func() {
+		r.Header.Del("X-Api-Key")
+		r.Header.Del("Authorization")
+	}()
+	// Usage must be readable as it streams: let the transport negotiate
+	// (and transparently undo) compression with the upstream.
+	r.Header.Del("Accept-Encoding")
+
+	body, status, msg := readBody(r, h.MaxBody)
+	if status != 0 {
+		typ := "invalid_request_error"
+		if status == http.StatusRequestEntityTooLarge {
+			typ = "request_too_large"
+		}
+		h.metrics.request(h.poolName, "", "bad_request")
+		writeError(w, status, typ, msg, 0)
+		return nil
+	}
+
+	req := keypool.Request{Bytes: len(body)}
+	metered := r.Method == http.MethodPost && strings.TrimSuffix(r.URL.Path, "/") == "/v1/messages"
+	var info reqscan.Info
+	if metered {
+		var err error
+		info, err = reqscan.Scan(body)
+		if err != nil {
+			h.metrics.request(h.poolName, "", "bad_request")
+			writeError(w, http.StatusBadRequest, "invalid_request_error", "request body: "+err.Error(), 0)
+			return nil
+		}
+		req.Model = info.Model
+		req.Session = sessionHash(client, r.Header.Get("X-Claude-Code-Session-Id"), info)
+	} else {
+		// Other endpoints (count_tokens, models) get a key but are not
+		// charged to the Messages budgets.
+		req.Passive = true
+	}
+
+	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	extra, _ := r.Context().Value(caddyhttp.ExtraLogFieldsCtxKey).(*caddyhttp.ExtraLogFields)
+	session := r.Header.Get("X-Claude-Code-Session-Id")
+	if session == "" {
+		session = info.SessionID
+	}
+	if repl != nil {
+		repl.Set("http.cc_relay.client", client)
+		repl.Set("http.cc_relay.model", info.Model)
+		repl.Set("http.cc_relay.session", session)
+	}
+
+	var attempts keypool.Attempts
+	req.Attempts = &attempts
+	rw := &observer{w: w, h: h, metered: metered}
+	start := h.clk.Now()
+	var held *heldResponse
+	var lastErr error
+	for {
+		rw.reset()
+		err := h.pool.Acquire(r.Context(), &req, &rw.res)
+		if attempts.N() <= 1 {
+			h.metrics.waited(h.poolName, h.clk.Now().Sub(start))
+		}
+		if err != nil {
+			var nc *keypool.NoCapacityError
+			if !errors.As(err, &nc) {
+				// The client went away while waiting for capacity.
+				h.metrics.request(h.poolName, "", "client_gone")
+				return nil
+			}
+			h.refuse(w, held, nc)
+			break
+		}
+		rw.canRetry = attempts.N() <= h.retries
+		h.prepare(r, body, rw.res.KeyIndex())
+		if repl != nil {
+			repl.Set("http.cc_relay.key", rw.res.KeyName())
+			repl.Set("http.cc_relay.attempts", attempts.N())
+		}
+		lastErr = next.ServeHTTP(rw, r)
+		rw.settle(lastErr)
+		if !rw.hold {
+			break
+		}
+		held = rw.takeHeld()
+		h.judge(&rw.res, held, &attempts)
+		if !rw.canRetry {
+			after := -1
+			if held.status == http.StatusTooManyRequests {
+				d, _ := h.pool.RetryAfter(req.Model, req.Bytes)
+				after = retryAfterSeconds(d)
+			}
+			held.replay(w, after)
+			break
+		}
+		h.metrics.retry(h.poolName)
+		lastErr = nil
+	}
+	h.finish(rw, extra, attempts.N(), client, session, info.Model)
+	return lastErr
+}
+
+// judge learns from a response held back for a retry: a rejected key is
+// disabled, a rate-limited organization is avoided (and parked when it hit
+// its spend cap), and the next attempt avoids what failed.
+func (h *Handler) judge(res *keypool.Reservation, held *heldResponse, attempts *keypool.Attempts) {
+	switch code := held.status; {
+	case code == http.StatusUnauthorized || code == http.StatusForbidden:
+		res.Disable("upstream " + strconv.Itoa(code) + ": " + errorMessage(held.body.Bytes()))
+		attempts.ExcludeKey(res)
+		h.metrics.disabled(h.poolName, res.KeyName())
+		h.logger.Warn("upstream rejected key; disabled until reload or enable",
+			zap.String("key", res.KeyName()), zap.Int("status", code))
+	case code == http.StatusTooManyRequests:
+		if until, ok := spendCap(held.header, held.body.Bytes(), h.clk.Now()); ok {
+			res.Park(until, "spend cap reached")
+			h.logger.Warn("organization reached its spend cap; parked",
+				zap.String("key", res.KeyName()), zap.Time("until", until))
+		}
+		attempts.ExcludeOrg(res)
+		h.metrics.cooldown(h.poolName, res.KeyName())
+	default:
+		attempts.ExcludeKey(res)
+	}
+}
+
+// refuse answers a request no key can take: with the held-back upstream
+// answer of an earlier attempt if there is one, else the relay's own 429
+// (or 503 when every key is disabled). Retry-After reflects the whole pool.
+func (h *Handler) refuse(w http.ResponseWriter, held *heldResponse, nc *keypool.NoCapacityError) {
+	after := retryAfterSeconds(nc.RetryAfter)
+	if held != nil {
+		if held.status != http.StatusTooManyRequests {
+			after = -1
+		}
+		held.replay(w, after)
+		return
+	}
+	if nc.NoKeys {
+		h.metrics.request(h.poolName, "", "no_keys")
+		writeError(w, http.StatusServiceUnavailable, "api_error", "no upstream key is available: all keys are disabled", 0)
+		return
+	}
+	h.metrics.shortCircuit(h.poolName)
+	h.metrics.request(h.poolName, "", "rate_limited")
+	writeError(w, http.StatusTooManyRequests, "rate_limit_error",
+		"all upstream keys of this relay are at their rate limits; retry after "+strconv.Itoa(after)+"s", after)
+}
+
+// prepare sets the attempt's key and a fresh copy of the body on r.
+func (h *Handler) prepare(r *http.Request, body []byte, idx int) {
+	r.Header.Del("X-Api-Key")
+	r.Header.Del("Authorization")
+	s := h.secrets[idx]
+	if s.bearer {
+		r.Header.Set("Authorization", "Bearer "+s.value)
+	} else {
+		r.Header["X-Api-Key"] = []string{s.value}
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	r.ContentLength = int64(len(body))
+	r.TransferEncoding = nil
+	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+	if r.ContentLength > 0 || r.Method == http.MethodPost {
+		r.Header.Set("Content-Length", strconv.Itoa(len(body)))
+	}
+}
+
+// authenticate returns the client's name. Every configured token is
+// compared, in constant time, so timing tells nothing about which matched.
+func (h *Handler) authenticate(r *http.Request) (string, bool) {
+	if h.ClientAuth == "off" {
+		return "anonymous", true
+	}
+	tok := r.Header.Get("X-Api-Key")
+	if tok == "" {
+		if a := r.Header.Get("Authorization"); len(a) > 7 && strings.EqualFold(a[:7], "bearer ") {
+			tok = strings.TrimSpace(a[7:])
+		}
+	}
+	if tok == "" {
+		return "", false
+	}
+	sum := sha256.Sum256([]byte(tok))
+	name, found := "", 0
+	for i := range h.clients {
+		if subtle.ConstantTimeCompare(sum[:], h.clients[i].sum[:]) == 1 {
+			name, found = h.clients[i].name, 1
+		}
+	}
+	return name, found == 1
+}
+
+// readBody reads the whole body, refusing more than limit bytes without
+// reading far past it.
+func readBody(r *http.Request, limit int64) ([]byte, int, string) {
+	if r.Body == nil || r.Body == http.NoBody {
+		return nil, 0, ""
+	}
+	tooLarge := "request body exceeds the relay's limit of " + strconv.FormatInt(limit, 10) + " bytes"
+	if r.ContentLength > limit {
+		return nil, http.StatusRequestEntityTooLarge, tooLarge
+	}
+	size := 4096
+	if r.ContentLength > 0 {
+		size = int(r.ContentLength) + 1
+	}
+	buf := bytes.NewBuffer(make([]byte, 0, size))
+	n, err := buf.ReadFrom(io.LimitReader(r.Body, limit+1))
+	if err != nil {
+		return nil, http.StatusBadRequest, "could not read request body"
+	}
+	if n > limit {
+		return nil, http.StatusRequestEntityTooLarge, tooLarge
+	}
+	return buf.Bytes(), 0, ""
+}
+
+// sessionHash scopes a conversation's identity to the client, so one
+// client cannot steer another's sessions: the session id header, else the
+// session in metadata.user_id, else the conversation's stable prefix.
+func sessionHash(client, header string, info reqscan.Info) uint64 {
+	var mh maphash.Hash
+	mh.SetSeed(sessionSeed)
+	mh.WriteString(client)
+	mh.WriteByte(0)
+	switch {
+	case header != "":
+		mh.WriteString(header)
+	case info.SessionID != "":
+		mh.WriteString(info.SessionID)
+	case info.PrefixHash != 0:
+		var b [8]byte
+		for i := range b {
+			b[i] = byte(info.PrefixHash >> (8 * i))
+		}
+		mh.WriteByte(1)
+		mh.Write(b[:])
+	default:
+		return 0
+	}
+	if s := mh.Sum64(); s != 0 {
+		return s
+	}
+	return 1
+}
+
+func retryAfterSeconds(d time.Duration) int {
+	s := int(math.Ceil(d.Seconds()))
+	return max(s, 1)
+}
+
+// writeError answers in the Anthropic error JSON shape.
+func writeError(w http.ResponseWriter, status int, typ, msg string, retryAfter int) {
+	b, _ := json.Marshal(apiError{Type: "error", Error: apiErrorBody{Type: typ, Message: msg}})
+	hdr := w.Header()
+	hdr.Set("Content-Type", "application/json")
+	hdr.Set("Content-Length", strconv.Itoa(len(b)))
+	if retryAfter > 0 {
+		hdr.Set("Retry-After", strconv.Itoa(retryAfter))
+	}
+	w.WriteHeader(status)
+	_, _ = w.Write(b)
+}
+
+type apiError struct {
+	Type  string       `json:"type"`
+	Error apiErrorBody `json:"error"`
+}
+
+type apiErrorBody struct {
+	Type    string `json:"type"`
+	Message string `json:"message"`
+}
+
+// errorMessage extracts error.type and error.message from an upstream
+// error body, bounded, for the reason a key was disabled.
+func errorMessage(body []byte) string {
+	var e apiError
+	if json.Unmarshal(body, &e) != nil || e.Error.Type == "" {
+		return "rejected"
+	}
+	msg := e.Error.Type
+	if e.Error.Message != "" {
+		msg += ": " + e.Error.Message
+	}
+	if len(msg) > 200 {
+		msg = msg[:200]
+	}
+	return msg
+}
+
+// spendCap recognises a 429 that is about the organization's spend cap
+// rather than its rate limits: it has no retry-after, and its message
+// speaks of usage or spend limits. The upstream states the date access
+// returns ("You will regain access on 2026-12-01 at 00:00 UTC"); that is
+// when the organization is parked until, if it can be read.
+func spendCap(h http.Header, body []byte, now time.Time) (time.Time, bool) {
+	if h.Get("Retry-After") != "" {
+		return time.Time{}, false
+	}
+	var e apiError
+	_ = json.Unmarshal(body, &e)
+	text := strings.ToLower(e.Error.Type + " " + e.Error.Message)
+	if !strings.Contains(text, "spend") && !strings.Contains(text, "usage limit") && !strings.Contains(text, "regain access") {
+		return time.Time{}, false
+	}
+	if i := strings.Index(text, "regain access on "); i >= 0 {
+		rest := text[i+len("regain access on "):]
+		if len(rest) >= 10 {
+			if t, err := time.Parse("2006-01-02", rest[:10]); err == nil {
+				if j := strings.Index(rest, " at "); j == 10 && len(rest) >= 19 {
+					if hm, err := time.Parse("15:04", rest[14:19]); err == nil {
+						t = t.Add(time.Duration(hm.Hour())*time.Hour + time.Duration(hm.Minute())*time.Minute)
+					}
+				}
+				if t.After(now) {
+					return t, true
+				}
+			}
+		}
+	}
+	return time.Time{}, true
+}

@@ -1,0 +1,213 @@
+package usage
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"runtime"
+	"strings"
+	"testing"
+)
+
+const messageBody = `{"id":"msg_01XFDUDYJgAACzvnptvVoYEL","type":"message","role":"assistant","model":"claude-opus-4-1-20250805",` +
+	`"content":[{"type":"text","text":"Here is the \"usage\": {\"input_tokens\": 999} you asked about. \\\"},{\"usage\":1}"},` +
+	`{"type":"tool_use","id":"toolu_01","name":"Bash","input":{"command":"ls","usage":{"input_tokens":888}}}],` +
+	`"stop_reason":"end_turn","stop_sequence":null,` +
+	`"usage":{"input_tokens":2095,"cache_creation_input_tokens":100,"cache_read_input_tokens":5000,"output_tokens":503,"service_tier":"standard","cache_creation":{"ephemeral_5m_input_tokens":100,"ephemeral_1h_input_tokens":0}}}`
+
+var messageUsage = Usage{
+	InputTokens: 2095, CacheCreationInputTokens: 100, CacheReadInputTokens: 5000, OutputTokens: 503,
+	Model: "claude-opus-4-1-20250805", HaveInput: true, HaveOutput: true,
+}
+
+var jsonTests = []struct {
+	name string
+	body string
+	want Usage
+}{
+	{"empty", "", Usage{}},
+	{"empty object", "{}", Usage{}},
+	{"message", messageBody, messageUsage},
+	{"pretty printed", prettyJSON(messageBody), messageUsage},
+	{"usage first", `{"usage":{"input_tokens":1,"output_tokens":2},"model":"m","content":[]}`,
+		Usage{InputTokens: 1, OutputTokens: 2, Model: "m", HaveInput: true, HaveOutput: true}},
+	{"error body", `{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}`,
+		Usage{ErrorType: "overloaded_error"}},
+	{"error body with request id", `{"type":"error","error":{"message":"Number of request tokens has exceeded your per-minute rate limit","type":"rate_limit_error"},"request_id":"req_011CSHoEeqs5C35K2UUqR7Fy"}`,
+		Usage{ErrorType: "rate_limit_error"}},
+	{"nested usage and error are ignored", `{"content":[{"usage":{"output_tokens":5}}],"x":{"error":{"type":"e"},"model":"n"}}`, Usage{}},
+	{"escaped key", `{"us\u0061ge":{"output_tokens":3},"mod\u0065l":"m\u00e9"}`, Usage{OutputTokens: 3, HaveOutput: true, Model: "mé"}},
+	{"last usage replaces", `{"usage":{"input_tokens":1,"output_tokens":2},"usage":{"output_tokens":7}}`,
+		Usage{OutputTokens: 7, HaveOutput: true}},
+	{"scalar and literal members", `{"a":1,"b":true,"c":null,"d":-1.5e3 ,"usage":{"output_tokens":4}}`, Usage{OutputTokens: 4, HaveOutput: true}},
+	{"string with escaped backslashes", `{"a":"\\\\","b":"\\\"","usage":{"output_tokens":6}}`, Usage{OutputTokens: 6, HaveOutput: true}},
+	{"non-integer counts are ignored", `{"usage":{"input_tokens":1.5,"output_tokens":"2","cache_read_input_tokens":null}}`, Usage{}},
+	{"usage not an object", `{"usage":[1,2],"model":7}`, Usage{}},
+	{"oversized usage is ignored", `{"usage":{"output_tokens":9,"pad":"` + strings.Repeat("x", maxCapture) + `"}}`, Usage{}},
+	{"not an object", `[{"usage":{"output_tokens":1}}]`, Usage{}},
+	{"garbage before", `x{"usage":{"output_tokens":1}}`, Usage{}},
+	{"stops after the object", `{"model":"a"}{"model":"b"}`, Usage{Model: "a"}},
+	{"stops at a syntax error", `{"model":"a" "usage":{"output_tokens":1}}`, Usage{Model: "a"}},
+	{"truncated", `{"model":"a","usage":{"output_tokens":1`, Usage{Model: "a"}},
+}
+
+func prettyJSON(s string) string {
+	var b bytes.Buffer
+	if err := json.Indent(&b, []byte(s), "", "  "); err != nil {
+		panic(err)
+	}
+	return b.String()
+}
+
+func TestJSONScanner(t *testing.T) {
+	for _, tt := range jsonTests {
+		t.Run(tt.name, func(t *testing.T) {
+			for how, u := range feedAllWays(func() scanner { return new(JSONScanner) }, []byte(tt.body)) {
+				if u != tt.want {
+					t.Errorf("fed %s:\n got %+v\nwant %+v", how, u, tt.want)
+				}
+			}
+			checkJSONScanner(t, []byte(tt.body))
+		})
+	}
+}
+
+func TestJSONScannerChanged(t *testing.T) {
+	var s JSONScanner
+	body := []byte(messageBody)
+	i := bytes.Index(body, []byte(`"usage":{"input`))
+	if s.Write(body[:i]) != true { // the model
+		t.Error("Write of the part with the model returned false")
+	}
+	if s.Write(body[i:len(body)-2]) != false {
+		t.Error("Write of an incomplete usage returned true")
+	}
+	if s.Write(body[len(body)-2:]) != true {
+		t.Error("Write completing usage returned false")
+	}
+	if s.Write([]byte(" ")) != false {
+		t.Error("Write after the end returned true")
+	}
+}
+
+// TestJSONScannerMemory scans a 50 MB body and checks that the scanner keeps
+// at most maxCapture bytes and allocates almost nothing.
+func TestJSONScannerMemory(t *testing.T) {
+	if testing.Short() {
+		t.Skip("scans 50 MB")
+	}
+	block := []byte(`{"type":"text","text":"` + strings.Repeat(`lorem \"ipsum\" \\ dolor `, 100) + `"},`)
+	var s JSONScanner
+	s.Write([]byte(`{"model":"m","content":[`))
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	chunk := bytes.Repeat(block, 32<<10/len(block))
+	for fed := 0; fed < 50<<20; fed += len(chunk) {
+		s.Write(chunk)
+		if c := cap(s.buf); c > maxCapture {
+			t.Fatalf("cap(buf) = %d > %d", c, maxCapture)
+		}
+	}
+	runtime.ReadMemStats(&after)
+	if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 1<<20 {
+		t.Errorf("scanning 50 MB allocated %d bytes", alloc)
+	}
+	s.Write([]byte(`{}],"usage":{"output_tokens":12}}`))
+	if got, want := s.Usage(), (Usage{Model: "m", OutputTokens: 12, HaveOutput: true}); got != want {
+		t.Errorf("usage = %+v, want %+v", got, want)
+	}
+
+	// A huge captured value is dropped without growing the buffer.
+	s = JSONScanner{}
+	s.Write([]byte(`{"usage":{"pad":"`))
+	for range 100 {
+		s.Write(chunk)
+	}
+	if c := cap(s.buf); c > maxCapture {
+		t.Errorf("cap(buf) = %d > %d after a huge usage value", c, maxCapture)
+	}
+}
+
+func TestJSONScannerAllocs(t *testing.T) {
+	if testing.Short() {
+		t.Skip("allocation counts are checked in full runs")
+	}
+	var s JSONScanner
+	s.Write([]byte(`{"model":"m","content":[`))
+	chunk := []byte(strings.Repeat(`{"type":"text","text":"a \"quoted\" word"},`, 100))
+	if allocs := testing.AllocsPerRun(100, func() { s.Write(chunk) }); allocs != 0 {
+		t.Errorf("Write of content allocates %v times, want 0", allocs)
+	}
+}
+
+// checkJSONScanner checks a scan of body against encoding/json: when body is
+// a valid JSON object whose top-level "usage" is an object of at most
+// maxCapture bytes, each count it holds as an integer must be reported.
+func checkJSONScanner(t testing.TB, body []byte) {
+	t.Helper()
+	var s JSONScanner
+	s.Write(body)
+	got := s.Usage()
+	var top map[string]json.RawMessage
+	if json.Unmarshal(body, &top) != nil || top == nil {
+		return
+	}
+	raw, ok := top["usage"]
+	if !ok || len(raw) > maxCapture {
+		return
+	}
+	d := json.NewDecoder(bytes.NewReader(raw))
+	d.UseNumber()
+	var usage map[string]any
+	if d.Decode(&usage) != nil || usage == nil {
+		return
+	}
+	var want Usage
+	count := func(key string, dst *int64) bool {
+		n, ok := usage[key].(json.Number)
+		if !ok {
+			return false
+		}
+		v, err := n.Int64()
+		if err != nil || strings.ContainsAny(string(n), ".eE") {
+			return false
+		}
+		*dst = v
+		return true
+	}
+	in := count("input_tokens", &want.InputTokens)
+	in = count("cache_creation_input_tokens", &want.CacheCreationInputTokens) || in
+	in = count("cache_read_input_tokens", &want.CacheReadInputTokens) || in
+	want.HaveInput = in
+	want.HaveOutput = count("output_tokens", &want.OutputTokens)
+	got.Model, got.ErrorType = "", ""
+	if got != want {
+		t.Fatalf("scan of %q\n got %+v\nwant %+v (encoding/json)", body, got, want)
+	}
+}
+
+func BenchmarkJSONScanner(b *testing.B) {
+	// A 100 KB message body: a long answer and a few tool calls.
+	var body bytes.Buffer
+	body.WriteString(`{"id":"msg_01","type":"message","role":"assistant","model":"claude-sonnet-4-5-20250929","content":[`)
+	for i := 0; body.Len() < 100<<10; i++ {
+		fmt.Fprintf(&body, `{"type":"text","text":%q},{"type":"tool_use","id":"toolu_%d","name":"Edit","input":{"file_path":"/a/b.go","old_string":"x := 1\n","new_string":"x := 2\n"}},`,
+			strings.Repeat("Some explanation with \"quotes\" and a\nnewline. ", 20), i)
+	}
+	body.WriteString(`{"type":"text","text":"done"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":10,"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"output_tokens":25000}}`)
+	data := body.Bytes()
+	b.SetBytes(int64(len(data)))
+	b.ReportAllocs()
+	for b.Loop() {
+		var s JSONScanner
+		for p := data; len(p) > 0; {
+			n := min(len(p), 32<<10)
+			s.Write(p[:n])
+			p = p[n:]
+		}
+		if s.Usage().OutputTokens != 25000 {
+			b.Fatal("wrong usage")
+		}
+	}
+}

@@ -1,0 +1,114 @@
+package keypool
+
+// The three budgets the upstream enforces per organization and model class.
+const (
+	kindRequests = iota
+	kindInput
+	kindOutput
+	numKinds
+)
+
+var kindNames = [numKinds]string{"requests", "input_tokens", "output_tokens"}
+
+// bucket is a continuous-refill token bucket: capacity = limit, refilled at
+// limit/60 per second. Unlike golang.org/x/time/rate.Limiter it can be
+// charged after the fact (a response's real usage may exceed the estimate,
+// leaving the bucket in debt) and corrected to the level the upstream
+// reports, which rate.Limiter has no way to express. The capacity is passed
+// in on every call because it comes from the caller's configuration (which
+// a reload may change) or from what headers taught.
+//
+// A bucket is guarded by its pool's lock.
+type bucket struct {
+	level   float64 // tokens available at last; negative is debt
+	last    int64   // unix nanoseconds of the last refill
+	learned float64 // limit from anthropic-ratelimit-*-limit; 0 unknown
+	// charged is the running total of positive charges, to date header
+	// syncs. Refunds and downward corrections are left out: they may undo
+	// charges older than the response being synced, which its remaining
+	// already reflects, and counting them would make a sync refill.
+	charged float64
+	init    bool // level is meaningful for a known capacity
+}
+
+const nanosPerMinute = 60e9
+
+// refill brings the bucket up to now; it never moves time backwards.
+func (b *bucket) refill(now int64, capacity float64) {
+	if capacity <= 0 {
+		return
+	}
+	if !b.init {
+		b.level, b.last, b.init = capacity, now, true
+		return
+	}
+	if now > b.last {
+		b.level += float64(now-b.last) * capacity / nanosPerMinute
+		b.last = now
+	}
+	if b.level > capacity {
+		b.level = capacity
+	}
+}
+
+// admits reports whether n can be taken now. A request larger than the
+// whole bucket is admitted when the bucket is full, as the upstream does;
+// it then leaves the bucket in debt.
+func (b *bucket) admits(capacity, n float64) bool {
+	if capacity <= 0 || !b.init {
+		return true
+	}
+	return b.level >= min(n, capacity)
+}
+
+// wait is how long until admits(capacity, n) becomes true by refill alone.
+func (b *bucket) wait(capacity, n float64) float64 {
+	if capacity <= 0 || !b.init {
+		return 0
+	}
+	need := min(n, capacity) - b.level
+	if need <= 0 {
+		return 0
+	}
+	return need / capacity * nanosPerMinute
+}
+
+func (b *bucket) headroom(capacity float64) float64 {
+	if capacity <= 0 || !b.init {
+		return 1
+	}
+	return max(0, b.level/capacity)
+}
+
+func (b *bucket) charge(n float64) {
+	b.level -= n
+	if n > 0 {
+		b.charged += n
+	}
+}
+
+// sync corrects the level from an upstream's remaining count. later is what
+// was charged here after the request that carried the header was admitted
+// (the upstream had not seen it yet); gran is the upstream's rounding (it
+// floors a continuous level, and rounds token counts down to thousands), so
+// the whole units left lie in [remaining, remaining+gran-1]. The level moves
+// only as far as needed to land in that interval: a response never refills
+// the bucket beyond what the upstream reports. raise is false when the
+// headers cannot justify a higher level at all (later is unknown, or the
+// bucket is a configured share smaller than the upstream's limit): then the
+// level only comes down.
+// The caller refills the bucket to now first.
+func (b *bucket) sync(capacity float64, remaining int64, later, gran float64, raise bool) {
+	if capacity <= 0 {
+		return
+	}
+	lo := float64(remaining) - later
+	hi := lo + gran - 1
+	if b.level < lo {
+		if raise {
+			b.level = min(lo, capacity)
+		}
+	} else if b.level > hi {
+		b.level = hi
+	}
+}

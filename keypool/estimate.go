@@ -1,0 +1,60 @@
+package keypool
+
+import "math"
+
+// DefaultTokenEstimateRatio is request-body bytes per input token assumed
+// before any usage has been observed. Messages API bodies are JSON with
+// mostly English text and code; about 4 bytes per token over the whole body
+// (text plus JSON framing) is a fair first guess, and the estimator replaces
+// it with observed figures as soon as responses report usage.
+const DefaultTokenEstimateRatio = 4.0
+
+// estimator learns, per model class, how many prompt tokens a byte of
+// request body turns into, and what share of them the upstream charges
+// against the input-token limit (cache reads are not charged).
+type estimator struct {
+	n          int64   // observations
+	perByte    float64 // prompt tokens (input + cache creation + cache read) per body byte
+	chargeable float64 // share of prompt tokens that are input or cache creation
+	// Mean absolute relative error of the prompt-token estimate, before
+	// calibration (fixed ratio) and with it, for reports.
+	errFixed, errCalibrated float64
+}
+
+// alpha bounds how fast the estimator follows changes once warmed up.
+const alpha = 0.05
+
+func (e *estimator) estimate(bytes int, ratio float64) float64 {
+	if bytes <= 0 {
+		return 1
+	}
+	if e.n == 0 {
+		return float64(bytes) / ratio
+	}
+	return max(1, float64(bytes)*e.perByte*e.chargeable)
+}
+
+func (e *estimator) observe(bytes int, u Usage, reserved float64) {
+	if bytes <= 0 {
+		return
+	}
+	total := float64(u.InputTokens + u.CacheCreationInputTokens + u.CacheReadInputTokens)
+	if total <= 0 {
+		return
+	}
+	perByte := total / float64(bytes)
+	charge := float64(u.InputTokens+u.CacheCreationInputTokens) / total
+	// Track estimate errors on the prompt size (what a body can tell).
+	fixed := float64(bytes) / DefaultTokenEstimateRatio
+	cal := fixed
+	if e.n > 0 {
+		cal = float64(bytes) * e.perByte
+	}
+	// The first observations average; later ones follow with weight alpha.
+	a := math.Max(alpha, 1/float64(e.n+1))
+	e.n++
+	e.perByte += a * (perByte - e.perByte)
+	e.chargeable += a * (charge - e.chargeable)
+	e.errFixed += a * (math.Abs(fixed-total)/total - e.errFixed)
+	e.errCalibrated += a * (math.Abs(cal-total)/total - e.errCalibrated)
+}

@@ -1,0 +1,489 @@
+// Package keypool keeps a pool of upstream API keys inside their
+// organizations' rate limits.
+//
+// A State holds everything that must outlive a configuration: per-key health
+// and counters, per-organization budgets (one set of requests / input-token /
+// output-token buckets per model class, because that is how the upstream
+// counts), pinned sessions, the calibrated token estimator and the wait
+// queue. A Pool is one configuration's view of a State: which keys exist,
+// their configured limits, weights and priorities, and the strategy. On a
+// config reload a new Pool is built over the same State; keys are matched by
+// name, so budgets, learned limits, cooldowns and pins carry over.
+//
+// The package never sees a secret: keys are known by name only.
+package keypool
+
+import (
+	"fmt"
+	"math"
+	"path"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cc-relay/caddy-cc-relay/internal/clock"
+	"github.com/cc-relay/caddy-cc-relay/selector"
+)
+
+// Limits are per-minute limits; 0 means learn them from response headers.
+type Limits struct {
+	RPM  int64
+	ITPM int64
+	OTPM int64
+}
+
+// KeyConfig describes one upstream key (never its secret).
+type KeyConfig struct {
+	Name string
+	// Org groups keys that share one upstream budget. Empty: the key is its
+	// own organization until a response names its organization.
+	Org string
+	// Workspace is the prompt-cache scope; empty means the organization.
+	Workspace string
+	Limits    Limits
+	Weight    int
+	Priority  int
+}
+
+// ClassRule maps model names matching Pattern (path.Match syntax, e.g.
+// "claude-3-7-*") to a model class.
+type ClassRule struct {
+	Pattern string
+	Class   string
+}
+
+// Config is one configuration of a pool.
+type Config struct {
+	Keys     []KeyConfig
+	Strategy selector.Strategy
+	// Sticky pins sessions to keys for StickyTTL (refreshed on use), at
+	// most StickyMaxSessions at a time.
+	Sticky            bool
+	StickyTTL         time.Duration
+	StickyMaxSessions int
+	// MaxWait is how long a request may wait for capacity before it is
+	// refused; 0 refuses at once.
+	MaxWait time.Duration
+	// TokenEstimateRatio is request-body bytes per input token used before
+	// the estimator has calibrated itself from real usage.
+	TokenEstimateRatio float64
+	ModelClasses       []ClassRule
+	// DefaultCooldown applies to an upstream 429 that says neither
+	// retry-after nor a reset time.
+	DefaultCooldown time.Duration
+	// SpendCapPark is how long a key whose organization hit its spend cap
+	// stays out when the upstream names no date.
+	SpendCapPark time.Duration
+	// Seed seeds random choices (tests pass a fixed one).
+	Seed uint64
+}
+
+// State is the part of a pool that survives config reloads.
+type State struct {
+	mu      sync.Mutex
+	clock   clock.Clock
+	keys    map[string]*keyState
+	orgs    map[string]*org
+	classes map[string]int
+	cnames  []string
+	est     []estimator
+	sticky  *stickyTable
+	waitq   waitQueue
+	pools   int
+}
+
+// NewState returns an empty state that reads time from c.
+func NewState(c clock.Clock) *State {
+	if c == nil {
+		c = clock.Real{}
+	}
+	return &State{
+		clock:   c,
+		keys:    map[string]*keyState{},
+		orgs:    map[string]*org{},
+		classes: map[string]int{},
+		sticky:  newStickyTable(),
+	}
+}
+
+// Destruct satisfies caddy.Destructor; a State owns no goroutine or file.
+func (st *State) Destruct() error { return nil }
+
+type keyState struct {
+	name     string
+	refs     int // pools that list this key
+	org      *org
+	cfgOrg   string
+	disabled string
+	disabAt  int64
+	inFlight int
+	sticky   int
+	totals   Totals
+}
+
+// Totals are a key's counters since the state was created.
+type Totals struct {
+	Requests            int64 `json:"requests"`
+	Succeeded           int64 `json:"succeeded"`
+	Failed              int64 `json:"failed"`
+	RateLimited         int64 `json:"rate_limited"`
+	InputTokens         int64 `json:"input_tokens"`
+	OutputTokens        int64 `json:"output_tokens"`
+	CacheReadTokens     int64 `json:"cache_read_input_tokens"`
+	CacheCreationTokens int64 `json:"cache_creation_input_tokens"`
+}
+
+type org struct {
+	name       string // "cfg:<label>", "key:<name>" or "id:<organization id>"
+	id         string // upstream organization id, once learned
+	into       *org   // merged into another organization
+	budgets    []*budget
+	parkUntil  int64
+	parkReason string
+}
+
+func (o *org) resolve() *org {
+	for o.into != nil {
+		o = o.into
+	}
+	return o
+}
+
+func (o *org) budget(class int) *budget {
+	for len(o.budgets) <= class {
+		o.budgets = append(o.budgets, nil)
+	}
+	if o.budgets[class] == nil {
+		o.budgets[class] = &budget{}
+	}
+	return o.budgets[class]
+}
+
+// label is the organization as operators know it.
+func (o *org) label() string {
+	if o.id != "" {
+		return o.id
+	}
+	_, l, _ := strings.Cut(o.name, ":")
+	return l
+}
+
+type budget struct {
+	b          [numKinds]bucket
+	coolUntil  int64
+	coolReason string
+}
+
+func (st *State) orgNamed(name string) *org {
+	o := st.orgs[name]
+	if o == nil {
+		o = &org{name: name}
+		st.orgs[name] = o
+	}
+	return o
+}
+
+func (st *State) classIndex(name string) int {
+	if i, ok := st.classes[name]; ok {
+		return i
+	}
+	i := len(st.cnames)
+	st.classes[name] = i
+	st.cnames = append(st.cnames, name)
+	st.est = append(st.est, estimator{})
+	return i
+}
+
+// learnOrg records that ks belongs to the upstream organization id and
+// merges its budgets with every other key seen in that organization. caps
+// are the key's configured limits (0: use what was learned); now is when
+// the merge happens.
+func (st *State) learnOrg(ks *keyState, id string, now int64, caps [numKinds]float64) {
+	cur := ks.org.resolve()
+	if cur.id == id {
+		return
+	}
+	target := st.orgs["id:"+id]
+	if target == nil {
+		if cur.id == "" {
+			// First sighting: this organization simply gets its name.
+			cur.id = id
+			st.orgs["id:"+id] = cur
+			return
+		}
+		target = st.orgNamed("id:" + id)
+		target.id = id
+	}
+	target = target.resolve()
+	if target == cur {
+		return
+	}
+	if cur.id != "" {
+		// The key moved to another organization: it leaves the old one.
+		ks.org = target
+		return
+	}
+	// Both describe the same upstream budget: keep the more pessimistic view,
+	// comparing the two levels at the same moment (a budget drained long
+	// ago has refilled since).
+	for c, b := range cur.budgets {
+		if b == nil {
+			continue
+		}
+		tb := target.budget(c)
+		for k := range b.b {
+			src, dst := &b.b[k], &tb.b[k]
+			capacity := caps[k]
+			if capacity <= 0 {
+				capacity = math.Max(src.learned, dst.learned)
+			}
+			switch {
+			case !src.init:
+			case !dst.init:
+				// Keep dst's running total: marks of reservations on
+				// the target refer to it.
+				charged := dst.charged
+				*dst = *src
+				dst.charged = charged
+			default:
+				src.refill(now, capacity)
+				dst.refill(now, capacity)
+				dst.level = math.Min(dst.level, src.level)
+				dst.learned = math.Max(dst.learned, src.learned)
+			}
+		}
+		if b.coolUntil > tb.coolUntil {
+			tb.coolUntil, tb.coolReason = b.coolUntil, b.coolReason
+		}
+	}
+	if cur.parkUntil > target.parkUntil {
+		target.parkUntil, target.parkReason = cur.parkUntil, cur.parkReason
+	}
+	cur.into = target
+}
+
+// member is a key as one configuration sees it.
+type member struct {
+	ks    *keyState
+	cfg   KeyConfig
+	caps  [numKinds]float64 // configured org-wide limits; 0 = learned
+	label string            // configured org label
+}
+
+// Pool is one configuration's view of a State. Its methods are safe for
+// concurrent use.
+type Pool struct {
+	st      *State
+	cfg     Config
+	members []member
+	byKey   map[*keyState]int
+	sel     *selector.State
+	view    view
+	scratch []int
+	ttl     int64
+	closed  bool
+}
+
+// NewPool builds cfg's view over st, matching keys by name. It validates
+// the configuration first and changes nothing in st when it fails.
+func (st *State) NewPool(cfg Config) (*Pool, error) {
+	if len(cfg.Keys) == 0 {
+		return nil, fmt.Errorf("no keys configured")
+	}
+	orgCaps := map[string][numKinds]int64{}
+	orgSrc := map[string][numKinds]string{}
+	seen := map[string]bool{}
+	for _, k := range cfg.Keys {
+		if k.Name == "" {
+			return nil, fmt.Errorf("key without a name")
+		}
+		if seen[k.Name] {
+			return nil, fmt.Errorf("duplicate key name %q", k.Name)
+		}
+		seen[k.Name] = true
+		if k.Limits.RPM < 0 || k.Limits.ITPM < 0 || k.Limits.OTPM < 0 || k.Weight < 0 {
+			return nil, fmt.Errorf("key %q: limits and weight must not be negative", k.Name)
+		}
+		if k.Org == "" {
+			continue
+		}
+		caps, src := orgCaps[k.Org], orgSrc[k.Org]
+		for i, v := range [numKinds]int64{k.Limits.RPM, k.Limits.ITPM, k.Limits.OTPM} {
+			if v == 0 {
+				continue
+			}
+			if caps[i] != 0 && caps[i] != v {
+				return nil, fmt.Errorf("keys %q and %q of org %q configure different %s limits (%d, %d): an organization has one budget",
+					src[i], k.Name, k.Org, kindNames[i], caps[i], v)
+			}
+			caps[i], src[i] = v, k.Name
+		}
+		orgCaps[k.Org], orgSrc[k.Org] = caps, src
+	}
+	for _, r := range cfg.ModelClasses {
+		if _, err := path.Match(r.Pattern, ""); err != nil || r.Class == "" {
+			return nil, fmt.Errorf("bad model_class %q %q", r.Pattern, r.Class)
+		}
+	}
+	if cfg.TokenEstimateRatio <= 0 {
+		cfg.TokenEstimateRatio = DefaultTokenEstimateRatio
+	}
+	if cfg.StickyTTL <= 0 {
+		cfg.StickyTTL = time.Hour
+	}
+	if cfg.StickyMaxSessions <= 0 {
+		cfg.StickyMaxSessions = 100000
+	}
+	if cfg.DefaultCooldown <= 0 {
+		cfg.DefaultCooldown = 10 * time.Second
+	}
+	if cfg.SpendCapPark <= 0 {
+		cfg.SpendCapPark = time.Hour
+	}
+
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	p := &Pool{st: st, cfg: cfg, byKey: map[*keyState]int{}, ttl: int64(cfg.StickyTTL)}
+	weights := make([]int, len(cfg.Keys))
+	prios := make([]int, len(cfg.Keys))
+	for i, k := range cfg.Keys {
+		ks := st.keys[k.Name]
+		if ks == nil {
+			ks = &keyState{name: k.Name}
+			st.keys[k.Name] = ks
+		}
+		ks.refs++
+		orgName := "key:" + k.Name
+		if k.Org != "" {
+			orgName = "cfg:" + k.Org
+		}
+		// A key whose configured org changed starts over in the new one;
+		// otherwise it keeps what it learned (including a merge).
+		if ks.org == nil || ks.cfgOrg != k.Org {
+			ks.org, ks.cfgOrg = st.orgNamed(orgName), k.Org
+		}
+		m := member{ks: ks, cfg: k, label: k.Org}
+		lim := [numKinds]int64{k.Limits.RPM, k.Limits.ITPM, k.Limits.OTPM}
+		if k.Org != "" {
+			lim = orgCaps[k.Org]
+		}
+		for j, v := range lim {
+			m.caps[j] = float64(v)
+		}
+		p.members = append(p.members, m)
+		p.byKey[ks] = i
+		weights[i] = max(k.Weight, 1)
+		prios[i] = k.Priority
+	}
+	p.sel = selector.NewState(weights, prios, cfg.Seed)
+	p.view.p = p
+	st.pools++
+	return p, nil
+}
+
+// Close releases the pool's hold on its keys; keys no configuration lists
+// any more are dropped from the state with their pinned sessions.
+func (p *Pool) Close() {
+	st := p.st
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if p.closed {
+		return
+	}
+	p.closed = true
+	st.pools--
+	for _, m := range p.members {
+		m.ks.refs--
+		if m.ks.refs == 0 {
+			st.sticky.dropKey(m.ks)
+			delete(st.keys, m.ks.name)
+		}
+	}
+}
+
+// Len is the number of keys in the pool.
+func (p *Pool) Len() int { return len(p.members) }
+
+// Name is the name of the i'th key.
+func (p *Pool) Name(i int) string { return p.members[i].cfg.Name }
+
+// classify maps a model name to its class: configured rules first, then
+// the model family, because the upstream keeps separate limits for Opus,
+// Sonnet and Haiku models.
+func (p *Pool) classify(model string) string {
+	for _, r := range p.cfg.ModelClasses {
+		if ok, _ := path.Match(r.Pattern, model); ok {
+			return r.Class
+		}
+	}
+	return ModelFamily(model)
+}
+
+// ModelFamily returns "opus", "sonnet" or "haiku" for Claude model names
+// and "default" for anything else.
+func ModelFamily(model string) string {
+	switch {
+	case strings.Contains(model, "opus"):
+		return "opus"
+	case strings.Contains(model, "sonnet"):
+		return "sonnet"
+	case strings.Contains(model, "haiku"):
+		return "haiku"
+	}
+	return "default"
+}
+
+func (p *Pool) capsOf(i int, b *budget) [numKinds]float64 {
+	c := p.members[i].caps
+	for k := range c {
+		if c[k] == 0 {
+			c[k] = b.b[k].learned
+		}
+	}
+	return c
+}
+
+// view is the selector's window on the pool for one pick; it reuses one
+// value per pool so a pick allocates nothing.
+type view struct {
+	p       *Pool
+	now     int64
+	class   int
+	est     float64
+	exclude *Attempts
+}
+
+func (v *view) Len() int { return len(v.p.members) }
+
+func (v *view) Load(i int) (bool, float64, int) {
+	m := &v.p.members[i]
+	if m.ks.disabled != "" || v.exclude.excludes(m.ks) {
+		return false, 0, 0
+	}
+	o := m.ks.org.resolve()
+	if o.parkUntil > v.now {
+		return false, 0, 0
+	}
+	b := o.budget(v.class)
+	if b.coolUntil > v.now {
+		return false, 0, 0
+	}
+	caps := v.p.capsOf(i, b)
+	h := 1.0
+	need := [numKinds]float64{1, v.est, 0}
+	for k := range b.b {
+		bk := &b.b[k]
+		bk.refill(v.now, caps[k])
+		if k == kindOutput {
+			// Output is charged as it is produced: admission needs
+			// positive headroom, not max_tokens of it.
+			if caps[k] > 0 && bk.init && bk.level <= 0 {
+				return false, 0, 0
+			}
+		} else if !bk.admits(caps[k], need[k]) {
+			return false, 0, 0
+		}
+		h = min(h, bk.headroom(caps[k]))
+	}
+	return true, h, m.ks.inFlight
+}

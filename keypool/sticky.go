@@ -1,0 +1,139 @@
+package keypool
+
+// stickyTable pins conversations (by a 64-bit hash of client and session)
+// to the key that holds their prompt cache. It is an LRU with expiry, kept
+// in one slice with an index map and an intrusive list, so it needs no
+// goroutine and no allocation per lookup: expired entries are dropped when
+// met and the least recently used one is reused when the table is full.
+// Guarded by the pool's lock.
+type stickyTable struct {
+	idx     map[uint64]int32
+	entries []stickyEntry
+	free    []int32
+	head    int32 // most recently used, -1 when empty
+	tail    int32 // least recently used
+}
+
+type stickyEntry struct {
+	hash       uint64
+	ks         *keyState
+	expires    int64
+	prev, next int32
+}
+
+// stickyEntrySize is the approximate memory one pinned session costs: the
+// entry (40 bytes) plus a map slot (8-byte key, 4-byte value, control byte
+// and load-factor slack), about 64 bytes in all.
+const stickyEntrySize = 64
+
+func newStickyTable() *stickyTable {
+	return &stickyTable{idx: map[uint64]int32{}, head: -1, tail: -1}
+}
+
+func (t *stickyTable) len() int { return len(t.idx) }
+
+func (t *stickyTable) unlink(i int32) {
+	e := &t.entries[i]
+	if e.prev >= 0 {
+		t.entries[e.prev].next = e.next
+	} else {
+		t.head = e.next
+	}
+	if e.next >= 0 {
+		t.entries[e.next].prev = e.prev
+	} else {
+		t.tail = e.prev
+	}
+}
+
+func (t *stickyTable) pushFront(i int32) {
+	e := &t.entries[i]
+	e.prev, e.next = -1, t.head
+	if t.head >= 0 {
+		t.entries[t.head].prev = i
+	}
+	t.head = i
+	if t.tail < 0 {
+		t.tail = i
+	}
+}
+
+func (t *stickyTable) remove(i int32) {
+	e := &t.entries[i]
+	t.unlink(i)
+	delete(t.idx, e.hash)
+	if e.ks != nil {
+		e.ks.sticky--
+	}
+	e.ks = nil
+	t.free = append(t.free, i)
+}
+
+// get returns the key a session is pinned to, refreshing its expiry, or nil.
+func (t *stickyTable) get(h uint64, now, ttl int64) *keyState {
+	i, ok := t.idx[h]
+	if !ok {
+		return nil
+	}
+	e := &t.entries[i]
+	if e.expires <= now || e.ks == nil || e.ks.refs == 0 {
+		t.remove(i)
+		return nil
+	}
+	e.expires = now + ttl
+	t.unlink(i)
+	t.pushFront(i)
+	return e.ks
+}
+
+// pin sets the key of a session, evicting expired or least recently used
+// sessions to stay within maxEntries.
+func (t *stickyTable) pin(h uint64, ks *keyState, now, ttl int64, maxEntries int) {
+	if i, ok := t.idx[h]; ok {
+		e := &t.entries[i]
+		if e.ks != ks {
+			if e.ks != nil {
+				e.ks.sticky--
+			}
+			ks.sticky++
+			e.ks = ks
+		}
+		e.expires = now + ttl
+		t.unlink(i)
+		t.pushFront(i)
+		return
+	}
+	// Drop expired sessions from the cold end; then make room.
+	for t.tail >= 0 && t.entries[t.tail].expires <= now {
+		t.remove(t.tail)
+	}
+	for len(t.idx) >= maxEntries && t.tail >= 0 {
+		t.remove(t.tail)
+	}
+	if maxEntries <= 0 {
+		return
+	}
+	var i int32
+	if n := len(t.free); n > 0 {
+		i = t.free[n-1]
+		t.free = t.free[:n-1]
+	} else {
+		t.entries = append(t.entries, stickyEntry{})
+		i = int32(len(t.entries) - 1)
+	}
+	t.entries[i] = stickyEntry{hash: h, ks: ks, expires: now + ttl}
+	ks.sticky++
+	t.idx[h] = i
+	t.pushFront(i)
+}
+
+// dropKey forgets every session pinned to ks (the key left the config).
+func (t *stickyTable) dropKey(ks *keyState) {
+	for i := t.head; i >= 0; {
+		next := t.entries[i].next
+		if t.entries[i].ks == ks {
+			t.remove(i)
+		}
+		i = next
+	}
+}
