@@ -1,0 +1,207 @@
+package caddymodule
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	_ "github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+)
+
+func adapt(t *testing.T, src string) (string, error) {
+	t.Helper()
+	out, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(src), nil)
+	return string(out), err
+}
+
+func parse(src string) (*Handler, error) {
+	h := new(Handler)
+	err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(src))
+	return h, err
+}
+
+func TestCaddyfileFullDirective(t *testing.T) {
+	h, err := parse(`cc_relay team {
+		strategy weighted
+		client_token tok-1 alice
+		client_token tok-2
+		key sk-one {
+			name one
+			rpm 50
+			itpm 40000
+			otpm 8000
+			weight 3
+			priority 2
+			org acme
+			auth bearer
+		}
+		key sk-two
+		max_wait 5s
+		max_body 1MiB
+		retries 1
+		retry_overloaded
+		sticky 30m
+		sticky_max_sessions 500
+		token_estimate_ratio 3.5
+		model_class claude-3-7-* sonnet
+		default_cooldown 20s
+		spend_cap_park 2h
+	}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := h.Keys[0]
+	if h.Pool != "team" || h.Strategy != "weighted" || len(h.ClientTokens) != 2 || h.ClientTokens[0].Name != "alice" ||
+		len(h.Keys) != 2 || k.Name != "one" || k.RPM != 50 || k.ITPM != 40000 || k.OTPM != 8000 || k.Weight != 3 ||
+		k.Priority != 2 || k.Org != "acme" || k.Auth != "bearer" || h.MaxWait != caddy.Duration(5e9) ||
+		h.MaxBody != 1<<20 || *h.Retries != 1 || !h.RetryOverloaded || h.StickyTTL != caddy.Duration(30*60e9) ||
+		h.StickyMaxSessions != 500 || h.TokenEstimateRatio != 3.5 || h.ModelClasses[0].Class != "sonnet" ||
+		h.DefaultCooldown != caddy.Duration(20e9) || h.SpendCapPark != caddy.Duration(2*3600e9) {
+		t.Fatalf("parsed %+v", h)
+	}
+	h, err = parse("cc_relay {\nclient_auth off\nkey k\nsticky off\n}")
+	if err != nil || !h.StickyOff || h.ClientAuth != "off" || h.Pool != "" {
+		t.Fatalf("sticky off: %+v %v", h, err)
+	}
+}
+
+func TestCaddyfileErrorsNameTheProblem(t *testing.T) {
+	cases := map[string]string{
+		"cc_relay {\nclient_auth off\n}":                                         "no upstream keys",
+		"cc_relay {\nkey k\n}":                                                   "no client_token",
+		"cc_relay {\nclient_auth off\nkey k\nbogus 1\n}":                         "unknown cc_relay subdirective \"bogus\"",
+		"cc_relay {\nclient_auth off\nkey k {\nfoo 1\n}\n}":                      "unknown key subdirective \"foo\"",
+		"cc_relay {\nclient_auth off\nkey k {\nrpm -5\n}\n}":                     "must not be negative",
+		"cc_relay {\nclient_auth off\nkey k {\nrpm many\n}\n}":                   "not a whole number",
+		"cc_relay {\nclient_auth off\nkey a {\nname x\n}\nkey b {\nname x\n}\n}": "duplicate key name \"x\"",
+		"cc_relay {\nclient_auth maybe\nkey k\n}":                                "client_auth",
+		"cc_relay {\nclient_auth off\nkey k {\nauth basic\n}\n}":                 "auth: want x-api-key or bearer",
+		"cc_relay {\nclient_auth off\nkey k\nmax_wait soon\n}":                   "bad duration",
+		"cc_relay {\nclient_auth off\nkey k\nkey k\n}":                           "listed twice",
+	}
+	for src, want := range cases {
+		_, err := parse(src)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: error %v, want it to mention %q", src, err, want)
+			continue
+		}
+		if !strings.Contains(err.Error(), "Testfile:") {
+			t.Errorf("%q: error %q does not name the line", src, err)
+		}
+	}
+}
+
+func TestAdaptOrdersBeforeReverseProxyAndKeepsSecretsOut(t *testing.T) {
+	t.Setenv("CC_TEST_SECRET_KEY", "sk-ant-very-secret-1")
+	dir := t.TempDir()
+	file := filepath.Join(dir, "key")
+	if err := os.WriteFile(file, []byte("sk-ant-file-secret-2\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// reverse_proxy first in the file: the directive order must still put
+	// cc_relay before it.
+	out, err := adapt(t, `:8080 {
+	reverse_proxy 127.0.0.1:1
+	cc_relay {
+		client_token {env.CC_TEST_CLIENT}
+		key {env.CC_TEST_SECRET_KEY}
+		key {file.`+file+`}
+	}
+}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(out, "sk-ant-very-secret-1") || strings.Contains(out, "sk-ant-file-secret-2") {
+		t.Fatalf("adapted config holds a secret: %s", out)
+	}
+	i, j := strings.Index(out, `"handler":"cc_relay"`), strings.Index(out, `"handler":"reverse_proxy"`)
+	if i < 0 || j < 0 || i > j {
+		t.Fatalf("cc_relay not ordered before reverse_proxy: %s", out)
+	}
+}
+
+// provision runs a handler's Provision in a throwaway Caddy context.
+func provision(t *testing.T, h *Handler) error {
+	t.Helper()
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: t.Context()})
+	defer cancel()
+	err := h.Provision(ctx)
+	if err == nil {
+		err = h.Validate()
+	}
+	_ = h.Cleanup()
+	return err
+}
+
+func TestProvisionResolvesSecretsAndRejectsUnset(t *testing.T) {
+	t.Setenv("CC_TEST_KEY_OK", "sk-ant-resolved")
+	h := &Handler{Pool: "prov_ok", ClientAuth: "off", Keys: []Key{{Key: "{env.CC_TEST_KEY_OK}"}}}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: t.Context()})
+	defer cancel()
+	if err := h.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if h.secrets[0].value != "sk-ant-resolved" || !strings.HasPrefix(h.Keys[0].Name, "key-") {
+		t.Fatalf("secret not resolved or name not derived: %q", h.Keys[0].Name)
+	}
+	_ = h.Cleanup()
+
+	for name, h := range map[string]*Handler{
+		"unset env": {Pool: "prov_bad1", ClientAuth: "off", Keys: []Key{{Key: "sk-a"}, {Key: "{env.CC_TEST_SURELY_UNSET}"}}},
+		"no keys":   {Pool: "prov_bad2", ClientAuth: "off"},
+		"no client": {Pool: "prov_bad3", Keys: []Key{{Key: "sk-a"}}},
+		"bad strat": {Pool: "prov_bad4", ClientAuth: "off", Strategy: "fastest", Keys: []Key{{Key: "sk-a"}}},
+		"org conflict": {Pool: "prov_bad5", ClientAuth: "off", Keys: []Key{
+			{Key: "sk-a", Org: "o", RPM: 5}, {Key: "sk-b", Org: "o", RPM: 6}}},
+		"dup secret": {Pool: "prov_bad6", ClientAuth: "off", Keys: []Key{{Key: "sk-a"}, {Key: "sk-a"}}},
+	} {
+		err := provision(t, h)
+		if err == nil {
+			t.Errorf("%s: provisioned without error", name)
+			continue
+		}
+		if strings.Contains(err.Error(), "sk-a") || strings.Contains(err.Error(), "sk-b") {
+			t.Errorf("%s: error reveals a secret: %v", name, err)
+		}
+	}
+}
+
+func TestJSONConfigMirrorsCaddyfile(t *testing.T) {
+	out, err := adapt(t, `:8080 {
+	cc_relay p {
+		client_token ct
+		key sk-x {
+			name x
+			rpm 7
+			org o
+			auth bearer
+		}
+		max_wait 2s
+	}
+	reverse_proxy 127.0.0.1:1
+}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"handler":"cc_relay"`, `"pool":"p"`, `"client_tokens":[{"token":"ct"}]`,
+		`"keys":[{"auth":"bearer","key":"sk-x","name":"x","org":"o","rpm":7}]`, `"max_wait":2000000000`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("adapted JSON lacks %s: %s", want, out)
+		}
+	}
+	var h Handler
+	i := strings.Index(out, `{"client_tokens"`)
+	if i < 0 {
+		t.Fatalf("no handler object in %s", out)
+	}
+	dec := json.NewDecoder(strings.NewReader(out[i:]))
+	if err := dec.Decode(&h); err != nil || h.Keys[0].RPM != 7 {
+		t.Fatalf("JSON does not decode into Handler: %v %+v", err, h)
+	}
+}
