@@ -1,0 +1,64 @@
+package keypool
+
+import (
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+// FuzzParseHeaders feeds arbitrary header values to the rate-limit header
+// parser: it must never panic, never report a negative count or a negative
+// retry-after, and must round-trip well-formed values.
+func FuzzParseHeaders(f *testing.F) {
+	f.Add("50", "49", "2026-11-27T10:00:30Z", "40000", "39000", "8000", "0", "30", "org-1")
+	f.Add("", "", "", "", "", "", "", "", "")
+	f.Add("-1", "x", "not a time", "1e9", "99999999999999999999", " 7 ", "0", "Wed, 21 Oct 2026 07:28:00 GMT", strings.Repeat("o", 300))
+	f.Add("10", "0", "2026-11-27T10:00:30+02:00", "0", "0", "0", "0", "1.5", "")
+	now := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
+	f.Fuzz(func(t *testing.T, rl, rr, reset, il, ir, ol, orr, retry, org string) {
+		h := http.Header{}
+		set := func(k, v string) {
+			if v != "" {
+				h.Set(k, v)
+			}
+		}
+		set("Anthropic-Ratelimit-Requests-Limit", rl)
+		set("Anthropic-Ratelimit-Requests-Remaining", rr)
+		set("Anthropic-Ratelimit-Requests-Reset", reset)
+		set("Anthropic-Ratelimit-Input-Tokens-Limit", il)
+		set("Anthropic-Ratelimit-Input-Tokens-Remaining", ir)
+		set("Anthropic-Ratelimit-Output-Tokens-Limit", ol)
+		set("Anthropic-Ratelimit-Output-Tokens-Remaining", orr)
+		set("Retry-After", retry)
+		set("Anthropic-Organization-Id", org)
+		p := ParseHeaders(h, now)
+		for _, l := range []Limit{p.Requests, p.InputTokens, p.OutputTokens, p.Tokens} {
+			if l.Limit < -1 || l.Remaining < -1 {
+				t.Fatalf("negative count %+v", l)
+			}
+		}
+		if p.RetryAfter < 0 || (!p.HasRetryAfter && p.RetryAfter != 0) {
+			t.Fatalf("retry-after %v (has %v)", p.RetryAfter, p.HasRetryAfter)
+		}
+		if len(p.OrganizationID) > 128 {
+			t.Fatalf("organization id not bounded: %d bytes", len(p.OrganizationID))
+		}
+		if strings.TrimSpace(rl) == "50" && p.Requests.Limit != 50 {
+			t.Fatalf("requests limit %d, want 50", p.Requests.Limit)
+		}
+		// Feeding the result to a pool must not panic either.
+		st := NewState(nil)
+		pool, err := st.NewPool(Config{Keys: []KeyConfig{{Name: "k"}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var res Reservation
+		if err := pool.Acquire(t.Context(), &Request{Model: "claude-sonnet-4-5", Bytes: 100}, &res); err != nil {
+			t.Fatal(err)
+		}
+		res.ObserveHeaders(429, p)
+		res.Settle(Result{Status: 429})
+		_ = pool.Snapshot()
+	})
+}
