@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"io"
 	"net/http"
@@ -53,6 +54,7 @@ type upstream struct {
 	mu      sync.Mutex
 	seen    []string      // x-api-key or bearer token per request
 	headers []http.Header // request headers per request
+	bodies  [][]byte      // request bodies per request
 	respond func(key string, w http.ResponseWriter, r *http.Request)
 }
 
@@ -63,8 +65,10 @@ func newUpstream(t *testing.T, respond func(key string, w http.ResponseWriter, r
 		if key == "" {
 			key = strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
 		}
-		_, _ = io.Copy(io.Discard, r.Body)
+		body, _ := io.ReadAll(r.Body)
+		r.Body = io.NopCloser(bytes.NewReader(body))
 		u.mu.Lock()
+		u.bodies = append(u.bodies, body)
 		u.seen = append(u.seen, key)
 		u.headers = append(u.headers, r.Header.Clone())
 		u.mu.Unlock()

@@ -83,7 +83,7 @@ func TestRoutingAndValidation(t *testing.T) {
 		"no max_tokens":      `{"model":"m","messages":[]}`,
 		"zero max_tokens":    `{"model":"m","max_tokens":0,"messages":[]}`,
 		"no messages":        `{"model":"m","max_tokens":5}`,
-		"bad role":           `{"model":"m","max_tokens":5,"messages":[{"role":"system","content":"x"}]}`,
+		"bad role":           `{"model":"m","max_tokens":5,"messages":[{"role":"tool","content":"x"}]}`,
 		"bad content":        `{"model":"m","max_tokens":5,"messages":[{"role":"user","content":5}]}`,
 		"bad block":          `{"model":"m","max_tokens":5,"messages":[{"role":"user","content":["x"]}]}`,
 		"bad stream":         `{"model":"m","max_tokens":5,"stream":"yes","messages":[]}`,

@@ -131,8 +131,12 @@ func parseRequest(body []byte, needMaxTokens bool) (*request, error) {
 			tag = 'u'
 		case "assistant":
 			tag = 'a'
+		case "system":
+			// Claude Code (2.1.x, with its beta headers) sends mid-conversation
+			// system messages; the real API takes them, so the mock does too.
+			tag = 's'
 		default:
-			return nil, badf("messages.%d.role: Input should be 'user' or 'assistant'", i)
+			return nil, badf("messages.%d.role: Input should be 'user', 'assistant' or 'system'", i)
 		}
 		if !isPresent(m.Content) {
 			return nil, badf("messages.%d.content: Field required", i)
