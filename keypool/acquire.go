@@ -105,11 +105,15 @@ type Reservation struct {
 	output  float64  // output charged so far
 	seen    [3]int64 // input, cache creation, cache read tokens counted in totals
 	synced  bool     // headers set the levels; they include our input
+	inKept  bool     // ...except input: the sync left the estimate in the level
 	haveIn  bool
 	passive bool
 	settled bool
 	status  int
-	Sticky  StickyOutcome
+	// refunded: the upstream refused the request and its reservation was
+	// given back when the headers arrived.
+	refunded bool
+	Sticky   StickyOutcome
 }
 
 // KeyIndex is the reserved key's index in its pool.
@@ -127,7 +131,13 @@ func (r *Reservation) KeyName() string {
 func (r *Reservation) Estimate() int64 { return int64(r.est) }
 
 // Class is the request's model class.
-func (r *Reservation) Class() string { return r.p.st.cnames[r.class] }
+func (r *Reservation) Class() string {
+	// The class table grows under the lock as new classes appear.
+	st := r.p.st
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.cnames[r.class]
+}
 
 // Acquire picks a key for req and reserves one request and the estimated
 // input tokens on its organization's budget for req's model class. When no
@@ -139,12 +149,16 @@ func (p *Pool) Acquire(ctx context.Context, req *Request, res *Reservation) erro
 	st.mu.Lock()
 	class := st.classIndex(p.classify(req.Model))
 	est := st.est[class].estimate(req.Bytes, p.cfg.TokenEstimateRatio)
+	// Admission asks for the estimate plus its typical error, so that a
+	// bucket just refilled to an underestimate does not send a request
+	// the upstream then refuses; the reservation is the estimate.
+	need := est * (1 + st.est[class].margin())
 	now := st.clock.Now().UnixNano()
 	var w *waiter
 	var deadline int64
 	for {
 		if st.waitq.first(class) == w || req.Attempts.N() > 0 {
-			if i, so := p.pick(now, class, est, req); i >= 0 {
+			if i, so := p.pick(now, class, need, req); i >= 0 {
 				p.reserve(i, now, class, est, req, res, so)
 				if w != nil {
 					st.waitq.remove(w)
@@ -153,7 +167,7 @@ func (p *Pool) Acquire(ctx context.Context, req *Request, res *Reservation) erro
 				return nil
 			}
 		}
-		after, noKeys := p.retryAfter(now, class, est)
+		after, noKeys := p.retryAfter(now, class, need)
 		if noKeys || p.cfg.MaxWait <= 0 || req.Attempts.N() > 0 {
 			if w != nil {
 				st.waitq.remove(w)
@@ -299,7 +313,8 @@ func (p *Pool) RetryAfter(model string, bytes int) (time.Duration, bool) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	class := st.classIndex(p.classify(model))
-	return p.retryAfter(st.clock.Now().UnixNano(), class, st.est[class].estimate(bytes, p.cfg.TokenEstimateRatio))
+	e := &st.est[class]
+	return p.retryAfter(st.clock.Now().UnixNano(), class, e.estimate(bytes, p.cfg.TokenEstimateRatio)*(1+e.margin()))
 }
 
 // current returns the reservation's budget now, following an organization
@@ -326,8 +341,22 @@ func (r *Reservation) ObserveHeaders(status int, h RateLimitHeaders) {
 	if h.OrganizationID != "" {
 		st.learnOrg(r.ks, h.OrganizationID, now, p.members[r.idx].caps)
 	}
+	if r.passive {
+		// count_tokens and models have their own upstream limits: their
+		// headers say nothing about the Messages budgets.
+		return
+	}
 	marksValid := r.ks.org.resolve() == r.o && !r.synced
 	_, b := r.current()
+	if status >= 500 && !r.passive && !r.haveIn && !r.refunded {
+		// 5xx and 529: the upstream took neither the request nor its
+		// input. Give them back before syncing, which otherwise takes
+		// them as counted and leaves the estimate charged whenever the
+		// level lies within the headers' rounding: no penalty.
+		b.b[kindRequests].charge(-1)
+		b.b[kindInput].charge(-r.est)
+		r.refunded = true
+	}
 	in := h.InputTokens
 	if !in.Present() {
 		// Older responses carry only the combined token limit.
@@ -357,20 +386,28 @@ func (r *Reservation) ObserveHeaders(status int, h RateLimitHeaders) {
 			gran = 1000 // the upstream rounds token counts down to thousands
 		}
 		// Raise the level only when what was charged since this request
-		// was admitted is known, and the bucket is the upstream's own:
-		// a configured limit below the upstream's is the operator's share,
-		// which the upstream having more left must not refill.
+		// was admitted is known, and the bucket is the upstream's own: a
+		// configured limit other than the upstream's (the operator's share
+		// of the organization) must not be refilled by the upstream having
+		// more left.
 		cfg := p.members[r.idx].caps[k]
 		raise := marksValid && (cfg == 0 || cfg == float64(l.Limit))
-		b.b[k].sync(caps[k], l.Remaining, later, gran, raise)
+		moved := b.b[k].sync(caps[k], l.Remaining, later, gran, raise)
 		if k == kindInput {
 			synced = true
+			r.inKept = !moved
 		}
 	}
 	if synced {
 		r.synced = true
 	}
-	if h.Tokens.Remaining == 0 && h.Tokens.Reset.UnixNano() > now {
+	// tokens-* copies the tighter of input-tokens-* and output-tokens-*,
+	// and its reset is when that bucket is full again. When the per-kind
+	// triples are there the buckets already follow them and refill
+	// continuously; cooling until a full refill would idle the organization
+	// for up to a minute whenever under 1000 tokens (the rounding) are left.
+	// Only when tokens-* is all an older response says is it a cooldown.
+	if h.Tokens.Remaining == 0 && h.Tokens.Reset.UnixNano() > now && !h.InputTokens.Present() && !h.OutputTokens.Present() {
 		b.coolUntil = max(b.coolUntil, h.Tokens.Reset.UnixNano())
 		b.coolReason = "token limit exhausted"
 	}
@@ -459,7 +496,14 @@ func (r *Reservation) charge(u Usage) {
 		if !r.haveIn {
 			r.haveIn = true
 			r.input = in
-			if !r.synced {
+			switch {
+			case r.refunded:
+				b.b[kindInput].charge(r.input)
+			case !r.synced, r.inKept:
+				// A sync that left the level alone (it was within the
+				// headers' rounding) did not replace the estimate by
+				// the real charge: without this the level drifts up to
+				// the rounding (999 tokens) above the upstream's.
 				b.b[kindInput].charge(r.input - r.est)
 			}
 			r.p.st.est[r.class].observe(r.bytes, u, r.est)
@@ -511,7 +555,7 @@ func (r *Reservation) Settle(res Result) {
 	_, b := r.current()
 	r.ks.inFlight--
 	ok := res.Status >= 200 && res.Status < 300
-	if !r.haveIn && !r.synced && !ok && !r.passive {
+	if !r.haveIn && !r.synced && !ok && !r.passive && !r.refunded {
 		// The upstream did not count this request's input.
 		b.b[kindInput].charge(-r.est)
 		if res.Status == 0 || res.Status >= 500 {

@@ -95,20 +95,24 @@ func (b *bucket) charge(n float64) {
 // only as far as needed to land in that interval: a response never refills
 // the bucket beyond what the upstream reports. raise is false when the
 // headers cannot justify a higher level at all (later is unknown, or the
-// bucket is a configured share smaller than the upstream's limit): then the
-// level only comes down.
-// The caller refills the bucket to now first.
-func (b *bucket) sync(capacity float64, remaining int64, later, gran float64, raise bool) {
+// bucket's capacity is a configured limit other than the upstream's): then
+// the level only comes down.
+// The caller refills the bucket to now first. It reports whether the level
+// moved: if not, the level is still the local account of it.
+func (b *bucket) sync(capacity float64, remaining int64, later, gran float64, raise bool) bool {
 	if capacity <= 0 {
-		return
+		return false
 	}
 	lo := float64(remaining) - later
 	hi := lo + gran - 1
 	if b.level < lo {
 		if raise {
 			b.level = min(lo, capacity)
+			return true
 		}
 	} else if b.level > hi {
 		b.level = hi
+		return true
 	}
+	return false
 }

@@ -34,6 +34,16 @@ func (e *estimator) estimate(bytes int, ratio float64) float64 {
 	return max(1, float64(bytes)*e.perByte*e.chargeable)
 }
 
+// margin is the share by which admission pads the estimate: three times
+// the calibrated estimate's mean error (about its spread), at most 50%.
+// Uncalibrated estimates get none: their error is not known yet.
+func (e *estimator) margin() float64 {
+	if e.n == 0 {
+		return 0
+	}
+	return min(3*e.errCalibrated, 0.5)
+}
+
 func (e *estimator) observe(bytes int, u Usage, reserved float64) {
 	if bytes <= 0 {
 		return

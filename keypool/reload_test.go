@@ -1,0 +1,297 @@
+package keypool
+
+import (
+	"testing"
+	"time"
+
+	"github.com/cc-relay/caddy-cc-relay/internal/clock"
+	"github.com/cc-relay/caddy-cc-relay/selector"
+)
+
+func TestReloadKeepsState(t *testing.T) {
+	clk := clock.NewFake(t0)
+	st := NewState(clk)
+	cfg1 := Config{Sticky: true, Keys: []KeyConfig{
+		{Name: "limited", Limits: Limits{RPM: 10}},
+		{Name: "learned"},
+		{Name: "disabled"},
+		{Name: "cooling", Org: "C"},
+		{Name: "gone"},
+	}}
+	p1, err := st.NewPool(cfg1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 4; i++ {
+		acquireOn(t, p1, "limited", Request{Model: sonnet}).Settle(ok200())
+	}
+	r := acquireOn(t, p1, "learned", Request{Model: sonnet})
+	observe(r, clk, 200, "anthropic-ratelimit-input-tokens-limit", "50000", "anthropic-ratelimit-input-tokens-remaining", "20000")
+	r.Settle(ok200())
+	acquireOn(t, p1, "disabled", Request{Model: sonnet}).Disable("401")
+	r = acquireOn(t, p1, "cooling", Request{Model: sonnet})
+	observe(r, clk, 429, "retry-after", "120")
+	pin := acquireOn(t, p1, "limited", Request{Model: sonnet, Session: 77})
+	pinGone := acquireOn(t, p1, "gone", Request{Model: sonnet, Session: 88})
+	if pin.Sticky != StickyNew || pinGone.Sticky != StickyNew {
+		t.Fatal("pins not new")
+	}
+	// An in-flight request spans the reload.
+	inflight := acquireOn(t, p1, "learned", Request{Model: sonnet, Bytes: 4000})
+
+	// Reload: new limits, "gone" removed, "new" added, order changed.
+	p2, err := st.NewPool(Config{Sticky: true, Strategy: selector.RoundRobin, Keys: []KeyConfig{
+		{Name: "new"},
+		{Name: "cooling", Org: "C"},
+		{Name: "disabled"},
+		{Name: "learned"},
+		{Name: "limited", Limits: Limits{RPM: 20}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Budgets carry over (5 of "limited"'s requests used); the new limit applies.
+	wantLevel(t, p2, "limited", sonnet, kindRequests, 5, 1e-9)
+	clk.Advance(3 * time.Second) // 1 request at 20/min
+	wantLevel(t, p2, "limited", sonnet, kindRequests, 6, 1e-9)
+	s := snapshotByName(p2)
+	if s["learned"].Budgets[0].InputTokens.Learned != 50000 {
+		t.Fatalf("learned limit lost: %+v", s["learned"].Budgets)
+	}
+	// Synced to at most 20999, minus the 1000 in flight, plus 3 s of refill.
+	if got := level(t, p2, "learned", sonnet, kindInput); got > 20999-1000+2500 {
+		t.Fatalf("learned budget level %v, want <= 22499", got)
+	}
+	if s["disabled"].State != "disabled" || s["disabled"].Reason != "401" {
+		t.Fatalf("disabled state lost: %+v", s["disabled"])
+	}
+	if s["cooling"].State != "cooling" {
+		t.Fatalf("cooldown lost: %+v", s["cooling"])
+	}
+	if s["limited"].Totals.Requests != 5 {
+		t.Fatalf("totals lost: %+v", s["limited"].Totals)
+	}
+	// The pin survives.
+	if r := acquire(t, p2, Request{Model: sonnet, Session: 77}); r.Sticky != StickyHit || r.KeyName() != "limited" || r.KeyIndex() != 4 {
+		t.Fatalf("pin after reload: %v on %s (%d)", r.Sticky, r.KeyName(), r.KeyIndex())
+	}
+	// The in-flight reservation settles against the same budget.
+	inflight.Settle(Result{Status: 0})
+	if n := inFlight(p2, "learned"); n != 0 {
+		t.Fatalf("in flight %d after settling across the reload", n)
+	}
+	if n := p2.Snapshot().StickySessions; n != 2 {
+		t.Fatalf("%d sessions before closing the old pool", n)
+	}
+
+	// Closing the old pool drops what the new one does not list.
+	p1.Close()
+	p1.Close() // idempotent
+	if _, ok := st.keys["gone"]; ok {
+		t.Fatal("key gone still in the state")
+	}
+	if len(st.keys) != 5 || st.pools != 1 {
+		t.Fatalf("%d keys, %d pools", len(st.keys), st.pools)
+	}
+	if n := p2.Snapshot().StickySessions; n != 1 {
+		t.Fatalf("%d sessions after dropping key gone, want 1", n)
+	}
+	// Session 88 was on the dropped key: it starts over.
+	if r := acquire(t, p2, Request{Model: sonnet, Session: 88}); r.Sticky != StickyNew || r.KeyName() == "gone" {
+		t.Fatalf("%v on %s", r.Sticky, r.KeyName())
+	}
+	// Enable clears the disabled key and the cooling organization.
+	p2.Enable("disabled")
+	p2.Enable("cooling")
+	s = snapshotByName(p2)
+	if s["disabled"].State != "ok" || s["cooling"].State != "ok" {
+		t.Fatalf("after Enable: %q %q", s["disabled"].State, s["cooling"].State)
+	}
+
+	// A key that comes back later starts fresh but finds its organization.
+	p3, err := st.NewPool(Config{Keys: []KeyConfig{{Name: "gone", Org: "C"}, {Name: "cooling", Org: "C", Limits: Limits{RPM: 1}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p2.Close()
+	acquireOn(t, p3, "cooling", Request{Model: sonnet})
+	refused(t, p3, Request{Model: sonnet}) // one budget of 1 request for org C
+	p3.Close()
+	if len(st.keys) != 0 || st.pools != 0 {
+		t.Fatalf("%d keys, %d pools after closing everything", len(st.keys), st.pools)
+	}
+	if err := st.Destruct(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A key whose configured organization changes starts over in the new one.
+func TestReloadMovesKeyBetweenConfiguredOrgs(t *testing.T) {
+	clk := clock.NewFake(t0)
+	st := NewState(clk)
+	p1, _ := st.NewPool(Config{Keys: []KeyConfig{{Name: "a", Org: "A", Limits: Limits{RPM: 1}}}})
+	acquire(t, p1, Request{Model: sonnet})
+	refused(t, p1, Request{Model: sonnet})
+	p2, err := st.NewPool(Config{Keys: []KeyConfig{{Name: "a", Org: "B", Limits: Limits{RPM: 1}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p1.Close()
+	acquire(t, p2, Request{Model: sonnet})
+	if s := p2.Snapshot().Keys[0]; s.Org != "B" {
+		t.Fatalf("org %q", s.Org)
+	}
+}
+
+func snapshotByName(p *Pool) map[string]KeySnapshot {
+	m := map[string]KeySnapshot{}
+	for _, k := range p.Snapshot().Keys {
+		m[k.Name] = k
+	}
+	return m
+}
+
+func TestAttemptsExcludeKeyAndOrg(t *testing.T) {
+	p, _ := newPool(t, Config{Keys: []KeyConfig{
+		{Name: "a1", Org: "A"}, {Name: "a2", Org: "A"}, {Name: "b1", Org: "B"},
+	}})
+	a := &Attempts{}
+	if a.N() != 0 || (*Attempts)(nil).N() != 0 {
+		t.Fatal("N of a fresh Attempts")
+	}
+	first := acquireOn(t, p, "a1", Request{Model: sonnet, Attempts: a})
+	if a.N() != 1 {
+		t.Fatalf("N = %d after one attempt", a.N())
+	}
+	a.ExcludeKey(first)
+	first.Settle(Result{Status: 401})
+	seen := map[string]int{}
+	for i := 0; i < 30; i++ {
+		r := acquire(t, p, Request{Model: sonnet, Attempts: a})
+		seen[r.KeyName()]++
+		r.Settle(ok200())
+	}
+	if seen["a1"] != 0 || seen["a2"] == 0 || seen["b1"] == 0 {
+		t.Fatalf("retries after ExcludeKey(a1): %v", seen)
+	}
+	// A 429 on a2 rules out all of organization A.
+	r := acquireOn(t, p, "a2", Request{Model: sonnet, Attempts: a})
+	a.ExcludeOrg(r)
+	r.Settle(Result{Status: 429})
+	for i := 0; i < 10; i++ {
+		if r := acquire(t, p, Request{Model: sonnet, Attempts: a}); r.KeyName() != "b1" {
+			t.Fatalf("retry after ExcludeOrg(A) reserved %s", r.KeyName())
+		}
+	}
+	// Everything excluded: refused at once, without waiting.
+	rb := acquire(t, p, Request{Model: sonnet, Attempts: a})
+	a.ExcludeKey(rb)
+	nc := refused(t, p, Request{Model: sonnet, Attempts: a})
+	if nc.NoKeys {
+		t.Fatal("exclusion reported as no keys")
+	}
+	// A fresh request is not affected.
+	acquireOn(t, p, "a1", Request{Model: sonnet})
+}
+
+// An organization learned after ExcludeOrg still counts as excluded.
+func TestAttemptsExcludeOrgFollowsMerge(t *testing.T) {
+	p, clk := newPool(t, Config{Keys: keys("a", "b", "c")})
+	a := &Attempts{}
+	ra := acquireOn(t, p, "a", Request{Model: sonnet, Attempts: a})
+	a.ExcludeOrg(ra)
+	observe(ra, clk, 429, "anthropic-organization-id", "org-1", "retry-after", "1")
+	rb := acquireOn(t, p, "b", Request{Model: sonnet})
+	observe(rb, clk, 200, "anthropic-organization-id", "org-1")
+	clk.Advance(2 * time.Second)
+	for i := 0; i < 10; i++ {
+		if r := acquire(t, p, Request{Model: sonnet, Attempts: a}); r.KeyName() != "c" {
+			t.Fatalf("reserved %s in the excluded organization", r.KeyName())
+		}
+	}
+}
+
+// With no limits known every key looks the same: least_loaded spreads
+// concurrent requests by what each has in flight.
+func TestLeastLoadedSpreadsConcurrentReservations(t *testing.T) {
+	for _, n := range []int{2, 4, 10, 16} {
+		names := make([]string, n)
+		for i := range names {
+			names[i] = string(rune('a'+i%26)) + string(rune('0'+i/26))
+		}
+		p, _ := newPool(t, Config{Keys: keys(names...)})
+		for i := 0; i < 3*n; i++ {
+			acquire(t, p, Request{Model: sonnet, Bytes: 1000})
+		}
+		for _, k := range p.Snapshot().Keys {
+			if k.InFlight != 3 {
+				t.Fatalf("%d keys: key %s has %d in flight, want 3 each", n, k.Name, k.InFlight)
+			}
+		}
+	}
+	// Large pools sample: the most loaded key stays near the mean.
+	names := make([]string, 100)
+	for i := range names {
+		names[i] = "k" + string(rune('A'+i/10)) + string(rune('0'+i%10))
+	}
+	p, _ := newPool(t, Config{Keys: keys(names...), Seed: 1})
+	for i := 0; i < 500; i++ {
+		acquire(t, p, Request{Model: sonnet})
+	}
+	maxF, minF := 0, 1<<30
+	for _, k := range p.Snapshot().Keys {
+		maxF, minF = max(maxF, k.InFlight), min(minF, k.InFlight)
+	}
+	if maxF > 8 {
+		t.Fatalf("100 keys, 500 requests: max %d in flight (min %d), want <= 8", maxF, minF)
+	}
+}
+
+// Limits known: least_loaded prefers the key with the most headroom.
+func TestLeastLoadedPrefersHeadroom(t *testing.T) {
+	p, _ := newPool(t, Config{Keys: []KeyConfig{
+		{Name: "small", Limits: Limits{RPM: 10}},
+		{Name: "big", Limits: Limits{RPM: 1000}},
+	}})
+	for i := 0; i < 20; i++ {
+		r := acquire(t, p, Request{Model: sonnet})
+		r.Settle(ok200())
+	}
+	if got := level(t, p, "small", sonnet, kindRequests); got < 9 {
+		t.Fatalf("small key drained to %v while big had room", got)
+	}
+}
+
+func TestStrategiesThroughPool(t *testing.T) {
+	cfg := func(s selector.Strategy) Config {
+		return Config{Strategy: s, Seed: 3, Keys: []KeyConfig{
+			{Name: "a", Weight: 3, Priority: 1}, {Name: "b", Weight: 1, Priority: 0}, {Name: "c", Weight: 1, Priority: 1},
+		}}
+	}
+	count := func(s selector.Strategy) map[string]int {
+		p, _ := newPool(t, cfg(s))
+		m := map[string]int{}
+		for i := 0; i < 500; i++ {
+			r := acquire(t, p, Request{Model: sonnet})
+			m[r.KeyName()]++
+			r.Settle(ok200())
+		}
+		return m
+	}
+	if m := count(selector.RoundRobin); m["a"] != 167 || m["b"] != 167 || m["c"] != 166 {
+		t.Fatalf("round_robin %v", m)
+	}
+	if m := count(selector.Weighted); m["a"] != 300 || m["b"] != 100 || m["c"] != 100 {
+		t.Fatalf("weighted %v", m)
+	}
+	if m := count(selector.Priority); m["b"] != 500 {
+		t.Fatalf("priority %v", m)
+	}
+	if m := count(selector.Random); m["a"] < 120 || m["b"] < 120 || m["c"] < 120 {
+		t.Fatalf("random %v", m)
+	}
+	p, _ := newPool(t, cfg(selector.Weighted))
+	if p.Len() != 3 || p.Name(1) != "b" || p.Snapshot().Strategy != "weighted" {
+		t.Fatalf("Len %d Name(1) %q", p.Len(), p.Name(1))
+	}
+}
