@@ -104,6 +104,8 @@ type Handler struct {
 	metrics  *metrics
 	clk      clock.Clock
 	poolName string
+	// poolClosed makes Cleanup release the pool once, keeping h.pool.
+	poolClosed bool
 }
 
 // ClientToken is one client credential.
@@ -273,7 +275,13 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("pool %q: %v", h.Pool, err)
 	}
 	h.metrics = provisionMetrics(ctx, h)
-	registerPool(h.Pool, h.pool)
+	// The secrets go along only so the admin API can scrub them from
+	// text an upstream sent back.
+	values := make([]string, len(h.secrets))
+	for i, s := range h.secrets {
+		values[i] = s.value
+	}
+	registerPool(h.Pool, h.pool, values...)
 	return nil
 }
 
@@ -331,10 +339,14 @@ func (h *Handler) validate() error {
 // Cleanup releases exactly what Provision acquired, also after a Provision
 // that failed half-way.
 func (h *Handler) Cleanup() error {
-	if h.pool != nil {
+	// h.pool stays set: Caddy cleans up the old configuration right after
+	// starting the new one, while the old server may still hand this
+	// handler requests (HTTP/2 streams racing the GOAWAY, connections of a
+	// grace period). A closed pool still serves them; a nil one panicked.
+	if h.pool != nil && !h.poolClosed {
+		h.poolClosed = true
 		unregisterPool(h.poolName, h.pool)
 		h.pool.Close()
-		h.pool = nil
 	}
 	if h.state != nil {
 		h.state = nil
