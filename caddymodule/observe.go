@@ -27,6 +27,7 @@ type observer struct {
 	res      keypool.Reservation
 	canRetry bool
 
+	base        http.Header // the response's headers before the relay ran
 	hdr         http.Header // this attempt's header map until committed
 	status      int
 	wroteHeader bool
@@ -35,6 +36,7 @@ type observer struct {
 	held        *heldResponse
 	written     int64
 	writeErr    bool
+	settled     bool
 
 	kind int // 0 none, 1 SSE, 2 JSON
 	sse  usage.SSEScanner
@@ -49,19 +51,33 @@ type heldResponse struct {
 }
 
 func (o *observer) reset() {
-	*o = observer{w: o.w, h: o.h, metered: o.metered}
+	*o = observer{w: o.w, h: o.h, metered: o.metered, base: o.base}
 }
 
-// Header returns a fresh map per attempt, so a retried attempt starts clean;
-// once the response is committed it is the real writer's map (trailers).
+// Header returns a fresh map per attempt, a copy of the headers the
+// response had before the relay ran, so a retried attempt starts clean and
+// what next deletes (reverse_proxy drops Server) stays deleted; once the
+// response is committed it is the real writer's map (trailers).
 func (o *observer) Header() http.Header {
 	if o.committed {
 		return o.w.Header()
 	}
 	if o.hdr == nil {
-		o.hdr = make(http.Header, 16)
+		o.hdr = o.base.Clone()
+		if o.hdr == nil {
+			o.hdr = make(http.Header, 16)
+		}
 	}
 	return o.hdr
+}
+
+// setHeaders makes dst exactly hdr: the writer's map is replaced by the
+// attempt's, which started as a copy of it.
+func setHeaders(dst, hdr http.Header) {
+	clear(dst)
+	for k, v := range hdr {
+		dst[k] = v
+	}
 }
 
 func (o *observer) WriteHeader(code int) {
@@ -97,9 +113,7 @@ func (o *observer) WriteHeader(code int) {
 		}
 	}
 	dst := o.w.Header()
-	for k, v := range hdr {
-		dst[k] = v
-	}
+	setHeaders(dst, hdr)
 	dst.Set("X-Cc-Relay-Key", o.res.KeyName())
 	o.committed = true
 	o.w.WriteHeader(code)
@@ -146,6 +160,9 @@ func (o *observer) FlushError() error {
 	return http.NewResponseController(o.w).Flush()
 }
 
+// Flush is FlushError for code that asserts http.Flusher.
+func (o *observer) Flush() { _ = o.FlushError() }
+
 // Unwrap lets http.ResponseController reach the underlying writer.
 func (o *observer) Unwrap() http.ResponseWriter { return o.w }
 
@@ -162,6 +179,10 @@ func (o *observer) usage() usage.Usage {
 // settle ends the attempt's reservation: usage read so far, or a refund
 // when the upstream never answered.
 func (o *observer) settle(err error) {
+	if o.settled {
+		return
+	}
+	o.settled = true
 	u := o.usage()
 	status := o.status
 	if !o.wroteHeader {
@@ -202,10 +223,10 @@ func (o *observer) takeHeld() *heldResponse {
 // the upstream's Retry-After with the pool's.
 func (hr *heldResponse) replay(w http.ResponseWriter, retryAfter int) {
 	dst := w.Header()
-	for k, v := range hr.header {
-		dst[k] = v
-	}
-	dst.Del("Content-Length")
+	setHeaders(dst, hr.header)
+	// The body may have been cut at maxHeld: the upstream's framing
+	// describes what it sent, not what is replayed.
+	dst.Del("Transfer-Encoding")
 	dst.Set("Content-Length", strconv.Itoa(hr.body.Len()))
 	dst.Set("X-Cc-Relay-Key", hr.key)
 	if retryAfter >= 1 {
@@ -216,11 +237,15 @@ func (hr *heldResponse) replay(w http.ResponseWriter, retryAfter int) {
 }
 
 // finish records the request in the access log's fields.
-func (h *Handler) finish(o *observer, extra *caddyhttp.ExtraLogFields, attempts int, client, session, model string) {
+func (h *Handler) finish(o *observer, held *heldResponse, extra *caddyhttp.ExtraLogFields, attempts int, client, session, model string) {
 	if extra == nil {
 		return
 	}
-	extra.Set(zap.String("cc_relay_key", o.res.KeyName()))
+	key := o.res.KeyName()
+	if key == "" && held != nil {
+		key = held.key // a refused retry: the answer replayed is held's
+	}
+	extra.Set(zap.String("cc_relay_key", key))
 	extra.Set(zap.String("cc_relay_client", client))
 	extra.Set(zap.String("cc_relay_model", model))
 	extra.Set(zap.String("cc_relay_session", session))

@@ -31,6 +31,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	client, ok := h.authenticate(r)
 	if !ok {
 		h.metrics.request(h.poolName, "", "unauthorized")
+		closeUnread(w, r)
 		writeError(w, http.StatusUnauthorized, "authentication_error", "invalid or missing client token for this relay", 0)
 		return nil
 	}
@@ -52,6 +53,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		if status == http.StatusRequestEntityTooLarge {
 			typ = "request_too_large"
 		}
+		closeUnread(w, r)
 		h.metrics.request(h.poolName, "", "bad_request")
 		writeError(w, status, typ, msg, 0)
 		return nil
@@ -69,7 +71,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			return nil
 		}
 		req.Model = info.Model
-		req.Session = sessionHash(client, r.Header.Get("X-Claude-Code-Session-Id"), info)
+		req.Session = sessionHash(client, r.Header.Get("X-Claude-Code-Session-Id"), info, body)
 	} else {
 		// Other endpoints (count_tokens, models) get a key but are not
 		// charged to the Messages budgets.
@@ -90,12 +92,22 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 	var attempts keypool.Attempts
 	req.Attempts = &attempts
-	rw := &observer{w: w, h: h, metered: metered}
-	start := h.clk.Now()
+	// Each attempt starts from the headers the response had before the
+	// relay ran, never from an earlier attempt's.
+	rw := &observer{w: w, h: h, metered: metered, base: w.Header().Clone()}
 	var held *heldResponse
+	// The access log gets the relay's fields however the request ends,
+	// also while a panic (reverse_proxy aborting a broken stream) unwinds.
+	defer func() { h.finish(rw, held, extra, attempts.N(), client, session, info.Model) }()
+	start := h.clk.Now()
 	var lastErr error
 	for {
 		rw.reset()
+		if attempts.N() > 0 && r.Context().Err() != nil {
+			// The client left while an attempt was refused: no retry.
+			h.metrics.request(h.poolName, "", "client_gone")
+			return nil
+		}
 		err := h.pool.Acquire(r.Context(), &req, &rw.res)
 		if attempts.N() <= 1 {
 			h.metrics.waited(h.poolName, h.clk.Now().Sub(start))
@@ -116,8 +128,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			repl.Set("http.cc_relay.key", rw.res.KeyName())
 			repl.Set("http.cc_relay.attempts", attempts.N())
 		}
-		lastErr = next.ServeHTTP(rw, r)
-		rw.settle(lastErr)
+		lastErr = h.attempt(rw, r, next)
 		if !rw.hold {
 			break
 		}
@@ -129,14 +140,41 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 				d, _ := h.pool.RetryAfter(req.Model, req.Bytes)
 				after = retryAfterSeconds(d)
 			}
-			held.replay(w, after)
+			h.answerHeld(w, held, after)
 			break
 		}
 		h.metrics.retry(h.poolName)
 		lastErr = nil
 	}
-	h.finish(rw, extra, attempts.N(), client, session, info.Model)
 	return lastErr
+}
+
+// errAborted stands for a response that broke off: reverse_proxy panics
+// with http.ErrAbortHandler instead of returning an error.
+var errAborted = errors.New("response aborted")
+
+// attempt calls next with one key and settles the attempt's reservation
+// however next ends. reverse_proxy panics with http.ErrAbortHandler when a
+// response breaks off after it began (the upstream connection reset, the
+// client went away): the reservation is settled with the usage seen so far
+// and the panic goes on, so the server aborts the client's connection and
+// the client cannot take the broken stream for a complete one. Only an
+// answer being held back (nothing of it reached the client) is kept: it is
+// judged, then retried or replayed like any other held answer.
+func (h *Handler) attempt(rw *observer, r *http.Request, next caddyhttp.Handler) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			rw.settle(errAborted)
+			if p == http.ErrAbortHandler && rw.hold {
+				err = nil
+				return
+			}
+			panic(p)
+		}
+	}()
+	err = next.ServeHTTP(rw, r)
+	rw.settle(err)
+	return err
 }
 
 // judge learns from a response held back for a retry: a rejected key is
@@ -172,7 +210,7 @@ func (h *Handler) refuse(w http.ResponseWriter, held *heldResponse, nc *keypool.
 		if held.status != http.StatusTooManyRequests {
 			after = -1
 		}
-		held.replay(w, after)
+		h.answerHeld(w, held, after)
 		return
 	}
 	if nc.NoKeys {
@@ -184,6 +222,33 @@ func (h *Handler) refuse(w http.ResponseWriter, held *heldResponse, nc *keypool.
 	h.metrics.request(h.poolName, "", "rate_limited")
 	writeError(w, http.StatusTooManyRequests, "rate_limit_error",
 		"all upstream keys of this relay are at their rate limits; retry after "+strconv.Itoa(after)+"s", after)
+}
+
+// closeUnread marks an answer given before the request body was read as
+// the connection's last. Otherwise net/http drains up to 256 KiB of the body
+// before it writes the answer, and with Caddy's read idle timeout wrapping
+// the body, a client that sends no more (a huge Content-Length, an endless
+// chunked body, Expect: 100-continue) would wait for that timeout. HTTP/2
+// needs nothing: the stream is reset instead.
+func closeUnread(w http.ResponseWriter, r *http.Request) {
+	if r.ProtoMajor == 1 && r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 {
+		w.Header().Set("Connection", "close")
+	}
+}
+
+// answerHeld sends the client the held-back answer of the last attempt.
+// An upstream 401/403 is about the relay's key, not the client's token:
+// passing it on would make Claude Code ask its user to log in again, so
+// the client gets 503 api_error instead (the key is already disabled).
+func (h *Handler) answerHeld(w http.ResponseWriter, held *heldResponse, retryAfter int) {
+	if held.status == http.StatusUnauthorized || held.status == http.StatusForbidden {
+		w.Header().Set("X-Cc-Relay-Key", held.key)
+		h.metrics.request(h.poolName, "", "no_keys")
+		writeError(w, http.StatusServiceUnavailable, "api_error",
+			"the relay's upstream key was rejected by the upstream and no other key is available", 0)
+		return
+	}
+	held.replay(w, retryAfter)
 }
 
 // prepare sets the attempt's key and a fresh copy of the body on r.
@@ -257,8 +322,8 @@ func readBody(r *http.Request, limit int64) ([]byte, int, string) {
 
 // sessionHash scopes a conversation's identity to the client, so one
 // client cannot steer another's sessions: the session id header, else the
-// session in metadata.user_id, else the conversation's stable prefix.
-func sessionHash(client, header string, info reqscan.Info) uint64 {
+// session in metadata.user_id, else the conversation's start.
+func sessionHash(client, header string, info reqscan.Info, body []byte) uint64 {
 	var mh maphash.Hash
 	mh.SetSeed(sessionSeed)
 	mh.WriteString(client)
@@ -269,12 +334,14 @@ func sessionHash(client, header string, info reqscan.Info) uint64 {
 	case info.SessionID != "":
 		mh.WriteString(info.SessionID)
 	case info.PrefixHash != 0:
-		var b [8]byte
-		for i := range b {
-			b[i] = byte(info.PrefixHash >> (8 * i))
-		}
 		mh.WriteByte(1)
-		mh.Write(b[:])
+		if !conversationStart(&mh, body) {
+			var b [8]byte
+			for i := range b {
+				b[i] = byte(info.PrefixHash >> (8 * i))
+			}
+			mh.Write(b[:])
+		}
 	default:
 		return 0
 	}
@@ -282,6 +349,57 @@ func sessionHash(client, header string, info reqscan.Info) uint64 {
 		return s
 	}
 	return 1
+}
+
+// conversationStart hashes the system prompt and first message without
+// their cache_control markers. reqscan's PrefixHash is of the raw bytes,
+// but clients put a breakpoint on the newest message: the first message
+// carries one in the first turn and not in the next, which would move the
+// conversation away from the key holding the cache its first turn wrote.
+// Only requests naming no session get here (Claude Code always names one),
+// so decoding the body once more is affordable.
+func conversationStart(mh *maphash.Hash, body []byte) bool {
+	var v struct {
+		System   json.RawMessage   `json:"system"`
+		Messages []json.RawMessage `json:"messages"`
+	}
+	if json.Unmarshal(body, &v) != nil {
+		return false
+	}
+	var first json.RawMessage
+	if len(v.Messages) > 0 {
+		first = v.Messages[0]
+	}
+	for _, raw := range []json.RawMessage{v.System, first} {
+		d := json.NewDecoder(bytes.NewReader(raw))
+		d.UseNumber()
+		var x any
+		if len(raw) > 0 && d.Decode(&x) != nil {
+			return false
+		}
+		b, err := json.Marshal(withoutCacheControl(x)) // map keys sorted
+		if err != nil {
+			return false
+		}
+		mh.Write(b)
+		mh.WriteByte(0)
+	}
+	return true
+}
+
+func withoutCacheControl(x any) any {
+	switch v := x.(type) {
+	case map[string]any:
+		delete(v, "cache_control")
+		for k, e := range v {
+			v[k] = withoutCacheControl(e)
+		}
+	case []any:
+		for i, e := range v {
+			v[i] = withoutCacheControl(e)
+		}
+	}
+	return x
 }
 
 func retryAfterSeconds(d time.Duration) int {

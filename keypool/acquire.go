@@ -152,14 +152,15 @@ func (p *Pool) Acquire(ctx context.Context, req *Request, res *Reservation) erro
 	// Admission asks for the estimate plus its typical error, so that a
 	// bucket just refilled to an underestimate does not send a request
 	// the upstream then refuses; the reservation is the estimate.
-	need := est * (1 + st.est[class].margin())
+	margin := st.est[class].margin()
+	need := est * (1 + margin)
 	now := st.clock.Now().UnixNano()
 	var w *waiter
 	var deadline int64
 	for {
 		if st.waitq.first(class) == w || req.Attempts.N() > 0 {
-			if i, so := p.pick(now, class, need, req); i >= 0 {
-				p.reserve(i, now, class, est, req, res, so)
+			if i, so, e := p.pick(now, class, est, margin, req); i >= 0 {
+				p.reserve(i, now, class, e, req, res, so)
 				if w != nil {
 					st.waitq.remove(w)
 				}
@@ -208,26 +209,47 @@ func (p *Pool) Acquire(ctx context.Context, req *Request, res *Reservation) erro
 	}
 }
 
-func (p *Pool) pick(now int64, class int, est float64, req *Request) (int, StickyOutcome) {
+// pick chooses a key for a request estimated at est input tokens, asking
+// admission for est*(1+margin); it returns the estimate to reserve.
+func (p *Pool) pick(now int64, class int, est, margin float64, req *Request) (int, StickyOutcome, float64) {
 	v := &p.view
-	v.now, v.class, v.est, v.exclude = now, class, est, req.Attempts
+	v.now, v.class, v.est, v.exclude = now, class, est*(1+margin), req.Attempts
 	defer func() { v.exclude = nil }()
 	so := StickyNone
 	if p.cfg.Sticky && req.Session != 0 {
 		so = StickyNew
-		if ks := p.st.sticky.get(req.Session, now, p.ttl); ks != nil {
+		if ks, lastBytes, lastClass := p.st.sticky.get(req.Session, now, p.ttl); ks != nil {
 			if i, ok := p.byKey[ks]; ok {
+				// Within its cache scope the next turn of a conversation
+				// is charged at least what it added to the prompt (the
+				// rest is read from the cache); a share of the whole
+				// prompt knows nothing of the turn's size.
+				w := est
+				if int(lastClass) == class && lastBytes > 0 {
+					if int(lastBytes) <= req.Bytes {
+						w = max(w, p.st.est[class].whole(req.Bytes-int(lastBytes), p.cfg.TokenEstimateRatio))
+					} else {
+						// Shorter: the conversation was rewritten.
+						w = max(w, p.st.est[class].whole(req.Bytes, p.cfg.TokenEstimateRatio))
+					}
+				}
+				v.est = w * (1 + margin)
 				if ok, _, _ := v.Load(i); ok {
-					return i, StickyHit
+					return i, StickyHit, w
 				}
 				if j := selector.PickAmong(p.cfg.Strategy, p.sel, v, p.scope(i)); j >= 0 {
-					return j, StickyScope
+					return j, StickyScope, w
 				}
 				so = StickyMoved
 			}
 		}
+		// Outside its cache scope a conversation's prompt is all written
+		// anew: price it whole, not at the learned share that cache hits
+		// keep low, or a move is admitted where the upstream refuses it.
+		est = max(est, p.st.est[class].whole(req.Bytes, p.cfg.TokenEstimateRatio))
+		v.est = est * (1 + margin)
 	}
-	return selector.Pick(p.cfg.Strategy, p.sel, v), so
+	return selector.Pick(p.cfg.Strategy, p.sel, v), so, est
 }
 
 // scope lists the keys that share key i's prompt cache: its workspace when
@@ -267,7 +289,7 @@ func (p *Pool) reserve(i int, now int64, class int, est float64, req *Request, r
 		a.n++
 	}
 	if so != StickyNone {
-		p.st.sticky.pin(req.Session, m.ks, now, p.ttl, p.cfg.StickyMaxSessions)
+		p.st.sticky.pin(req.Session, m.ks, now, p.ttl, p.cfg.StickyMaxSessions, int32(min(req.Bytes, math.MaxInt32)), int32(class))
 	}
 }
 

@@ -34,6 +34,18 @@ func (e *estimator) estimate(bytes int, ratio float64) float64 {
 	return max(1, float64(bytes)*e.perByte*e.chargeable)
 }
 
+// whole estimates the request's whole prompt, as charged when none of it
+// is in the cache.
+func (e *estimator) whole(bytes int, ratio float64) float64 {
+	if bytes <= 0 {
+		return 1
+	}
+	if e.n == 0 {
+		return float64(bytes) / ratio
+	}
+	return max(1, float64(bytes)*e.perByte)
+}
+
 // margin is the share by which admission pads the estimate: three times
 // the calibrated estimate's mean error (about its spread), at most 50%.
 // Uncalibrated estimates get none: their error is not known yet.

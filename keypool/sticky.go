@@ -19,6 +19,9 @@ type stickyEntry struct {
 	ks         *keyState
 	expires    int64
 	prev, next int32
+	// The session's last request: body size and model class, to price
+	// the next turn of a conversation by what it added.
+	bytes, class int32
 }
 
 // stickyEntrySize is the approximate memory one pinned session costs: the
@@ -69,28 +72,35 @@ func (t *stickyTable) remove(i int32) {
 	t.free = append(t.free, i)
 }
 
-// get returns the key a session is pinned to, refreshing its expiry, or nil.
-func (t *stickyTable) get(h uint64, now, ttl int64) *keyState {
+// get returns the key a session is pinned to, refreshing its expiry, or
+// nil; and the body size and class of the session's last request.
+func (t *stickyTable) get(h uint64, now, ttl int64) (*keyState, int32, int32) {
 	i, ok := t.idx[h]
 	if !ok {
-		return nil
+		return nil, 0, 0
 	}
 	e := &t.entries[i]
 	if e.expires <= now || e.ks == nil || e.ks.refs == 0 {
 		t.remove(i)
-		return nil
+		return nil, 0, 0
 	}
 	e.expires = now + ttl
 	t.unlink(i)
 	t.pushFront(i)
-	return e.ks
+	return e.ks, e.bytes, e.class
 }
 
-// pin sets the key of a session, evicting expired or least recently used
-// sessions to stay within maxEntries.
-func (t *stickyTable) pin(h uint64, ks *keyState, now, ttl int64, maxEntries int) {
+// pin sets the key of a session and the body size and class of its
+// request, evicting expired or least recently used sessions to stay within
+// maxEntries.
+func (t *stickyTable) pin(h uint64, ks *keyState, now, ttl int64, maxEntries int, bytes, class int32) {
 	if i, ok := t.idx[h]; ok {
 		e := &t.entries[i]
+		// Follow the conversation, not a small side request of another
+		// model (Claude Code's Haiku calls share the session).
+		if class == e.class || bytes >= e.bytes {
+			e.bytes, e.class = bytes, class
+		}
 		if e.ks != ks {
 			if e.ks != nil {
 				e.ks.sticky--
@@ -121,7 +131,7 @@ func (t *stickyTable) pin(h uint64, ks *keyState, now, ttl int64, maxEntries int
 		t.entries = append(t.entries, stickyEntry{})
 		i = int32(len(t.entries) - 1)
 	}
-	t.entries[i] = stickyEntry{hash: h, ks: ks, expires: now + ttl}
+	t.entries[i] = stickyEntry{hash: h, ks: ks, expires: now + ttl, bytes: bytes, class: class}
 	ks.sticky++
 	t.idx[h] = i
 	t.pushFront(i)

@@ -1,0 +1,1363 @@
+package caddymodule
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"go.uber.org/zap"
+
+	"github.com/cc-relay/caddy-cc-relay/internal/clock"
+	"github.com/cc-relay/caddy-cc-relay/internal/mockanthropic"
+	"github.com/cc-relay/caddy-cc-relay/keypool"
+)
+
+// Fault tests: failover, key health, mid-stream failures and waiting, each
+// end to end through the in-process Caddy (cc_relay + reverse_proxy) in
+// front of an httptest upstream, most often the mock Anthropic API.
+//
+// Time is a fake clock shared by the relay's pool and the mock, so budgets
+// refill only when a test advances it. Every test checks that it leaves no
+// goroutine behind; the upstream transport runs without keep-alive so that
+// the proxy's idle upstream connections do not count as leaks.
+
+// --- shared helpers (also used by sticky_test.go) ---
+
+// faultT0 is before the spend-cap date used below, so that date lies ahead.
+var faultT0 = time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)
+
+// useFakeClock makes pools created from now on read a fake clock.
+func useFakeClock(t *testing.T) *clock.Fake {
+	t.Helper()
+	fake := clock.NewFake(faultT0)
+	newClock = func() clock.Clock { return fake }
+	t.Cleanup(func() { newClock = func() clock.Clock { return clock.Real{} } })
+	return fake
+}
+
+// seenReq is one request as the upstream received it.
+type seenReq struct {
+	key    string
+	body   []byte
+	header http.Header
+	query  string
+	resp   *lockedBuffer // the bytes the upstream handler wrote back
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// recUpstream records every request (credential, body, headers) and the
+// bytes written back, then hands the request to h.
+type recUpstream struct {
+	*httptest.Server
+	mu   sync.Mutex
+	reqs []seenReq
+}
+
+// teeWriter copies what the upstream writes; Unwrap keeps Flush and Hijack
+// (used by the mock's stream faults) reachable.
+type teeWriter struct {
+	http.ResponseWriter
+	out io.Writer
+}
+
+func (w teeWriter) Write(p []byte) (int, error) {
+	_, _ = w.out.Write(p)
+	return w.ResponseWriter.Write(p)
+}
+
+func (w teeWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func newRecUpstream(t *testing.T, h http.Handler) *recUpstream {
+	t.Helper()
+	u := &recUpstream{}
+	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		key := r.Header.Get("X-Api-Key")
+		if key == "" {
+			key = strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
+		}
+		resp := &lockedBuffer{}
+		u.mu.Lock()
+		u.reqs = append(u.reqs, seenReq{key: key, body: body, header: r.Header.Clone(), query: r.URL.RawQuery, resp: resp})
+		u.mu.Unlock()
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		h.ServeHTTP(teeWriter{w, resp}, r)
+	}))
+	t.Cleanup(u.Close)
+	return u
+}
+
+func (u *recUpstream) all() []seenReq {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return append([]seenReq(nil), u.reqs...)
+}
+
+func (u *recUpstream) keys() []string {
+	var ks []string
+	for _, r := range u.all() {
+		ks = append(ks, r.key)
+	}
+	return ks
+}
+
+func (u *recUpstream) count() map[string]int {
+	m := map[string]int{}
+	for _, r := range u.all() {
+		m[r.key]++
+	}
+	return m
+}
+
+func (u *recUpstream) addr() string { return strings.TrimPrefix(u.URL, "http://") }
+
+// proxyTo is the reverse_proxy block used by these tests. Without
+// keep-alive, an upstream connection ends with its request, so a goroutine
+// still alive after a test is a leak and not an idle connection.
+func proxyTo(u *recUpstream, extra ...string) string {
+	return fmt.Sprintf(`reverse_proxy %s {
+		transport http {
+			keepalive off
+		}
+		%s
+	}`, u.addr(), strings.Join(extra, "\n\t\t"))
+}
+
+// relayClient is a client of its own so its idle connections can be closed.
+type relayClient struct {
+	*http.Client
+	tr *http.Transport
+}
+
+func newRelayClient(t *testing.T) *relayClient {
+	tr := &http.Transport{MaxIdleConnsPerHost: 100, DisableCompression: true}
+	c := &relayClient{Client: &http.Client{Transport: tr, Timeout: 20 * time.Second}, tr: tr}
+	t.Cleanup(tr.CloseIdleConnections)
+	return c
+}
+
+// ccBody is a Claude Code-like Messages request: a cached system prompt,
+// a cached conversation and metadata.user_id (omitted when userID is "").
+func ccBody(userID, prompt string, stream bool, history ...string) string {
+	type block map[string]any
+	cache := map[string]string{"type": "ephemeral"}
+	msgs := []map[string]any{}
+	turns := append(append([]string(nil), history...), prompt)
+	for i, text := range turns {
+		role := "user"
+		if i%2 == 1 {
+			role = "assistant"
+		}
+		b := block{"type": "text", "text": text}
+		if i == len(turns)-1 {
+			b["cache_control"] = cache
+		}
+		msgs = append(msgs, map[string]any{"role": role, "content": []block{b}})
+	}
+	req := map[string]any{
+		"model":      "claude-sonnet-4-5-20250929",
+		"max_tokens": 32000,
+		"system": []block{
+			{"type": "text", "text": "You are Claude Code, Anthropic's official CLI for Claude.", "cache_control": cache},
+			{"type": "text", "text": "You are an interactive CLI tool that helps users with software engineering tasks.", "cache_control": cache},
+		},
+		"messages": msgs,
+	}
+	if stream {
+		req["stream"] = true
+	}
+	if userID != "" {
+		req["metadata"] = map[string]string{"user_id": userID}
+	}
+	b, _ := json.Marshal(req)
+	return string(b)
+}
+
+func legacyUserID(session string) string {
+	return "user_" + strings.Repeat("ab12", 16) + "_account_6f1c2a4e-3b7d-4c1e-9a2f-0d8e5b7c9a10_session_" + session
+}
+
+func jsonUserID(session string) string {
+	b, _ := json.Marshal(map[string]string{
+		"device_id": strings.Repeat("cd34", 16), "account_uuid": "6f1c2a4e-3b7d-4c1e-9a2f-0d8e5b7c9a10", "session_id": session,
+	})
+	return string(b)
+}
+
+func sessionUUID(n int) string { return fmt.Sprintf("5e55a0%02d-1111-4222-8333-%012d", n%100, n) }
+
+type relayResult struct {
+	status int
+	header http.Header
+	body   string
+	err    error
+}
+
+// send posts body to the relay the way Claude Code does (?beta=true,
+// anthropic-version, anthropic-beta) with the given client token and extra
+// header pairs, and reads the whole answer.
+func (c *relayClient) send(ctx context.Context, token, body string, hdr ...string) relayResult {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, relayAddr+"/v1/messages?beta=true", strings.NewReader(body))
+	if err != nil {
+		return relayResult{err: err}
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Anthropic-Version", "2023-06-01")
+	req.Header.Set("Anthropic-Beta", "claude-code-20250219,prompt-caching-2024-07-31")
+	req.Header.Set("User-Agent", "claude-cli/2.0.0 (external, cli)")
+	if token != "" {
+		req.Header.Set("X-Api-Key", token)
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	res, err := c.Do(req)
+	if err != nil {
+		return relayResult{err: err}
+	}
+	defer res.Body.Close()
+	b, err := io.ReadAll(res.Body)
+	return relayResult{status: res.StatusCode, header: res.Header, body: string(b), err: err}
+}
+
+func (c *relayClient) mustSend(t *testing.T, token, body string, hdr ...string) relayResult {
+	t.Helper()
+	r := c.send(context.Background(), token, body, hdr...)
+	if r.err != nil {
+		t.Fatalf("request failed: %v", r.err)
+	}
+	return r
+}
+
+// poolSnap returns the named pool's snapshot.
+func poolSnap(t *testing.T, pool string) keypool.Snapshot {
+	t.Helper()
+	p := lookupPool(pool)
+	if p == nil {
+		t.Fatalf("pool %q is not registered", pool)
+	}
+	return p.Snapshot()
+}
+
+func keySnap(t *testing.T, pool, name string) keypool.KeySnapshot {
+	t.Helper()
+	for _, k := range poolSnap(t, pool).Keys {
+		if k.Name == name {
+			return k
+		}
+	}
+	t.Fatalf("pool %q has no key %q", pool, name)
+	return keypool.KeySnapshot{}
+}
+
+func budgetOf(t *testing.T, k keypool.KeySnapshot, class string) keypool.BudgetSnapshot {
+	t.Helper()
+	for _, b := range k.Budgets {
+		if b.Class == class {
+			return b
+		}
+	}
+	t.Fatalf("key %s has no %s budget: %+v", k.Name, class, k.Budgets)
+	return keypool.BudgetSnapshot{}
+}
+
+// pollUntil polls cond (bounded: 5s) for effects that complete on another
+// goroutine after the client has its answer, such as a handler unwinding.
+func pollUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// poolIdle reports that no key of the pool has a request in flight or waiting.
+func poolIdle(t *testing.T, pool string) func() bool {
+	return func() bool {
+		s := poolSnap(t, pool)
+		if s.Waiting != 0 {
+			return false
+		}
+		for _, k := range s.Keys {
+			if k.InFlight != 0 {
+				return false
+			}
+		}
+		return true
+	}
+}
+
+// leakCheck remembers the goroutines alive now (the in-process Caddy, the
+// upstream's listener, earlier tests' leftovers); verify then fails the test
+// if any other goroutine outlives it, after closing the clients' idle
+// connections.
+type leakCheck struct{ ignore goleak.Option }
+
+func startLeakCheck() leakCheck { return leakCheck{goleak.IgnoreCurrent()} }
+
+// notOurs are goroutines Caddy starts lazily and keeps for the life of a
+// configuration: the access log file's rotation worker (begun on its first
+// write).
+var notOurs = goleak.IgnoreTopFunction("github.com/DeRuina/timberjack.(*Logger).millRun")
+
+func (l leakCheck) verify(t *testing.T, clients ...*relayClient) {
+	t.Helper()
+	for _, c := range clients {
+		c.tr.CloseIdleConnections()
+	}
+	// goleak's own retries span about half a second; under -race on a
+	// busy machine a finished connection's goroutines can take longer to
+	// go. A leaked goroutine stays: keep looking, bounded.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		err := goleak.Find(l.ignore, notOurs)
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// mockOn returns a mock upstream whose rate limits run on fake's time.
+func mockOn(fake *clock.Fake, orgs []mockanthropic.Org, keys map[string]string) *mockanthropic.Server {
+	return mockanthropic.New(mockanthropic.Config{Orgs: orgs, Keys: keys, Now: fake.Now, OutputTokens: func([]byte) int64 { return 20 }})
+}
+
+// relaySite is a site block for cc_relay with the given body lines in
+// front of proxy.
+func relaySite(body, proxy string) string {
+	return "http://localhost:9080 {\n\tcc_relay " + body + "\n\t" + proxy + "\n}"
+}
+
+// sse splits a stream into its events' raw text.
+func sseEvents(s string) []string {
+	var out []string
+	for _, ev := range strings.Split(s, "\n\n") {
+		if strings.TrimSpace(ev) != "" {
+			out = append(out, ev)
+		}
+	}
+	return out
+}
+
+func hasRateLimitHeaders(h http.Header) bool {
+	for k := range h {
+		if strings.HasPrefix(strings.ToLower(k), "anthropic-ratelimit-") {
+			return true
+		}
+	}
+	return false
+}
+
+// --- 1. Replayable, bounded request bodies ---
+
+// TestFaultBodyLimit: a body above max_body is refused with 413
+// request_too_large before it has been read (a declared length is refused
+// unread; a chunked body is refused after the limit, its end never sent),
+// and the upstream never sees it; a body at the limit passes.
+func TestFaultBodyLimit(t *testing.T) {
+	up := newRecUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { okMessage(w) }))
+	startRelay(t, relaySite(`body_pool {
+		client_token ct-body
+		max_body 1KB
+		key sk-body-1
+	}`, proxyTo(up)))
+	c := newRelayClient(t)
+	c.mustSend(t, "ct-body", msgBody) // warm up before counting goroutines
+	lc := startLeakCheck()
+	defer lc.verify(t, c)
+	base := len(up.all())
+
+	exact := padBody(1000)
+	if r := c.mustSend(t, "ct-body", exact); r.status != 200 {
+		t.Fatalf("body of exactly max_body: %d %s", r.status, r.body)
+	}
+	if got := up.all(); len(got) != base+1 || string(got[base].body) != exact {
+		t.Fatalf("body at the limit did not reach the upstream intact")
+	}
+	base++
+	r := c.mustSend(t, "ct-body", padBody(1001))
+	assertTooLarge(t, "1001-byte body", r.status, r.body)
+
+	// A declared length far above the limit: answered without reading.
+	conn := dialRelay(t)
+	fmt.Fprintf(conn, "POST /v1/messages?beta=true HTTP/1.1\r\nHost: localhost:9080\r\nX-Api-Key: ct-body\r\n"+
+		"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", 100<<20, `{"model":"claude-sonnet-4-5","messages":[`)
+	res := readRaw(t, conn)
+	assertTooLarge(t, "Content-Length 100MiB", res.status, res.body)
+
+	// A chunked body that never ends: the relay must answer once it has
+	// seen more than the limit, not wait for the end.
+	conn = dialRelay(t)
+	fmt.Fprintf(conn, "POST /v1/messages?beta=true HTTP/1.1\r\nHost: localhost:9080\r\nX-Api-Key: ct-body\r\n"+
+		"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+	writerDone := make(chan int64, 1)
+	go func() {
+		var sent int64
+		chunk := fmt.Sprintf("%x\r\n%s\r\n", 4096, strings.Repeat("x", 4096))
+		for sent < 8<<20 {
+			if _, err := io.WriteString(conn, chunk); err != nil {
+				break
+			}
+			sent += 4096
+		}
+		writerDone <- sent // the terminating chunk is never sent
+	}()
+	res = readRaw(t, conn)
+	assertTooLarge(t, "endless chunked body", res.status, res.body)
+	conn.Close()
+	<-writerDone
+
+	if n := len(up.all()); n != base {
+		t.Fatalf("upstream saw %d requests for refused bodies", n-base)
+	}
+}
+
+func padBody(n int) string {
+	head := `{"model":"claude-sonnet-4-5","max_tokens":16,"messages":[{"role":"user","content":"`
+	tail := `"}]}`
+	return head + strings.Repeat("a", n-len(head)-len(tail)) + tail
+}
+
+func assertTooLarge(t *testing.T, what string, status int, body string) {
+	t.Helper()
+	var e apiError
+	if status != http.StatusRequestEntityTooLarge || json.Unmarshal([]byte(body), &e) != nil ||
+		e.Type != "error" || e.Error.Type != "request_too_large" {
+		t.Fatalf("%s: %d %q, want 413 request_too_large error JSON", what, status, body)
+	}
+}
+
+func dialRelay(t *testing.T) net.Conn {
+	t.Helper()
+	conn, err := net.Dial("tcp", "127.0.0.1:9080")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	return conn
+}
+
+type rawResult struct {
+	status int
+	body   string
+}
+
+func readRaw(t *testing.T, conn net.Conn) rawResult {
+	t.Helper()
+	res, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("reading the relay's answer: %v", err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	return rawResult{res.StatusCode, string(b)}
+}
+
+// TestFaultRetryReplaysBody: every attempt of a retried request carries the
+// whole body, byte for byte, also when the client sent it chunked.
+func TestFaultRetryReplaysBody(t *testing.T) {
+	fake := useFakeClock(t)
+	mock := mockOn(fake, []mockanthropic.Org{{ID: "org-hot"}, {ID: "org-cold"}},
+		map[string]string{"sk-rb-hot": "org-hot", "sk-rb-cold": "org-cold"})
+	up := newRecUpstream(t, mock)
+	startRelay(t, relaySite(`replay_pool {
+		client_token ct-rb
+		strategy priority
+		key sk-rb-hot {
+			name hot
+		}
+		key sk-rb-cold {
+			name cold
+			priority 1
+		}
+	}`, proxyTo(up)))
+	c := newRelayClient(t)
+	c.mustSend(t, "ct-rb", msgBody)
+	lc := startLeakCheck()
+	defer lc.verify(t, c)
+	mock.Force429("org-hot", fake.Now().Add(time.Hour))
+	base := len(up.all())
+
+	history := []string{strings.Repeat("Earlier turn with a long tool result. ", 4000), "ok"}
+	body := ccBody(legacyUserID(sessionUUID(1)), "Fix the failing test", false, history...)
+	// A reader without a length makes the client send the body chunked.
+	req, _ := http.NewRequest(http.MethodPost, relayAddr+"/v1/messages?beta=true", io.MultiReader(strings.NewReader(body)))
+	req.Header.Set("X-Api-Key", "ct-rb")
+	req.Header.Set("Content-Type", "application/json")
+	res, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.StatusCode != 200 || res.Header.Get("X-Cc-Relay-Key") != "cold" {
+		t.Fatalf("retried request: %d key %q %s", res.StatusCode, res.Header.Get("X-Cc-Relay-Key"), b)
+	}
+	got := up.all()[base:]
+	if len(got) != 2 || got[0].key != "sk-rb-hot" || got[1].key != "sk-rb-cold" {
+		t.Fatalf("attempts went to %v, want hot then cold", up.keys()[base:])
+	}
+	for i, a := range got {
+		if string(a.body) != body {
+			t.Fatalf("attempt %d carried %d body bytes, want the %d the client sent", i+1, len(a.body), len(body))
+		}
+		if cl := a.header.Get("Content-Length"); cl != strconv.Itoa(len(body)) {
+			t.Fatalf("attempt %d Content-Length %q, want %d", i+1, cl, len(body))
+		}
+		if a.query != "beta=true" {
+			t.Fatalf("attempt %d lost the query: %q", i+1, a.query)
+		}
+	}
+}
+
+// --- 2. Retry on another key; nothing of a held-back answer leaks ---
+
+// TestFaultRetryOnOtherOrg: an organization answering 429 while another has
+// capacity costs the client nothing: no 429, and the final 200 carries only
+// its own headers, none of the refused attempt's.
+func TestFaultRetryOnOtherOrg(t *testing.T) {
+	fake := useFakeClock(t)
+	mock := mockOn(fake, []mockanthropic.Org{{ID: "org-a", RPM: 50, ITPM: 100000, OTPM: 20000}, {ID: "org-b"}},
+		map[string]string{"sk-ro-a1": "org-a", "sk-ro-a2": "org-a", "sk-ro-b": "org-b"})
+	up := newRecUpstream(t, mock)
+	startRelay(t, relaySite(`retry_org_pool {
+		client_token ct-ro
+		strategy round_robin
+		sticky off
+		key sk-ro-a1 {
+			name a1
+			org A
+		}
+		key sk-ro-a2 {
+			name a2
+			org A
+		}
+		key sk-ro-b {
+			name b
+			org B
+		}
+	}`, proxyTo(up)))
+	c := newRelayClient(t)
+	c.mustSend(t, "ct-ro", msgBody)
+	lc := startLeakCheck()
+	defer lc.verify(t, c)
+	mock.Force429("org-a", fake.Now().Add(45*time.Second))
+	base := len(up.all())
+
+	var seenIDs []string
+	for i := 0; i < 9; i++ {
+		r := c.mustSend(t, "ct-ro", ccBody(legacyUserID(sessionUUID(i)), "hello "+strconv.Itoa(i), i%2 == 0))
+		seenIDs = append(seenIDs, r.header.Get("Request-Id"))
+		if r.status != 200 {
+			t.Fatalf("request %d: %d %s: an upstream 429 reached the client while org B had capacity", i, r.status, r.body)
+		}
+		if r.header.Get("X-Cc-Relay-Key") != "b" {
+			t.Fatalf("request %d answered by %q", i, r.header.Get("X-Cc-Relay-Key"))
+		}
+		if ra := r.header.Get("Retry-After"); ra != "" {
+			t.Fatalf("request %d: final 200 carries the refused attempt's Retry-After %q", i, ra)
+		}
+		if hasRateLimitHeaders(r.header) {
+			t.Fatalf("request %d: final 200 from unlimited org-b carries rate-limit headers of org-a: %v", i, r.header)
+		}
+		if org := r.header.Get("Anthropic-Organization-Id"); org != "org-b" {
+			t.Fatalf("request %d: anthropic-organization-id %q, want org-b", i, org)
+		}
+		if strings.Contains(r.body, "rate_limit_error") {
+			t.Fatalf("request %d: body of the refused attempt leaked: %s", i, r.body)
+		}
+	}
+	// Every request-id the client saw is that of a 200, never the 429's.
+	status := map[string]int{}
+	for _, rec := range mock.Stats().Requests {
+		status[rec.RequestID] = rec.Status
+	}
+	for i, id := range seenIDs {
+		if status[id] != 200 {
+			t.Fatalf("request %d: client saw request-id %q of a %d answer", i, id, status[id])
+		}
+	}
+	if got := up.keys()[base:]; len(got) != 10 || got[0] != "sk-ro-a2" {
+		t.Fatalf("attempts %v, want org A tried first (a2, next in the rotation), then only b", got)
+	}
+	// Org A was tried once, then avoided while cooling down.
+	if n := mock.Stats().Orgs["org-a"].RateLimited; n != 1 {
+		t.Fatalf("org-a was refused %d times, want once (then cooled down)", n)
+	}
+	if k := keySnap(t, "retry_org_pool", "a2"); k.State != "cooling" {
+		t.Fatalf("a2 (same org as the refused a1) state %q, want cooling", k.State)
+	}
+	pollUntil(t, "pool idle", poolIdle(t, "retry_org_pool"))
+}
+
+// TestFaultHeldResponseNeverLeaks: with flush_interval -1 (and SSE), the
+// proxy flushes after every write; a 429 being held back for a retry must
+// not reach the client through any of them: not its status, headers, body
+// or a flush.
+func TestFaultHeldResponseNeverLeaks(t *testing.T) {
+	up := newRecUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("X-Api-Key") == "sk-hl-hot" {
+			h := w.Header()
+			h.Set("Content-Type", "application/json")
+			h.Set("Retry-After", "30")
+			h.Set("Request-Id", "req_refused")
+			h.Set("X-Refused-Marker", "leaked")
+			h.Set("Anthropic-Ratelimit-Requests-Remaining", "0")
+			w.WriteHeader(429)
+			rc := http.NewResponseController(w)
+			_ = rc.Flush()
+			for _, part := range []string{`{"type":"error",`, `"error":{"type":"rate_limit_error",`, `"message":"slow down"}}`} {
+				_, _ = io.WriteString(w, part)
+				_ = rc.Flush()
+			}
+			return
+		}
+		w.Header().Set("Request-Id", "req_ok")
+		okMessage(w)
+	}))
+	startRelay(t, relaySite(`held_pool {
+		client_auth off
+		strategy priority
+		key sk-hl-hot {
+			name hot
+		}
+		key sk-hl-cold {
+			name cold
+			priority 1
+		}
+	}`, proxyTo(up, "flush_interval -1")))
+	c := newRelayClient(t)
+	lc := startLeakCheck()
+	defer lc.verify(t, c)
+
+	r := c.mustSend(t, "", msgBody)
+	if r.status != 200 || r.header.Get("X-Cc-Relay-Key") != "cold" {
+		t.Fatalf("got %d from %q: %s", r.status, r.header.Get("X-Cc-Relay-Key"), r.body)
+	}
+	for _, h := range []string{"Retry-After", "X-Refused-Marker", "Anthropic-Ratelimit-Requests-Remaining"} {
+		if v := r.header.Get(h); v != "" {
+			t.Fatalf("held 429's %s: %q leaked into the 200", h, v)
+		}
+	}
+	if id := r.header.Get("Request-Id"); id != "req_ok" {
+		t.Fatalf("request-id %q, want req_ok", id)
+	}
+	var m struct{ Type string }
+	if json.Unmarshal([]byte(r.body), &m) != nil || m.Type != "message" {
+		t.Fatalf("body is not the 200's message alone: %q", r.body)
+	}
+	if ks := up.keys(); len(ks) != 2 || ks[0] != "sk-hl-hot" || ks[1] != "sk-hl-cold" {
+		t.Fatalf("attempts %v, want hot then cold", ks)
+	}
+}
+
+// TestFaultFlushOfHeldAttemptIsNoop drives the observer directly: while a
+// 429 is held, FlushError (what http.ResponseController and reverse_proxy
+// call) must return nil and neither flush nor write the real writer.
+func TestFaultFlushOfHeldAttemptIsNoop(t *testing.T) {
+	rec := httptest.NewRecorder()
+	h := &Handler{clk: clock.NewFake(faultT0)}
+	st := keypool.NewState(h.clk)
+	p, err := st.NewPool(keypool.Config{Keys: []keypool.KeyConfig{{Name: "k"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.pool, h.logger = p, zap.NewNop()
+	o := &observer{w: rec, h: h, metered: true, canRetry: true}
+	if err := p.Acquire(context.Background(), &keypool.Request{Model: "claude-sonnet-4-5", Bytes: 10}, &o.res); err != nil {
+		t.Fatal(err)
+	}
+	o.Header().Set("Retry-After", "3")
+	o.WriteHeader(429)
+	rc := http.NewResponseController(o)
+	if err := rc.Flush(); err != nil {
+		t.Fatalf("FlushError of a held attempt: %v", err)
+	}
+	_, _ = o.Write([]byte(`{"type":"error"}`))
+	if err := rc.Flush(); err != nil {
+		t.Fatalf("FlushError of a held attempt: %v", err)
+	}
+	if rec.Flushed || rec.Code != 200 || rec.Body.Len() != 0 || rec.Header().Get("Retry-After") != "" {
+		t.Fatalf("held attempt reached the writer: flushed=%v code=%d body=%q header=%v",
+			rec.Flushed, rec.Code, rec.Body.String(), rec.Header())
+	}
+	o.settle(nil)
+}
+
+// TestFaultRetryAfterReflectsPool: when no other key can take the request,
+// the client's 429 says when the pool can, not when the refused key can.
+func TestFaultRetryAfterReflectsPool(t *testing.T) {
+	for _, retries := range []string{"", "retries 0"} {
+		t.Run("retries="+strings.TrimPrefix(retries, "retries "), func(t *testing.T) {
+			fake := useFakeClock(t)
+			up := newRecUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.Header.Get("X-Api-Key") == "sk-ra-b" {
+					w.Header().Set("Retry-After", "100")
+					w.Header().Set("Content-Type", "application/json")
+					w.WriteHeader(429)
+					_, _ = io.WriteString(w, `{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}`)
+					return
+				}
+				okMessage(w)
+			}))
+			pool := "ra_pool_" + strconv.Itoa(len(retries))
+			startRelay(t, relaySite(pool+` {
+		client_auth off
+		strategy priority
+		`+retries+`
+		key sk-ra-a {
+			name a
+			rpm 2
+		}
+		key sk-ra-b {
+			name b
+			priority 1
+		}
+	}`, proxyTo(up)))
+			c := newRelayClient(t)
+			lc := startLeakCheck()
+			defer lc.verify(t, c)
+			for i := 0; i < 2; i++ {
+				if r := c.mustSend(t, "", msgBody); r.status != 200 || r.header.Get("X-Cc-Relay-Key") != "a" {
+					t.Fatalf("request %d: %d via %q", i, r.status, r.header.Get("X-Cc-Relay-Key"))
+				}
+			}
+			// a is out of requests (one back in 30s); b answers 429 for 100s.
+			r := c.mustSend(t, "", msgBody)
+			if r.status != 429 || !strings.Contains(r.body, "rate_limit_error") {
+				t.Fatalf("got %d %s, want 429", r.status, r.body)
+			}
+			if ra := r.header.Get("Retry-After"); ra != "30" {
+				t.Fatalf("Retry-After %q, want 30 (key a refills then), not b's 100", ra)
+			}
+			if k := keySnap(t, pool, "b"); k.State != "cooling" {
+				t.Fatalf("b state %q, want cooling", k.State)
+			}
+			fake.Advance(30 * time.Second)
+			if r := c.mustSend(t, "", msgBody); r.status != 200 || r.header.Get("X-Cc-Relay-Key") != "a" {
+				t.Fatalf("after Retry-After: %d via %q", r.status, r.header.Get("X-Cc-Relay-Key"))
+			}
+		})
+	}
+}
+
+// TestFaultRetriesZeroPassesRefusal: with retries 0 the first refusal goes
+// to the client even though another key had capacity, with the pool's
+// Retry-After (another key admits now: 1s), not the upstream's 30.
+func TestFaultRetriesZeroPassesRefusal(t *testing.T) {
+	useFakeClock(t)
+	up := newRecUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("X-Api-Key") == "sk-r0-hot" {
+			w.Header().Set("Retry-After", "30")
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(429)
+			_, _ = io.WriteString(w, `{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}`)
+			return
+		}
+		okMessage(w)
+	}))
+	startRelay(t, relaySite(`retries0_pool {
+		client_auth off
+		strategy priority
+		retries 0
+		key sk-r0-hot {
+			name hot
+		}
+		key sk-r0-cold {
+			name cold
+			priority 1
+		}
+	}`, proxyTo(up)))
+	c := newRelayClient(t)
+	lc := startLeakCheck()
+	defer lc.verify(t, c)
+	r := c.mustSend(t, "", msgBody)
+	if r.status != 429 || !strings.Contains(r.body, "slow down") || r.header.Get("X-Cc-Relay-Key") != "hot" {
+		t.Fatalf("got %d via %q %s, want the upstream's 429 passed through", r.status, r.header.Get("X-Cc-Relay-Key"), r.body)
+	}
+	if ra := r.header.Get("Retry-After"); ra != "1" {
+		t.Fatalf("Retry-After %q, want the pool's 1 (cold admits now)", ra)
+	}
+	if n := len(up.all()); n != 1 {
+		t.Fatalf("upstream saw %d attempts, want 1", n)
+	}
+	if r := c.mustSend(t, "", msgBody); r.status != 200 || r.header.Get("X-Cc-Relay-Key") != "cold" {
+		t.Fatalf("next request: %d via %q", r.status, r.header.Get("X-Cc-Relay-Key"))
+	}
+}
+
+// --- 3. Key health ---
+
+// TestFaultRejectedKeysDisabled: 401 and 403 disable the key with the
+// upstream's reason; traffic moves at once and never returns to it.
+func TestFaultRejectedKeysDisabled(t *testing.T) {
+	fake := useFakeClock(t)
+	mock := mockOn(fake, nil, map[string]string{"sk-kh-1": "org-1", "sk-kh-2": "org-2", "sk-kh-3": "org-3"})
+	up := newRecUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("X-Api-Key") == "sk-kh-2" {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(403)
+			_, _ = io.WriteString(w, `{"type":"error","error":{"type":"permission_error","message":"Your API key does not have permission to use the specified resource."}}`)
+			return
+		}
+		mock.ServeHTTP(w, r)
+	}))
+	startRelay(t, relaySite(`health_pool {
+		client_token ct-kh
+		strategy priority
+		key sk-kh-1 {
+			name one
+		}
+		key sk-kh-2 {
+			name two
+			priority 1
+		}
+		key sk-kh-3 {
+			name three
+			priority 2
+		}
+	}`, proxyTo(up)))
+	c := newRelayClient(t)
+	c.mustSend(t, "ct-kh", msgBody)
+	lc := startLeakCheck()
+	defer lc.verify(t, c)
+	mock.Revoke("sk-kh-1")
+	base := len(up.all())
+
+	r := c.mustSend(t, "ct-kh", ccBody(legacyUserID(sessionUUID(7)), "hi", true))
+	if r.status != 200 || r.header.Get("X-Cc-Relay-Key") != "three" {
+		t.Fatalf("got %d via %q: %s", r.status, r.header.Get("X-Cc-Relay-Key"), r.body)
+	}
+	if ks := up.keys()[base:]; strings.Join(ks, ",") != "sk-kh-1,sk-kh-2,sk-kh-3" {
+		t.Fatalf("attempts %v, want one, two, three", ks)
+	}
+	one, two := keySnap(t, "health_pool", "one"), keySnap(t, "health_pool", "two")
+	if one.State != "disabled" || !strings.Contains(one.Reason, "401") || !strings.Contains(one.Reason, "invalid x-api-key") {
+		t.Fatalf("key one: state %q reason %q, want disabled with the upstream's 401 reason", one.State, one.Reason)
+	}
+	if two.State != "disabled" || !strings.Contains(two.Reason, "403") || !strings.Contains(two.Reason, "permission_error") {
+		t.Fatalf("key two: state %q reason %q, want disabled with the upstream's 403 reason", two.State, two.Reason)
+	}
+	for i := 0; i < 5; i++ {
+		if r := c.mustSend(t, "ct-kh", msgBody); r.status != 200 || r.header.Get("X-Cc-Relay-Key") != "three" {
+			t.Fatalf("later request %d: %d via %q", i, r.status, r.header.Get("X-Cc-Relay-Key"))
+		}
+	}
+	if cnt := up.count(); cnt["sk-kh-1"] != 2 || cnt["sk-kh-2"] != 1 {
+		t.Fatalf("disabled keys were used again: %v", cnt)
+	}
+	fake.Advance(24 * time.Hour) // disabled is not a cooldown: time does not heal it
+	if k := keySnap(t, "health_pool", "one"); k.State != "disabled" {
+		t.Fatalf("key one re-enabled itself after a day: %q", k.State)
+	}
+	pollUntil(t, "pool idle", poolIdle(t, "health_pool"))
+}
+
+// TestFaultLastKeyRejected: when the upstream rejects the only key left,
+// the client gets 503 api_error, not the upstream's 401, which Claude Code
+// would take as its own token being wrong. Later requests are refused
+// without contacting the upstream.
+func TestFaultLastKeyRejected(t *testing.T) {
+	fake := useFakeClock(t)
+	mock := mockOn(fake, nil, map[string]string{"sk-lk-1": "org-1"})
+	up := newRecUpstream(t, mock)
+	startRelay(t, relaySite(`lastkey_pool {
+		client_token ct-lk
+		key sk-lk-1 {
+			name only
+		}
+	}`, proxyTo(up)))
+	c := newRelayClient(t)
+	c.mustSend(t, "ct-lk", msgBody)
+	mock.Revoke("sk-lk-1")
+	r := c.mustSend(t, "ct-lk", msgBody)
+	if r.status != 503 || !strings.Contains(r.body, `"type":"api_error"`) || strings.Contains(r.body, "x-api-key") {
+		t.Fatalf("got %d %s, want 503 api_error", r.status, r.body)
+	}
+	n := len(up.all())
+	r = c.mustSend(t, "ct-lk", msgBody)
+	if r.status != 503 || len(up.all()) != n {
+		t.Fatalf("with every key disabled: %d (upstream contacted %d times more)", r.status, len(up.all())-n)
+	}
+	pollUntil(t, "pool idle", poolIdle(t, "lastkey_pool"))
+}
+
+// TestFaultSpendCapParks: a 429 without retry-after that speaks of the usage
+// limit parks the key's organization until the date it names; the other
+// key of that organization is parked with it and traffic moves elsewhere.
+func TestFaultSpendCapParks(t *testing.T) {
+	fake := useFakeClock(t)
+	const capMsg = `{"type":"error","error":{"type":"rate_limit_error","message":"You have reached your specified API usage limits. You will regain access on 2027-01-01 at 00:00 UTC."}}`
+	up := newRecUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if k := r.Header.Get("X-Api-Key"); k == "sk-sc-1" || k == "sk-sc-2" {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(429)
+			_, _ = io.WriteString(w, capMsg)
+			return
+		}
+		okMessage(w)
+	}))
+	startRelay(t, relaySite(`spend_pool {
+		client_auth off
+		strategy priority
+		key sk-sc-1 {
+			name capped
+			org capped-org
+		}
+		key sk-sc-2 {
+			name capped2
+			org capped-org
+		}
+		key sk-sc-3 {
+			name spare
+			priority 1
+		}
+	}`, proxyTo(up)))
+	c := newRelayClient(t)
+	lc := startLeakCheck()
+	defer lc.verify(t, c)
+	r := c.mustSend(t, "", msgBody)
+	if r.status != 200 || r.header.Get("X-Cc-Relay-Key") != "spare" {
+		t.Fatalf("got %d via %q: %s", r.status, r.header.Get("X-Cc-Relay-Key"), r.body)
+	}
+	want := time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC)
+	for _, name := range []string{"capped", "capped2"} {
+		k := keySnap(t, "spend_pool", name)
+		if k.State != "parked" || k.Until == nil || !k.Until.Equal(want) {
+			t.Fatalf("%s: state %q until %v, want parked until %v", name, k.State, k.Until, want)
+		}
+	}
+	fake.Advance(30 * 24 * time.Hour) // far past any cooldown or default park
+	for i := 0; i < 3; i++ {
+		if r := c.mustSend(t, "", msgBody); r.status != 200 || r.header.Get("X-Cc-Relay-Key") != "spare" {
+			t.Fatalf("request %d: %d via %q", i, r.status, r.header.Get("X-Cc-Relay-Key"))
+		}
+	}
+	if n := up.count()["sk-sc-1"] + up.count()["sk-sc-2"]; n != 1 {
+		t.Fatalf("the capped organization was tried %d times, want once", n)
+	}
+}
+
+// TestFaultOverloadedNoPenalty: 529 and 5xx are the upstream's trouble, not
+// the key's: passed through (no retry by default), no cooldown, and the
+// budget the relay reserved comes back whole.
+func TestFaultOverloadedNoPenalty(t *testing.T) {
+	fake := useFakeClock(t)
+	mock := mockOn(fake, []mockanthropic.Org{{ID: "org-ov", RPM: 50, ITPM: 200000, OTPM: 40000}},
+		map[string]string{"sk-ov-1": "org-ov"})
+	var fail500 bool
+	var mu sync.Mutex
+	up := newRecUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		f := fail500
+		mu.Unlock()
+		if f {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(500)
+			_, _ = io.WriteString(w, `{"type":"error","error":{"type":"api_error","message":"Internal server error"}}`)
+			return
+		}
+		mock.ServeHTTP(w, r)
+	}))
+	startRelay(t, relaySite(`overload_pool {
+		client_auth off
+		key sk-ov-1 {
+			name only
+		}
+	}`, proxyTo(up)))
+	c := newRelayClient(t)
+	lc := startLeakCheck()
+	defer lc.verify(t, c)
+	body := ccBody(legacyUserID(sessionUUID(3)), "hello there", false)
+	if r := c.mustSend(t, "", body); r.status != 200 {
+		t.Fatalf("first request: %d %s", r.status, r.body)
+	}
+	before := budgetOf(t, keySnap(t, "overload_pool", "only"), "sonnet")
+	if before.Requests.Learned != 50 || before.Requests.Remaining < 0 || before.InputTokens.Remaining < 0 {
+		t.Fatalf("limits not learned from the 200: %+v", before)
+	}
+
+	check := func(what string, status int, errType string) {
+		t.Helper()
+		r := c.mustSend(t, "", body)
+		if r.status != status || !strings.Contains(r.body, errType) {
+			t.Fatalf("%s: got %d %s, want %d %s passed through", what, r.status, r.body, status, errType)
+		}
+		k := keySnap(t, "overload_pool", "only")
+		if k.State != "ok" || k.InFlight != 0 {
+			t.Fatalf("%s: key state %q (%s) in-flight %d, want ok and idle", what, k.State, k.Reason, k.InFlight)
+		}
+		after := budgetOf(t, k, "sonnet")
+		if after.Requests.Remaining != before.Requests.Remaining || after.InputTokens.Remaining != before.InputTokens.Remaining ||
+			after.OutputTokens.Remaining != before.OutputTokens.Remaining {
+			t.Fatalf("%s cost quota: before %+v after %+v", what, before, after)
+		}
+	}
+	mock.SetOverloaded(1)
+	check("529 with rate-limit headers", 529, "overloaded_error")
+	mu.Lock()
+	fail500 = true
+	mu.Unlock()
+	check("500 without headers", 500, "api_error")
+	mu.Lock()
+	fail500 = false
+	mu.Unlock()
+	if n := len(up.all()); n != 3 {
+		t.Fatalf("upstream saw %d requests, want 3 (no retries without retry_overloaded)", n)
+	}
+	if r := c.mustSend(t, "", body); r.status != 200 {
+		t.Fatalf("after overload: %d", r.status)
+	}
+}
+
+// TestFaultRetryOverloaded: with retry_overloaded, 529 and 500 are retried
+// on another key and the client sees the 200.
+func TestFaultRetryOverloaded(t *testing.T) {
+	fake := useFakeClock(t)
+	mock := mockOn(fake, nil, map[string]string{"sk-rov-1": "org-1", "sk-rov-2": "org-2", "sk-rov-3": "org-3"})
+	up := newRecUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("X-Api-Key") == "sk-rov-2" {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(502)
+			_, _ = io.WriteString(w, `{"type":"error","error":{"type":"api_error","message":"bad gateway"}}`)
+			return
+		}
+		mock.ServeHTTP(w, r)
+	}))
+	startRelay(t, relaySite(`retry_ov_pool {
+		client_auth off
+		strategy priority
+		retry_overloaded
+		key sk-rov-1 {
+			name one
+		}
+		key sk-rov-2 {
+			name two
+			priority 1
+		}
+		key sk-rov-3 {
+			name three
+			priority 2
+		}
+	}`, proxyTo(up)))
+	c := newRelayClient(t)
+	lc := startLeakCheck()
+	defer lc.verify(t, c)
+	mock.SetOverloaded(1) // one's answer: 529
+	r := c.mustSend(t, "", ccBody("", "hi", true))
+	if r.status != 200 || r.header.Get("X-Cc-Relay-Key") != "three" || !strings.Contains(r.body, "message_stop") {
+		t.Fatalf("got %d via %q: %s", r.status, r.header.Get("X-Cc-Relay-Key"), r.body)
+	}
+	if ks := up.keys(); strings.Join(ks, ",") != "sk-rov-1,sk-rov-2,sk-rov-3" {
+		t.Fatalf("attempts %v", ks)
+	}
+	for _, name := range []string{"one", "two"} {
+		if k := keySnap(t, "retry_ov_pool", name); k.State != "ok" {
+			t.Fatalf("%s after an overload: %q (%s), want ok", name, k.State, k.Reason)
+		}
+	}
+	// The overload was one answer: the first key serves the next request.
+	if r := c.mustSend(t, "", msgBody); r.status != 200 || r.header.Get("X-Cc-Relay-Key") != "one" {
+		t.Fatalf("next request: %d via %q", r.status, r.header.Get("X-Cc-Relay-Key"))
+	}
+}
+
+// --- 4. Mid-stream failures ---
+
+// gatedGate returns a Gate that holds every admitted request until release is
+// closed, and a channel that receives once per request reaching the gate.
+func gatedGate() (gate func(*http.Request) <-chan struct{}, release chan struct{}, arrived chan struct{}) {
+	release = make(chan struct{})
+	arrived = make(chan struct{}, 1000)
+	return func(*http.Request) <-chan struct{} {
+		arrived <- struct{}{}
+		return release
+	}, release, arrived
+}
+
+// TestFaultStreamErrorEvent: an SSE error event after bytes reached the
+// client passes through unchanged, with no retry, and settles.
+func TestFaultStreamErrorEvent(t *testing.T) {
+	fake := useFakeClock(t)
+	mock := mockOn(fake, nil, map[string]string{"sk-se-1": "org-1", "sk-se-2": "org-2"})
+	up := newRecUpstream(t, mock)
+	startRelay(t, relaySite(`stream_err_pool {
+		client_auth off
+		retry_overloaded
+		key sk-se-1
+		key sk-se-2
+	}`, proxyTo(up)))
+	c := newRelayClient(t)
+	lc := startLeakCheck()
+	defer lc.verify(t, c)
+	mock.SetStreamFault(mockanthropic.StreamErrorEvent, 1)
+	r := c.mustSend(t, "", ccBody(jsonUserID(sessionUUID(4)), "stream please", true))
+	if r.status != 200 {
+		t.Fatalf("status %d", r.status)
+	}
+	got := up.all()
+	if len(got) != 1 {
+		t.Fatalf("upstream saw %d requests: a failure after bytes reached the client was retried", len(got))
+	}
+	if sent := got[0].resp.String(); r.body != sent {
+		t.Fatalf("stream changed on its way:\nupstream sent %q\nclient got    %q", sent, r.body)
+	}
+	ev := sseEvents(r.body)
+	if len(ev) != 2 || !strings.HasPrefix(ev[1], "event: error\n") || !strings.Contains(ev[1], `"overloaded_error"`) {
+		t.Fatalf("events %q, want message_start then the error event", ev)
+	}
+	pollUntil(t, "reservation settled", poolIdle(t, "stream_err_pool"))
+}
+
+// TestFaultStreamUpstreamCut: the upstream connection dies (closed, or
+// reset) mid-stream: the client's stream ends as incomplete (never a
+// complete-looking response), nothing is retried, the reservation settles
+// with the usage seen so far.
+func TestFaultStreamUpstreamCut(t *testing.T) {
+	for _, fault := range []mockanthropic.StreamFault{mockanthropic.StreamCut, mockanthropic.StreamReset} {
+		t.Run(fault.String(), func(t *testing.T) {
+			fake := useFakeClock(t)
+			gate, release, arrived := gatedGate()
+			mock := mockanthropic.New(mockanthropic.Config{
+				Keys: map[string]string{"sk-cut-1": "org-1", "sk-cut-2": "org-2"}, Now: fake.Now, Gate: gate,
+			})
+			up := newRecUpstream(t, mock)
+			pool := "cut_pool_" + fault.String()
+			startRelay(t, relaySite(pool+` {
+		client_auth off
+		key sk-cut-1
+		key sk-cut-2
+	}`, proxyTo(up)))
+			c := newRelayClient(t)
+			lc := startLeakCheck()
+			defer lc.verify(t, c)
+			mock.SetStreamFault(fault, 1)
+			req, _ := http.NewRequest(http.MethodPost, relayAddr+"/v1/messages?beta=true",
+				strings.NewReader(ccBody(legacyUserID(sessionUUID(5)), "stream", true)))
+			res, err := c.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer res.Body.Close()
+			br := bufio.NewReader(res.Body)
+			first, err := br.ReadString('\n')
+			if err != nil || first != "event: message_start\n" {
+				t.Fatalf("first line %q %v", first, err)
+			}
+			<-arrived
+			close(release) // the mock now cuts the connection
+			rest, err := io.ReadAll(br)
+			if err == nil {
+				t.Fatalf("stream cut upstream ended cleanly for the client (%q): it would look complete", rest)
+			}
+			if strings.Contains(string(rest), "message_stop") {
+				t.Fatalf("cut stream completed: %q", rest)
+			}
+			pollUntil(t, "reservation settled", poolIdle(t, pool))
+			if n := len(up.all()); n != 1 {
+				t.Fatalf("upstream saw %d requests, want 1 (no retry mid-stream)", n)
+			}
+			// Usage seen before the cut was charged: message_start's input.
+			var tot keypool.Totals
+			for _, k := range poolSnap(t, pool).Keys {
+				tot.Requests += k.Totals.Requests
+				tot.InputTokens += k.Totals.InputTokens + k.Totals.CacheCreationTokens
+				tot.Failed += k.Totals.Failed
+				tot.Succeeded += k.Totals.Succeeded
+			}
+			if tot.Requests != 1 || tot.InputTokens == 0 {
+				t.Fatalf("totals after cut %+v, want 1 request with its input counted", tot)
+			}
+		})
+	}
+}
+
+// TestFaultStreamClientGone: the client disconnects mid-stream: the
+// upstream request is cancelled, the reservation settles, nothing leaks.
+func TestFaultStreamClientGone(t *testing.T) {
+	fake := useFakeClock(t)
+	gate, release, arrived := gatedGate()
+	defer close(release)
+	mock := mockanthropic.New(mockanthropic.Config{
+		Keys: map[string]string{"sk-gone-1": "org-1"}, Now: fake.Now, Gate: gate,
+	})
+	up := newRecUpstream(t, mock)
+	startRelay(t, relaySite(`gone_pool {
+		client_auth off
+		key sk-gone-1
+	}`, proxyTo(up)))
+	c := newRelayClient(t)
+	lc := startLeakCheck()
+	defer lc.verify(t, c)
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, relayAddr+"/v1/messages?beta=true",
+		strings.NewReader(ccBody(legacyUserID(sessionUUID(6)), "stream", true)))
+	res, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(res.Body)
+	if line, err := br.ReadString('\n'); err != nil || line != "event: message_start\n" {
+		t.Fatalf("first line %q %v", line, err)
+	}
+	<-arrived
+	if k := keySnap(t, "gone_pool", "key-"+shortHash("sk-gone-1")); k.InFlight != 1 {
+		t.Fatalf("in flight %d during the stream, want 1", k.InFlight)
+	}
+	cancel()
+	res.Body.Close()
+	pollUntil(t, "reservation settled after the client left", poolIdle(t, "gone_pool"))
+	pollUntil(t, "upstream request ended", func() bool { return mock.Stats().InFlight == 0 })
+	recs := mock.Stats().Requests
+	if len(recs) != 1 || !recs[0].Aborted {
+		t.Fatalf("upstream records %+v, want one aborted request", recs)
+	}
+}
+
+// --- 5. Waiting for capacity ---
+
+// TestFaultMaxWait: without capacity, requests wait in arrival order up to
+// max_wait, are admitted as capacity returns, and the rest get 429 once
+// max_wait has passed.
+func TestFaultMaxWait(t *testing.T) {
+	fake := useFakeClock(t)
+	up := newRecUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { okMessage(w) }))
+	startRelay(t, relaySite(`wait_pool {
+		client_auth off
+		max_wait 100s
+		key sk-wait-1 {
+			name w
+			rpm 1
+		}
+	}`, proxyTo(up)))
+	c := newRelayClient(t)
+	lc := startLeakCheck()
+	defer lc.verify(t, c)
+	if r := c.mustSend(t, "", msgBody); r.status != 200 {
+		t.Fatalf("first request: %d", r.status)
+	}
+	results := make([]chan relayResult, 3)
+	for i := range results {
+		results[i] = make(chan relayResult, 1)
+		go func(i int) {
+			results[i] <- c.send(context.Background(), "", ccBody("", "waiter "+strconv.Itoa(i), false))
+		}(i)
+		// Each waiter is parked (holds a timer) before the next arrives,
+		// which fixes the arrival order.
+		fake.BlockUntil(i + 1)
+		if w := poolSnap(t, "wait_pool").Waiting; w != i+1 {
+			t.Fatalf("waiting %d, want %d", w, i+1)
+		}
+	}
+	// One request refills every 60s: the first in line goes, in order.
+	fake.Advance(60 * time.Second)
+	r := <-results[0]
+	if r.err != nil || r.status != 200 {
+		t.Fatalf("first waiter: %d %v %s", r.status, r.err, r.body)
+	}
+	select {
+	case r := <-results[1]:
+		t.Fatalf("second waiter answered %d before capacity came back", r.status)
+	default:
+	}
+	fake.BlockUntil(2) // both remaining waiters parked again
+	fake.Advance(40 * time.Second)
+	for i := 1; i < 3; i++ {
+		r := <-results[i]
+		if r.err != nil || r.status != 429 || !strings.Contains(r.body, "rate_limit_error") {
+			t.Fatalf("waiter %d after max_wait: %d %v %s, want 429", i, r.status, r.err, r.body)
+		}
+		if ra := r.header.Get("Retry-After"); ra != "20" {
+			t.Fatalf("waiter %d Retry-After %q, want 20", i, ra)
+		}
+	}
+	got := up.all()
+	if len(got) != 2 || !strings.Contains(string(got[1].body), "waiter 0") {
+		t.Fatalf("upstream saw %d requests; the admitted one must be the first in line", len(got))
+	}
+	pollUntil(t, "queue empty", poolIdle(t, "wait_pool"))
+}
+
+// TestFaultWaiterLeaves: a waiting client that disconnects leaves the queue
+// at once, and does not hold up the one behind it.
+func TestFaultWaiterLeaves(t *testing.T) {
+	fake := useFakeClock(t)
+	up := newRecUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { okMessage(w) }))
+	startRelay(t, relaySite(`leave_pool {
+		client_auth off
+		max_wait 100s
+		key sk-leave-1 {
+			name l
+			rpm 1
+		}
+	}`, proxyTo(up)))
+	c := newRelayClient(t)
+	lc := startLeakCheck()
+	defer lc.verify(t, c)
+	if r := c.mustSend(t, "", msgBody); r.status != 200 {
+		t.Fatalf("first request: %d", r.status)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	gone := make(chan relayResult, 1)
+	go func() { gone <- c.send(ctx, "", ccBody("", "impatient", false)) }()
+	fake.BlockUntil(1)
+	next := make(chan relayResult, 1)
+	go func() { next <- c.send(context.Background(), "", ccBody("", "patient", false)) }()
+	fake.BlockUntil(2)
+	if w := poolSnap(t, "leave_pool").Waiting; w != 2 {
+		t.Fatalf("waiting %d, want 2", w)
+	}
+	cancel()
+	if r := <-gone; !errors.Is(r.err, context.Canceled) {
+		t.Fatalf("cancelled client: %+v", r)
+	}
+	pollUntil(t, "the gone client left the queue", func() bool { return poolSnap(t, "leave_pool").Waiting == 1 })
+	fake.BlockUntil(1)
+	fake.Advance(60 * time.Second)
+	r := <-next
+	if r.err != nil || r.status != 200 {
+		t.Fatalf("patient waiter: %d %v", r.status, r.err)
+	}
+	got := up.all()
+	if len(got) != 2 || !strings.Contains(string(got[1].body), "patient") {
+		t.Fatalf("upstream saw %d requests", len(got))
+	}
+	pollUntil(t, "queue empty", poolIdle(t, "leave_pool"))
+}
