@@ -106,6 +106,7 @@ type Reservation struct {
 	seen    [3]int64 // input, cache creation, cache read tokens counted in totals
 	synced  bool     // headers set the levels; they include our input
 	inKept  bool     // ...except input: the sync left the estimate in the level
+	outRes  float64  // output expected, counted in the budget's pendingOut until produced
 	haveIn  bool
 	passive bool
 	settled bool
@@ -282,6 +283,8 @@ func (p *Pool) reserve(i int, now int64, class int, est float64, req *Request, r
 	} else {
 		b.b[kindRequests].charge(1)
 		b.b[kindInput].charge(est)
+		res.outRes = p.st.est[class].outMean
+		b.pendingOut += res.outRes
 	}
 	m.ks.inFlight++
 	m.ks.totals.Requests++
@@ -313,8 +316,11 @@ func (p *Pool) retryAfter(now int64, class int, est float64) (time.Duration, boo
 			bk.refill(now, caps[k])
 			var w float64
 			if k == kindOutput {
-				// Output must climb back above zero.
-				w = bk.wait(caps[k], math.Min(1, caps[k]))
+				// Output must climb back above what is still being
+				// produced.
+				if caps[k] > 0 && bk.init {
+					w = max(0, max(0, b.pendingOut)+math.Min(1, caps[k])-bk.level) / caps[k] * nanosPerMinute
+				}
 			} else {
 				w = bk.wait(caps[k], need[k])
 			}
@@ -344,7 +350,13 @@ func (p *Pool) RetryAfter(model string, bytes int) (time.Duration, bool) {
 func (r *Reservation) current() (*org, *budget) {
 	o := r.ks.org.resolve()
 	if o != r.o {
-		r.o, r.bud = o, o.budget(r.class)
+		nb := o.budget(r.class)
+		if !r.settled {
+			pend := max(0, r.outRes-r.output)
+			r.bud.pendingOut -= pend
+			nb.pendingOut += pend
+		}
+		r.o, r.bud = o, nb
 		r.synced = true // the marks no longer describe this budget
 	}
 	return r.o, r.bud
@@ -546,6 +558,7 @@ func (r *Reservation) charge(u Usage) {
 	}
 	if u.HaveOutput && float64(u.OutputTokens) > r.output {
 		d := float64(u.OutputTokens) - r.output
+		b.pendingOut -= max(0, r.outRes-r.output) - max(0, r.outRes-float64(u.OutputTokens))
 		b.b[kindOutput].charge(d)
 		r.ks.totals.OutputTokens += int64(d)
 		r.output = float64(u.OutputTokens)
@@ -573,10 +586,14 @@ func (r *Reservation) Settle(res Result) {
 		return
 	}
 	r.charge(res.Usage)
-	r.settled = true
 	_, b := r.current()
+	b.pendingOut -= max(0, r.outRes-r.output) // no more output comes
+	r.settled = true
 	r.ks.inFlight--
 	ok := res.Status >= 200 && res.Status < 300
+	if ok && r.output > 0 && !r.passive {
+		r.p.st.est[r.class].observeOutput(r.output)
+	}
 	if !r.haveIn && !r.synced && !ok && !r.passive && !r.refunded {
 		// The upstream did not count this request's input.
 		b.b[kindInput].charge(-r.est)

@@ -19,6 +19,9 @@ type estimator struct {
 	// Mean absolute relative error of the prompt-token estimate, before
 	// calibration (fixed ratio) and with it, for reports.
 	errFixed, errCalibrated float64
+	// Mean output tokens of a successful response, over nOut of them.
+	nOut    int64
+	outMean float64
 }
 
 // alpha bounds how fast the estimator follows changes once warmed up.
@@ -44,6 +47,12 @@ func (e *estimator) whole(bytes int, ratio float64) float64 {
 		return float64(bytes) / ratio
 	}
 	return max(1, float64(bytes)*e.perByte)
+}
+
+// observeOutput learns a successful response's output length.
+func (e *estimator) observeOutput(n float64) {
+	e.nOut++
+	e.outMean += math.Max(alpha, 1/float64(e.nOut)) * (n - e.outMean)
 }
 
 // margin is the share by which admission pads the estimate: three times

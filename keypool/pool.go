@@ -172,6 +172,10 @@ type budget struct {
 	b          [numKinds]bucket
 	coolUntil  int64
 	coolReason string
+	// pendingOut is the output that requests in flight are expected to
+	// produce and have not reported yet: the upstream charges output as
+	// it is generated, a stream reports it only at its end.
+	pendingOut float64
 }
 
 func (st *State) orgNamed(name string) *org {
@@ -476,8 +480,9 @@ func (v *view) Load(i int) (bool, float64, int) {
 		bk.refill(v.now, caps[k])
 		if k == kindOutput {
 			// Output is charged as it is produced: admission needs
-			// positive headroom, not max_tokens of it.
-			if caps[k] > 0 && bk.init && bk.level <= 0 {
+			// positive headroom, not max_tokens of it, once what the
+			// requests in flight are still producing is counted.
+			if caps[k] > 0 && bk.init && bk.level-max(0, b.pendingOut) <= 0 {
 				return false, 0, 0
 			}
 		} else if !bk.admits(caps[k], need[k]) {
