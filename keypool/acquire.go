@@ -160,7 +160,8 @@ func (p *Pool) Acquire(ctx context.Context, req *Request, res *Reservation) erro
 	var deadline int64
 	for {
 		if st.waitq.first(class) == w || req.Attempts.N() > 0 {
-			if i, so, e := p.pick(now, class, est, margin, req); i >= 0 {
+			i, so, e := p.pick(now, class, est, margin, req)
+			if i >= 0 {
 				p.reserve(i, now, class, e, req, res, so)
 				if w != nil {
 					st.waitq.remove(w)
@@ -168,6 +169,10 @@ func (p *Pool) Acquire(ctx context.Context, req *Request, res *Reservation) erro
 				st.mu.Unlock()
 				return nil
 			}
+			// A session leaving its cache scope (or starting one) was
+			// priced whole: the retry hint must wait for that price, or
+			// clients (and waiters) come back before any key can take it.
+			need = max(need, e*(1+margin))
 		}
 		after, noKeys := p.retryAfter(now, class, need)
 		if noKeys || p.cfg.MaxWait <= 0 || req.Attempts.N() > 0 {

@@ -259,7 +259,11 @@ func TestStickyOutsideCacheScopePricedWhole(t *testing.T) {
 	// Org B has 700 input tokens: enough for the cached price, not for
 	// the whole prompt the move writes.
 	setLevel(t, p, "b", sonnet, kindInput, 700)
-	refused(t, p, Request{Model: sonnet, Bytes: 4000, Session: 1})
+	// The retry hint waits for the whole price (300 tokens at 1000/s),
+	// not for the cached one that is already there.
+	if nc := refused(t, p, Request{Model: sonnet, Bytes: 4000, Session: 1}); nc.RetryAfter < 290*time.Millisecond {
+		t.Fatalf("RetryAfter %v, want about 300ms", nc.RetryAfter)
+	}
 	clk.Advance(300 * time.Millisecond) // 1000 tokens at 1000/s
 	r = acquire(t, p, Request{Model: sonnet, Bytes: 4000, Session: 1})
 	if r.Sticky != StickyMoved || r.KeyName() != "b" || !near(reserved(r), 1000, 1e-9) {
