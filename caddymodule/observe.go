@@ -28,6 +28,7 @@ type observer struct {
 	canRetry bool
 
 	base        http.Header // the response's headers before the relay ran
+	body        *bodyBuf    // the request body, released once a stream is committed
 	hdr         http.Header // this attempt's header map until committed
 	status      int
 	wroteHeader bool
@@ -51,7 +52,7 @@ type heldResponse struct {
 }
 
 func (o *observer) reset() {
-	*o = observer{w: o.w, h: o.h, metered: o.metered, base: o.base}
+	*o = observer{w: o.w, h: o.h, metered: o.metered, base: o.base, body: o.body}
 }
 
 // Header returns a fresh map per attempt, a copy of the headers the
@@ -63,9 +64,11 @@ func (o *observer) Header() http.Header {
 		return o.w.Header()
 	}
 	if o.hdr == nil {
-		o.hdr = o.base.Clone()
-		if o.hdr == nil {
-			o.hdr = make(http.Header, 16)
+		// Room for an upstream answer's headers, so that next does not
+		// grow the map header by header.
+		o.hdr = make(http.Header, len(o.base)+24)
+		for k, v := range o.base {
+			o.hdr[k] = v[:len(v):len(v)]
 		}
 	}
 	return o.hdr
@@ -112,9 +115,17 @@ func (o *observer) WriteHeader(code int) {
 			o.kind = 2
 		}
 	}
+	if o.kind == 1 && o.body != nil {
+		// A stream is committed: no retry will replay the body, and the
+		// stream may last minutes.
+		o.body.release()
+	}
 	dst := o.w.Header()
 	setHeaders(dst, hdr)
 	dst.Set("X-Cc-Relay-Key", o.res.KeyName())
+	// Committed: Header is the writer's map from now on, and no retry
+	// starts from base again; neither map need outlive this call.
+	o.hdr, o.base = nil, nil
 	o.committed = true
 	o.w.WriteHeader(code)
 }

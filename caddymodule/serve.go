@@ -47,7 +47,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// (and transparently undo) compression with the upstream.
 	r.Header.Del("Accept-Encoding")
 
-	body, status, msg := readBody(r, h.MaxBody)
+	bb, status, msg := readBody(r, h.MaxBody)
 	if status != 0 {
 		typ := "invalid_request_error"
 		if status == http.StatusRequestEntityTooLarge {
@@ -59,6 +59,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return nil
 	}
 
+	defer bb.done()
+	body := bb.b
 	req := keypool.Request{Bytes: len(body)}
 	metered := r.Method == http.MethodPost && strings.TrimSuffix(r.URL.Path, "/") == "/v1/messages"
 	var info reqscan.Info
@@ -80,6 +82,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	extra, _ := r.Context().Value(caddyhttp.ExtraLogFieldsCtxKey).(*caddyhttp.ExtraLogFields)
+	if srv, ok := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok && srv.Logs == nil {
+		extra = nil // only the access log reads the fields, and this server has none
+	}
 	session := r.Header.Get("X-Claude-Code-Session-Id")
 	if session == "" {
 		session = info.SessionID
@@ -94,7 +99,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	req.Attempts = &attempts
 	// Each attempt starts from the headers the response had before the
 	// relay ran, never from an earlier attempt's.
-	rw := &observer{w: w, h: h, metered: metered, base: w.Header().Clone()}
+	rw := &observer{w: w, h: h, metered: metered, base: w.Header().Clone(), body: bb}
 	var held *heldResponse
 	// The access log gets the relay's fields however the request ends,
 	// also while a panic (reverse_proxy aborting a broken stream) unwinds.
@@ -123,7 +128,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			break
 		}
 		rw.canRetry = attempts.N() <= h.retries
-		h.prepare(r, body, rw.res.KeyIndex())
+		h.prepare(r, bb, rw.res.KeyIndex())
 		if repl != nil {
 			repl.Set("http.cc_relay.key", rw.res.KeyName())
 			repl.Set("http.cc_relay.attempts", attempts.N())
@@ -252,7 +257,7 @@ func (h *Handler) answerHeld(w http.ResponseWriter, held *heldResponse, retryAft
 }
 
 // prepare sets the attempt's key and a fresh copy of the body on r.
-func (h *Handler) prepare(r *http.Request, body []byte, idx int) {
+func (h *Handler) prepare(r *http.Request, bb *bodyBuf, idx int) {
 	r.Header.Del("X-Api-Key")
 	r.Header.Del("Authorization")
 	s := h.secrets[idx]
@@ -261,12 +266,12 @@ func (h *Handler) prepare(r *http.Request, body []byte, idx int) {
 	} else {
 		r.Header["X-Api-Key"] = []string{s.value}
 	}
-	r.Body = io.NopCloser(bytes.NewReader(body))
-	r.ContentLength = int64(len(body))
+	r.Body = bb.reader()
+	r.ContentLength = int64(len(bb.b))
 	r.TransferEncoding = nil
-	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+	r.GetBody = bb.getBody
 	if r.ContentLength > 0 || r.Method == http.MethodPost {
-		r.Header.Set("Content-Length", strconv.Itoa(len(body)))
+		r.Header.Set("Content-Length", strconv.Itoa(len(bb.b)))
 	}
 }
 
@@ -296,28 +301,35 @@ func (h *Handler) authenticate(r *http.Request) (string, bool) {
 }
 
 // readBody reads the whole body, refusing more than limit bytes without
-// reading far past it.
-func readBody(r *http.Request, limit int64) ([]byte, int, string) {
+// reading far past it. A body of known length is read into a buffer of
+// exactly its size, taken from a pool.
+func readBody(r *http.Request, limit int64) (*bodyBuf, int, string) {
 	if r.Body == nil || r.Body == http.NoBody {
-		return nil, 0, ""
+		return &bodyBuf{class: -1}, 0, ""
 	}
-	tooLarge := "request body exceeds the relay's limit of " + strconv.FormatInt(limit, 10) + " bytes"
+	tooLarge := func() string {
+		return "request body exceeds the relay's limit of " + strconv.FormatInt(limit, 10) + " bytes"
+	}
 	if r.ContentLength > limit {
-		return nil, http.StatusRequestEntityTooLarge, tooLarge
+		return nil, http.StatusRequestEntityTooLarge, tooLarge()
 	}
-	size := 4096
 	if r.ContentLength > 0 {
-		size = int(r.ContentLength) + 1
+		bb := getBodyBuf(int(r.ContentLength))
+		if _, err := io.ReadFull(r.Body, bb.b); err != nil {
+			bb.free()
+			return nil, http.StatusBadRequest, "could not read request body"
+		}
+		return bb, 0, ""
 	}
-	buf := bytes.NewBuffer(make([]byte, 0, size))
+	buf := bytes.NewBuffer(make([]byte, 0, 4096))
 	n, err := buf.ReadFrom(io.LimitReader(r.Body, limit+1))
 	if err != nil {
 		return nil, http.StatusBadRequest, "could not read request body"
 	}
 	if n > limit {
-		return nil, http.StatusRequestEntityTooLarge, tooLarge
+		return nil, http.StatusRequestEntityTooLarge, tooLarge()
 	}
-	return buf.Bytes(), 0, ""
+	return &bodyBuf{b: buf.Bytes(), class: -1}, 0, ""
 }
 
 // sessionHash scopes a conversation's identity to the client, so one

@@ -148,7 +148,7 @@ func (r *Reservation) Class() string {
 func (p *Pool) Acquire(ctx context.Context, req *Request, res *Reservation) error {
 	st := p.st
 	st.mu.Lock()
-	class := st.classIndex(p.classify(req.Model))
+	class := p.classOf(req.Model)
 	est := st.est[class].estimate(req.Bytes, p.cfg.TokenEstimateRatio)
 	// Admission asks for the estimate plus its typical error, so that a
 	// bucket just refilled to an underestimate does not send a request
@@ -612,4 +612,15 @@ func (r *Reservation) Settle(res Result) {
 		r.ks.totals.Failed++
 	}
 	st.waitq.wake(r.class)
+}
+
+// classOf is st.classIndex(p.classify(model)), remembering the last model:
+// a relay sees few model names, and classify scans the name. st.mu is held.
+func (p *Pool) classOf(model string) int {
+	if p.lastOK && model == p.lastModel {
+		return p.lastClass
+	}
+	c := p.st.classIndex(p.classify(model))
+	p.lastModel, p.lastClass, p.lastOK = model, c, true
+	return c
 }

@@ -43,7 +43,7 @@ func (b *bucket) refill(now int64, capacity float64) {
 		return
 	}
 	if now > b.last {
-		b.level += float64(now-b.last) * capacity / nanosPerMinute
+		b.level += float64(now-b.last) * capacity * (1 / nanosPerMinute)
 		b.last = now
 	}
 	if b.level > capacity {

@@ -63,14 +63,36 @@ func ParseHeaders(h http.Header, now time.Time) RateLimitHeaders {
 	return out
 }
 
+// limitKeys are the canonical header names per kind, built once so that
+// parsing a response allocates nothing.
+var limitKeys = func() map[string][3]string {
+	m := map[string][3]string{}
+	for _, k := range []string{"Requests-", "Input-Tokens-", "Output-Tokens-", "Tokens-"} {
+		m[k] = [3]string{hdrPrefix + k + "Limit", hdrPrefix + k + "Remaining", hdrPrefix + k + "Reset"}
+	}
+	return m
+}()
+
 func parseLimit(h http.Header, kind string) Limit {
-	l := Limit{Limit: parseCount(h.Get(hdrPrefix + kind + "Limit")), Remaining: parseCount(h.Get(hdrPrefix + kind + "Remaining"))}
-	if v := strings.TrimSpace(h.Get(hdrPrefix + kind + "Reset")); v != "" {
+	keys, ok := limitKeys[kind]
+	if !ok {
+		keys = [3]string{hdrPrefix + kind + "Limit", hdrPrefix + kind + "Remaining", hdrPrefix + kind + "Reset"}
+	}
+	l := Limit{Limit: parseCount(hget(h, keys[0])), Remaining: parseCount(hget(h, keys[1]))}
+	if v := strings.TrimSpace(hget(h, keys[2])); v != "" {
 		if t, err := time.Parse(time.RFC3339, v); err == nil {
 			l.Reset = t
 		}
 	}
 	return l
+}
+
+// hget is h.Get for a key already in canonical form.
+func hget(h http.Header, key string) string {
+	if v := h[key]; len(v) > 0 {
+		return v[0]
+	}
+	return ""
 }
 
 func parseCount(v string) int64 {

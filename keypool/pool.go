@@ -277,15 +277,18 @@ type member struct {
 // Pool is one configuration's view of a State. Its methods are safe for
 // concurrent use.
 type Pool struct {
-	st      *State
-	cfg     Config
-	members []member
-	byKey   map[*keyState]int
-	sel     *selector.State
-	view    view
-	scratch []int
-	ttl     int64
-	closed  bool
+	st        *State
+	cfg       Config
+	members   []member
+	byKey     map[*keyState]int
+	sel       *selector.State
+	view      view
+	scratch   []int
+	ttl       int64
+	closed    bool
+	lastModel string // classOf's cache, guarded by st.mu
+	lastClass int
+	lastOK    bool
 }
 
 // NewPool builds cfg's view over st, matching keys by name. It validates

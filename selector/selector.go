@@ -72,7 +72,7 @@ const (
 	// balances nearly as well (the "power of d choices") and keeps the
 	// cost of a pick independent of the pool size.
 	exactScan  = 16
-	sampleSize = 4
+	sampleSize = 2
 	// maxSchedule bounds the precomputed smooth weighted sequence; pools
 	// whose reduced weights sum to more fall back to the O(n) algorithm.
 	maxSchedule = 1 << 16

@@ -4,6 +4,7 @@ package clock
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -22,8 +23,28 @@ type Timer interface {
 // Real is the wall clock.
 type Real struct{}
 
-// Now returns time.Now().
-func (Real) Now() time.Time { return time.Now() }
+// anchor is the last wall-clock reading Real.Now extends on the monotonic
+// clock: one vDSO read per call instead of time.Now's two. It is re-read
+// every second so that the wall time never drifts from the system's (NTP
+// steps, suspend) by more than a second's worth.
+var anchor atomic.Pointer[time.Time]
+
+func init() {
+	t := time.Now()
+	anchor.Store(&t)
+}
+
+// Now returns the current time.
+func (Real) Now() time.Time {
+	a := anchor.Load()
+	d := time.Since(*a)
+	if d < 0 || d > time.Second {
+		t := time.Now()
+		anchor.Store(&t)
+		return t
+	}
+	return a.Add(d)
+}
 
 // NewTimer returns a *time.Timer; it holds no goroutine.
 func (Real) NewTimer(d time.Duration) Timer { return realTimer{time.NewTimer(d)} }

@@ -12,7 +12,6 @@ package usage
 import (
 	"bytes"
 	"encoding/json"
-	"strconv"
 )
 
 // Usage is the token usage of one Messages API response, cumulative.
@@ -45,39 +44,164 @@ type Usage struct {
 // present if its member is an integer; null and other types are ignored.
 // If raw is not a JSON object, u is unchanged.
 func applyUsage(u *Usage, raw []byte, reset bool) {
-	var m map[string]json.RawMessage
-	if json.Unmarshal(raw, &m) != nil || m == nil {
+	var vals [4]int64
+	var have [4]bool
+	if !scanUsage(raw, &vals, &have) {
 		return
 	}
 	if reset {
 		u.InputTokens, u.CacheCreationInputTokens, u.CacheReadInputTokens, u.OutputTokens = 0, 0, 0, 0
 		u.HaveInput, u.HaveOutput = false, false
 	}
-	// Look keys up exactly, rather than through a struct, because
-	// encoding/json matches struct fields case-insensitively.
-	in := setCount(m, "input_tokens", &u.InputTokens)
-	in = setCount(m, "cache_creation_input_tokens", &u.CacheCreationInputTokens) || in
-	in = setCount(m, "cache_read_input_tokens", &u.CacheReadInputTokens) || in
-	if in {
+	dst := [4]*int64{&u.InputTokens, &u.CacheCreationInputTokens, &u.CacheReadInputTokens, &u.OutputTokens}
+	for i := range vals {
+		if have[i] {
+			*dst[i] = vals[i]
+		}
+	}
+	if have[0] || have[1] || have[2] {
 		u.HaveInput = true
 	}
-	if setCount(m, "output_tokens", &u.OutputTokens) {
+	if have[3] {
 		u.HaveOutput = true
 	}
 }
 
-// setCount stores m[key] in *dst and reports true if it is an integer.
-func setCount(m map[string]json.RawMessage, key string, dst *int64) bool {
-	v, ok := m[key]
-	if !ok {
+var usageKeys = [4]string{"input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens"}
+
+// scanUsage reads the integer members named by usageKeys from raw, which
+// must be one valid JSON object (else it reports false and sets nothing),
+// without allocating. Keys match exactly, after unescaping; a later
+// duplicate wins, as with encoding/json.
+func scanUsage(raw []byte, vals *[4]int64, have *[4]bool) bool {
+	if !json.Valid(raw) {
 		return false
 	}
-	n, err := strconv.ParseInt(string(bytes.TrimSpace(v)), 10, 64)
-	if err != nil {
+	i := skipSpace(raw, 0)
+	if i >= len(raw) || raw[i] != '{' {
 		return false
 	}
-	*dst = n
-	return true
+	i++
+	for {
+		i = skipSpace(raw, i)
+		if raw[i] == '}' {
+			return true
+		}
+		// A key: raw is valid JSON, so it is a string here.
+		end := stringEnd(raw, i)
+		key := raw[i+1 : end-1]
+		i = skipSpace(raw, end)
+		i = skipSpace(raw, i+1) // ':'
+		vend := valueEnd(raw, i)
+		idx := -1
+		for k, name := range usageKeys {
+			if string(key) == name {
+				idx = k
+				break
+			}
+		}
+		if idx < 0 && bytes.IndexByte(key, '\\') >= 0 {
+			var name string
+			if err := json.Unmarshal(append(append([]byte{'"'}, key...), '"'), &name); err == nil {
+				for k, n := range usageKeys {
+					if name == n {
+						idx = k
+					}
+				}
+			}
+		}
+		if idx >= 0 {
+			have[idx] = false
+			if n, ok := parseInt(raw[i:vend]); ok {
+				vals[idx], have[idx] = n, true
+			}
+		}
+		i = skipSpace(raw, vend)
+		if raw[i] == ',' {
+			i++
+		}
+	}
+}
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && isSpace(b[i]) {
+		i++
+	}
+	return i
+}
+
+// stringEnd returns the index after the string starting at b[i] == '"'.
+func stringEnd(b []byte, i int) int {
+	for j := i + 1; j < len(b); j++ {
+		switch b[j] {
+		case '\\':
+			j++
+		case '"':
+			return j + 1
+		}
+	}
+	return len(b)
+}
+
+// valueEnd returns the index after the (valid) JSON value at b[i].
+func valueEnd(b []byte, i int) int {
+	switch b[i] {
+	case '"':
+		return stringEnd(b, i)
+	case '{', '[':
+		depth := 0
+		for j := i; j < len(b); j++ {
+			switch b[j] {
+			case '"':
+				j = stringEnd(b, j) - 1
+			case '{', '[':
+				depth++
+			case '}', ']':
+				depth--
+				if depth == 0 {
+					return j + 1
+				}
+			}
+		}
+		return len(b)
+	}
+	j := i
+	for j < len(b) && b[j] != ',' && b[j] != '}' && b[j] != ']' && !isSpace(b[j]) {
+		j++
+	}
+	return j
+}
+
+// parseInt parses an integer literal (no fraction or exponent) that fits
+// in an int64, as strconv.ParseInt on the trimmed bytes would.
+func parseInt(b []byte) (int64, bool) {
+	if len(b) == 0 || len(b) > 20 {
+		return 0, false
+	}
+	neg := b[0] == '-'
+	if neg || b[0] == '+' {
+		b = b[1:]
+		if len(b) == 0 {
+			return 0, false
+		}
+	}
+	var n uint64
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		if n > (1<<64-1-9)/10 {
+			return 0, false
+		}
+		n = n*10 + uint64(c-'0')
+	}
+	if !neg && n > 1<<63-1 {
+		return 0, false
+	}
+	if neg {
+		return -int64(n), true
+	}
+	return int64(n), true
 }
 
 // appendBounded appends p to buf unless that would make buf longer than
