@@ -1,15 +1,11 @@
 package caddymodule
 
 import (
-	"bufio"
 	"bytes"
-	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/cc-relay/caddy-cc-relay/internal/mockanthropic"
 	"github.com/cc-relay/caddy-cc-relay/internal/usage"
@@ -51,8 +47,7 @@ func TestE2EClaudeCodeRequest(t *testing.T) {
 		Keys: map[string]string{"sk-cc-1": "org-cc", "sk-cc-2": "org-cc"},
 	})
 	up := newUpstream(t, func(key string, w http.ResponseWriter, r *http.Request) { mock.ServeHTTP(w, r) })
-	startRelay(t, fmt.Sprintf(`http://localhost:9080 {
-	cc_relay claude_code_pool {
+	startRelay(t, relaySite(`claude_code_pool {
 		client_token demo-token dev
 		key sk-cc-1 {
 			name cc1
@@ -60,30 +55,21 @@ func TestE2EClaudeCodeRequest(t *testing.T) {
 		key sk-cc-2 {
 			name cc2
 		}
-	}
-	reverse_proxy %s {
+	}`, "reverse_proxy "+up.addr()+` {
 		flush_interval -1
-	}
-}`, up.addr()))
+	}`))
 
 	path, hdr, body := loadClaudeCodeRequest(t)
 	var keys []string
 	for turn := 0; turn < 3; turn++ {
-		req, _ := http.NewRequest(http.MethodPost, relayAddr+path, bytes.NewReader(body))
+		req := newRequest(t, http.MethodPost, relayAddr+path, bytes.NewReader(body))
 		req.Header = hdr.Clone()
-		res, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
+		res, stream := roundTrip(t, relayHTTP, req)
 		if res.StatusCode != 200 || !strings.HasPrefix(res.Header.Get("Content-Type"), "text/event-stream") {
-			b, _ := io.ReadAll(res.Body)
-			res.Body.Close()
-			t.Fatalf("turn %d: %d %s", turn, res.StatusCode, b)
+			t.Fatalf("turn %d: %d %s", turn, res.StatusCode, stream)
 		}
 		var sc usage.SSEScanner
-		br := bufio.NewReader(res.Body)
-		_, _ = io.Copy(writerFunc(func(p []byte) (int, error) { sc.Write(p); return len(p), nil }), br)
-		res.Body.Close()
+		sc.Write([]byte(stream))
 		if u := sc.Usage(); !u.HaveInput || u.OutputTokens == 0 {
 			t.Fatalf("turn %d: stream carried no usage: %+v", turn, u)
 		}
@@ -93,9 +79,8 @@ func TestE2EClaudeCodeRequest(t *testing.T) {
 	if keys[0] == "" || keys[1] != keys[0] || keys[2] != keys[0] {
 		t.Fatalf("session moved between keys: %v", keys)
 	}
-	up.mu.Lock()
-	defer up.mu.Unlock()
-	for i, h := range up.headers {
+	for i, r := range up.all() {
+		h := r.header
 		if h.Get("X-Api-Key") != "sk-cc-1" && h.Get("X-Api-Key") != "sk-cc-2" {
 			t.Fatalf("request %d: upstream key %q", i, h.Get("X-Api-Key"))
 		}
@@ -108,7 +93,3 @@ func TestE2EClaudeCodeRequest(t *testing.T) {
 		t.Fatalf("mock upstream stats %+v", st.Total)
 	}
 }
-
-type writerFunc func([]byte) (int, error)
-
-func (f writerFunc) Write(p []byte) (int, error) { return f(p) }

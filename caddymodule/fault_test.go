@@ -2,7 +2,6 @@ package caddymodule
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -17,7 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
 	"go.uber.org/zap"
 
 	"github.com/cc-relay/caddy-cc-relay/internal/clock"
@@ -34,337 +32,9 @@ import (
 // goroutine behind; the upstream transport runs without keep-alive so that
 // the proxy's idle upstream connections do not count as leaks.
 
-// --- shared helpers (also used by sticky_test.go) ---
+// --- helpers of these tests (shared ones are in helpers_test.go) ---
 
-// faultT0 is before the spend-cap date used below, so that date lies ahead.
-var faultT0 = time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)
-
-// useFakeClock makes pools created from now on read a fake clock.
-func useFakeClock(t *testing.T) *clock.Fake {
-	t.Helper()
-	fake := clock.NewFake(faultT0)
-	newClock = func() clock.Clock { return fake }
-	t.Cleanup(func() { newClock = func() clock.Clock { return clock.Real{} } })
-	return fake
-}
-
-// seenReq is one request as the upstream received it.
-type seenReq struct {
-	key    string
-	body   []byte
-	header http.Header
-	query  string
-	resp   *lockedBuffer // the bytes the upstream handler wrote back
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-// recUpstream records every request (credential, body, headers) and the
-// bytes written back, then hands the request to h.
-type recUpstream struct {
-	*httptest.Server
-	mu   sync.Mutex
-	reqs []seenReq
-}
-
-// teeWriter copies what the upstream writes; Unwrap keeps Flush and Hijack
-// (used by the mock's stream faults) reachable.
-type teeWriter struct {
-	http.ResponseWriter
-	out io.Writer
-}
-
-func (w teeWriter) Write(p []byte) (int, error) {
-	_, _ = w.out.Write(p)
-	return w.ResponseWriter.Write(p)
-}
-
-func (w teeWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
-
-func newRecUpstream(t *testing.T, h http.Handler) *recUpstream {
-	t.Helper()
-	u := &recUpstream{}
-	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, _ := io.ReadAll(r.Body)
-		key := r.Header.Get("X-Api-Key")
-		if key == "" {
-			key = strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
-		}
-		resp := &lockedBuffer{}
-		u.mu.Lock()
-		u.reqs = append(u.reqs, seenReq{key: key, body: body, header: r.Header.Clone(), query: r.URL.RawQuery, resp: resp})
-		u.mu.Unlock()
-		r.Body = io.NopCloser(bytes.NewReader(body))
-		h.ServeHTTP(teeWriter{w, resp}, r)
-	}))
-	t.Cleanup(u.Close)
-	return u
-}
-
-func (u *recUpstream) all() []seenReq {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return append([]seenReq(nil), u.reqs...)
-}
-
-func (u *recUpstream) keys() []string {
-	var ks []string
-	for _, r := range u.all() {
-		ks = append(ks, r.key)
-	}
-	return ks
-}
-
-func (u *recUpstream) count() map[string]int {
-	m := map[string]int{}
-	for _, r := range u.all() {
-		m[r.key]++
-	}
-	return m
-}
-
-func (u *recUpstream) addr() string { return strings.TrimPrefix(u.URL, "http://") }
-
-// proxyTo is the reverse_proxy block used by these tests. Without
-// keep-alive, an upstream connection ends with its request, so a goroutine
-// still alive after a test is a leak and not an idle connection.
-func proxyTo(u *recUpstream, extra ...string) string {
-	return fmt.Sprintf(`reverse_proxy %s {
-		transport http {
-			keepalive off
-		}
-		%s
-	}`, u.addr(), strings.Join(extra, "\n\t\t"))
-}
-
-// relayClient is a client of its own so its idle connections can be closed.
-type relayClient struct {
-	*http.Client
-	tr *http.Transport
-}
-
-func newRelayClient(t *testing.T) *relayClient {
-	tr := &http.Transport{MaxIdleConnsPerHost: 100, DisableCompression: true}
-	c := &relayClient{Client: &http.Client{Transport: tr, Timeout: 20 * time.Second}, tr: tr}
-	t.Cleanup(tr.CloseIdleConnections)
-	return c
-}
-
-// ccBody is a Claude Code-like Messages request: a cached system prompt,
-// a cached conversation and metadata.user_id (omitted when userID is "").
-func ccBody(userID, prompt string, stream bool, history ...string) string {
-	type block map[string]any
-	cache := map[string]string{"type": "ephemeral"}
-	msgs := []map[string]any{}
-	turns := append(append([]string(nil), history...), prompt)
-	for i, text := range turns {
-		role := "user"
-		if i%2 == 1 {
-			role = "assistant"
-		}
-		b := block{"type": "text", "text": text}
-		if i == len(turns)-1 {
-			b["cache_control"] = cache
-		}
-		msgs = append(msgs, map[string]any{"role": role, "content": []block{b}})
-	}
-	req := map[string]any{
-		"model":      "claude-sonnet-4-5-20250929",
-		"max_tokens": 32000,
-		"system": []block{
-			{"type": "text", "text": "You are Claude Code, Anthropic's official CLI for Claude.", "cache_control": cache},
-			{"type": "text", "text": "You are an interactive CLI tool that helps users with software engineering tasks.", "cache_control": cache},
-		},
-		"messages": msgs,
-	}
-	if stream {
-		req["stream"] = true
-	}
-	if userID != "" {
-		req["metadata"] = map[string]string{"user_id": userID}
-	}
-	b, _ := json.Marshal(req)
-	return string(b)
-}
-
-func legacyUserID(session string) string {
-	return "user_" + strings.Repeat("ab12", 16) + "_account_6f1c2a4e-3b7d-4c1e-9a2f-0d8e5b7c9a10_session_" + session
-}
-
-func jsonUserID(session string) string {
-	b, _ := json.Marshal(map[string]string{
-		"device_id": strings.Repeat("cd34", 16), "account_uuid": "6f1c2a4e-3b7d-4c1e-9a2f-0d8e5b7c9a10", "session_id": session,
-	})
-	return string(b)
-}
-
-func sessionUUID(n int) string { return fmt.Sprintf("5e55a0%02d-1111-4222-8333-%012d", n%100, n) }
-
-type relayResult struct {
-	status int
-	header http.Header
-	body   string
-	err    error
-}
-
-// send posts body to the relay the way Claude Code does (?beta=true,
-// anthropic-version, anthropic-beta) with the given client token and extra
-// header pairs, and reads the whole answer.
-func (c *relayClient) send(ctx context.Context, token, body string, hdr ...string) relayResult {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, relayAddr+"/v1/messages?beta=true", strings.NewReader(body))
-	if err != nil {
-		return relayResult{err: err}
-	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Anthropic-Version", "2023-06-01")
-	req.Header.Set("Anthropic-Beta", "claude-code-20250219,prompt-caching-2024-07-31")
-	req.Header.Set("User-Agent", "claude-cli/2.0.0 (external, cli)")
-	if token != "" {
-		req.Header.Set("X-Api-Key", token)
-	}
-	for i := 0; i+1 < len(hdr); i += 2 {
-		req.Header.Set(hdr[i], hdr[i+1])
-	}
-	res, err := c.Do(req)
-	if err != nil {
-		return relayResult{err: err}
-	}
-	defer res.Body.Close()
-	b, err := io.ReadAll(res.Body)
-	return relayResult{status: res.StatusCode, header: res.Header, body: string(b), err: err}
-}
-
-func (c *relayClient) mustSend(t *testing.T, token, body string, hdr ...string) relayResult {
-	t.Helper()
-	r := c.send(context.Background(), token, body, hdr...)
-	if r.err != nil {
-		t.Fatalf("request failed: %v", r.err)
-	}
-	return r
-}
-
-// poolSnap returns the named pool's snapshot.
-func poolSnap(t *testing.T, pool string) keypool.Snapshot {
-	t.Helper()
-	p := lookupPool(pool)
-	if p == nil {
-		t.Fatalf("pool %q is not registered", pool)
-	}
-	return p.Snapshot()
-}
-
-func keySnap(t *testing.T, pool, name string) keypool.KeySnapshot {
-	t.Helper()
-	for _, k := range poolSnap(t, pool).Keys {
-		if k.Name == name {
-			return k
-		}
-	}
-	t.Fatalf("pool %q has no key %q", pool, name)
-	return keypool.KeySnapshot{}
-}
-
-func budgetOf(t *testing.T, k keypool.KeySnapshot, class string) keypool.BudgetSnapshot {
-	t.Helper()
-	for _, b := range k.Budgets {
-		if b.Class == class {
-			return b
-		}
-	}
-	t.Fatalf("key %s has no %s budget: %+v", k.Name, class, k.Budgets)
-	return keypool.BudgetSnapshot{}
-}
-
-// pollUntil polls cond (bounded: 5s) for effects that complete on another
-// goroutine after the client has its answer, such as a handler unwinding.
-func pollUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
-
-// poolIdle reports that no key of the pool has a request in flight or waiting.
-func poolIdle(t *testing.T, pool string) func() bool {
-	return func() bool {
-		s := poolSnap(t, pool)
-		if s.Waiting != 0 {
-			return false
-		}
-		for _, k := range s.Keys {
-			if k.InFlight != 0 {
-				return false
-			}
-		}
-		return true
-	}
-}
-
-// leakCheck remembers the goroutines alive now (the in-process Caddy, the
-// upstream's listener, earlier tests' leftovers); verify then fails the test
-// if any other goroutine outlives it, after closing the clients' idle
-// connections.
-type leakCheck struct{ ignore goleak.Option }
-
-func startLeakCheck() leakCheck { return leakCheck{goleak.IgnoreCurrent()} }
-
-// notOurs are goroutines Caddy starts lazily and keeps for the life of a
-// configuration: the access log file's rotation worker (begun on its first
-// write).
-var notOurs = goleak.IgnoreTopFunction("github.com/DeRuina/timberjack.(*Logger).millRun")
-
-func (l leakCheck) verify(t *testing.T, clients ...*relayClient) {
-	t.Helper()
-	for _, c := range clients {
-		c.tr.CloseIdleConnections()
-	}
-	// goleak's own retries span about half a second; under -race on a
-	// busy machine a finished connection's goroutines can take longer to
-	// go. A leaked goroutine stays: keep looking, bounded.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		err := goleak.Find(l.ignore, notOurs)
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatal(err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// mockOn returns a mock upstream whose rate limits run on fake's time.
-func mockOn(fake *clock.Fake, orgs []mockanthropic.Org, keys map[string]string) *mockanthropic.Server {
-	return mockanthropic.New(mockanthropic.Config{Orgs: orgs, Keys: keys, Now: fake.Now, OutputTokens: func([]byte) int64 { return 20 }})
-}
-
-// relaySite is a site block for cc_relay with the given body lines in
-// front of proxy.
-func relaySite(body, proxy string) string {
-	return "http://localhost:9080 {\n\tcc_relay " + body + "\n\t" + proxy + "\n}"
-}
-
-// sse splits a stream into its events' raw text.
+// sseEvents splits a stream into its events' raw text.
 func sseEvents(s string) []string {
 	var out []string
 	for _, ev := range strings.Split(s, "\n\n") {
@@ -384,6 +54,18 @@ func hasRateLimitHeaders(h http.Header) bool {
 	return false
 }
 
+// hotColdKeys are the key lines of <prefix>-hot, named hot, and
+// <prefix>-cold, named cold, which strategy priority tries second.
+func hotColdKeys(prefix string) string {
+	return fmt.Sprintf(`key %[1]s-hot {
+			name hot
+		}
+		key %[1]s-cold {
+			name cold
+			priority 1
+		}`, prefix)
+}
+
 // --- 1. Replayable, bounded request bodies ---
 
 // TestFaultBodyLimit: a body above max_body is refused with 413
@@ -391,7 +73,7 @@ func hasRateLimitHeaders(h http.Header) bool {
 // unread; a chunked body is refused after the limit, its end never sent),
 // and the upstream never sees it; a body at the limit passes.
 func TestFaultBodyLimit(t *testing.T) {
-	up := newRecUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { okMessage(w) }))
+	up := newUpstream(t, nil)
 	startRelay(t, relaySite(`body_pool {
 		client_token ct-body
 		max_body 1KB
@@ -399,8 +81,7 @@ func TestFaultBodyLimit(t *testing.T) {
 	}`, proxyTo(up)))
 	c := newRelayClient(t)
 	c.mustSend(t, "ct-body", msgBody) // warm up before counting goroutines
-	lc := startLeakCheck()
-	defer lc.verify(t, c)
+	checkLeaks(t, c)
 	base := len(up.all())
 
 	exact := padBody(1000)
@@ -500,33 +181,20 @@ func TestFaultRetryReplaysBody(t *testing.T) {
 	startRelay(t, relaySite(`replay_pool {
 		client_token ct-rb
 		strategy priority
-		key sk-rb-hot {
-			name hot
-		}
-		key sk-rb-cold {
-			name cold
-			priority 1
-		}
+		`+hotColdKeys("sk-rb")+`
 	}`, proxyTo(up)))
 	c := newRelayClient(t)
 	c.mustSend(t, "ct-rb", msgBody)
-	lc := startLeakCheck()
-	defer lc.verify(t, c)
+	checkLeaks(t, c)
 	mock.Force429("org-hot", fake.Now().Add(time.Hour))
 	base := len(up.all())
 
 	history := []string{strings.Repeat("Earlier turn with a long tool result. ", 4000), "ok"}
 	body := ccBody(legacyUserID(sessionUUID(1)), "Fix the failing test", false, history...)
 	// A reader without a length makes the client send the body chunked.
-	req, _ := http.NewRequest(http.MethodPost, relayAddr+"/v1/messages?beta=true", io.MultiReader(strings.NewReader(body)))
-	req.Header.Set("X-Api-Key", "ct-rb")
-	req.Header.Set("Content-Type", "application/json")
-	res, err := c.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := io.ReadAll(res.Body)
-	res.Body.Close()
+	req := newRequest(t, http.MethodPost, relayAddr+"/v1/messages?beta=true", io.MultiReader(strings.NewReader(body)))
+	setRelayHeaders(req.Header, "ct-rb")
+	res, b := roundTrip(t, c.Client, req)
 	if res.StatusCode != 200 || res.Header.Get("X-Cc-Relay-Key") != "cold" {
 		t.Fatalf("retried request: %d key %q %s", res.StatusCode, res.Header.Get("X-Cc-Relay-Key"), b)
 	}
@@ -576,8 +244,7 @@ func TestFaultRetryOnOtherOrg(t *testing.T) {
 	}`, proxyTo(up)))
 	c := newRelayClient(t)
 	c.mustSend(t, "ct-ro", msgBody)
-	lc := startLeakCheck()
-	defer lc.verify(t, c)
+	checkLeaks(t, c)
 	mock.Force429("org-a", fake.Now().Add(45*time.Second))
 	base := len(up.all())
 
@@ -588,8 +255,8 @@ func TestFaultRetryOnOtherOrg(t *testing.T) {
 		if r.status != 200 {
 			t.Fatalf("request %d: %d %s: an upstream 429 reached the client while org B had capacity", i, r.status, r.body)
 		}
-		if r.header.Get("X-Cc-Relay-Key") != "b" {
-			t.Fatalf("request %d answered by %q", i, r.header.Get("X-Cc-Relay-Key"))
+		if r.via() != "b" {
+			t.Fatalf("request %d answered by %q", i, r.via())
 		}
 		if ra := r.header.Get("Retry-After"); ra != "" {
 			t.Fatalf("request %d: final 200 carries the refused attempt's Retry-After %q", i, ra)
@@ -655,21 +322,14 @@ func TestFaultHeldResponseNeverLeaks(t *testing.T) {
 	startRelay(t, relaySite(`held_pool {
 		client_auth off
 		strategy priority
-		key sk-hl-hot {
-			name hot
-		}
-		key sk-hl-cold {
-			name cold
-			priority 1
-		}
+		`+hotColdKeys("sk-hl")+`
 	}`, proxyTo(up, "flush_interval -1")))
 	c := newRelayClient(t)
-	lc := startLeakCheck()
-	defer lc.verify(t, c)
+	checkLeaks(t, c)
 
 	r := c.mustSend(t, "", msgBody)
-	if r.status != 200 || r.header.Get("X-Cc-Relay-Key") != "cold" {
-		t.Fatalf("got %d from %q: %s", r.status, r.header.Get("X-Cc-Relay-Key"), r.body)
+	if r.status != 200 || r.via() != "cold" {
+		t.Fatalf("got %d from %q: %s", r.status, r.via(), r.body)
 	}
 	for _, h := range []string{"Retry-After", "X-Refused-Marker", "Anthropic-Ratelimit-Requests-Remaining"} {
 		if v := r.header.Get(h); v != "" {
@@ -693,7 +353,7 @@ func TestFaultHeldResponseNeverLeaks(t *testing.T) {
 // call) must return nil and neither flush nor write the real writer.
 func TestFaultFlushOfHeldAttemptIsNoop(t *testing.T) {
 	rec := httptest.NewRecorder()
-	h := &Handler{clk: clock.NewFake(faultT0)}
+	h := &Handler{clk: clock.NewFake(clockT0)}
 	st := keypool.NewState(h.clk)
 	p, err := st.NewPool(keypool.Config{Keys: []keypool.KeyConfig{{Name: "k"}}})
 	if err != nil {
@@ -727,16 +387,7 @@ func TestFaultRetryAfterReflectsPool(t *testing.T) {
 	for _, retries := range []string{"", "retries 0"} {
 		t.Run("retries="+strings.TrimPrefix(retries, "retries "), func(t *testing.T) {
 			fake := useFakeClock(t)
-			up := newRecUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				if r.Header.Get("X-Api-Key") == "sk-ra-b" {
-					w.Header().Set("Retry-After", "100")
-					w.Header().Set("Content-Type", "application/json")
-					w.WriteHeader(429)
-					_, _ = io.WriteString(w, `{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}`)
-					return
-				}
-				okMessage(w)
-			}))
+			up := newRateLimitingUpstream(t, "sk-ra-b", "100")
 			pool := "ra_pool_" + strconv.Itoa(len(retries))
 			startRelay(t, relaySite(pool+` {
 		client_auth off
@@ -752,11 +403,10 @@ func TestFaultRetryAfterReflectsPool(t *testing.T) {
 		}
 	}`, proxyTo(up)))
 			c := newRelayClient(t)
-			lc := startLeakCheck()
-			defer lc.verify(t, c)
+			checkLeaks(t, c)
 			for i := 0; i < 2; i++ {
-				if r := c.mustSend(t, "", msgBody); r.status != 200 || r.header.Get("X-Cc-Relay-Key") != "a" {
-					t.Fatalf("request %d: %d via %q", i, r.status, r.header.Get("X-Cc-Relay-Key"))
+				if r := c.mustSend(t, "", msgBody); r.status != 200 || r.via() != "a" {
+					t.Fatalf("request %d: %d via %q", i, r.status, r.via())
 				}
 			}
 			// a is out of requests (one back in 30s); b answers 429 for 100s.
@@ -771,8 +421,8 @@ func TestFaultRetryAfterReflectsPool(t *testing.T) {
 				t.Fatalf("b state %q, want cooling", k.State)
 			}
 			fake.Advance(30 * time.Second)
-			if r := c.mustSend(t, "", msgBody); r.status != 200 || r.header.Get("X-Cc-Relay-Key") != "a" {
-				t.Fatalf("after Retry-After: %d via %q", r.status, r.header.Get("X-Cc-Relay-Key"))
+			if r := c.mustSend(t, "", msgBody); r.status != 200 || r.via() != "a" {
+				t.Fatalf("after Retry-After: %d via %q", r.status, r.via())
 			}
 		})
 	}
@@ -783,34 +433,18 @@ func TestFaultRetryAfterReflectsPool(t *testing.T) {
 // Retry-After (another key admits now: 1s), not the upstream's 30.
 func TestFaultRetriesZeroPassesRefusal(t *testing.T) {
 	useFakeClock(t)
-	up := newRecUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("X-Api-Key") == "sk-r0-hot" {
-			w.Header().Set("Retry-After", "30")
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(429)
-			_, _ = io.WriteString(w, `{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}`)
-			return
-		}
-		okMessage(w)
-	}))
+	up := newRateLimitingUpstream(t, "sk-r0-hot", "30")
 	startRelay(t, relaySite(`retries0_pool {
 		client_auth off
 		strategy priority
 		retries 0
-		key sk-r0-hot {
-			name hot
-		}
-		key sk-r0-cold {
-			name cold
-			priority 1
-		}
+		`+hotColdKeys("sk-r0")+`
 	}`, proxyTo(up)))
 	c := newRelayClient(t)
-	lc := startLeakCheck()
-	defer lc.verify(t, c)
+	checkLeaks(t, c)
 	r := c.mustSend(t, "", msgBody)
-	if r.status != 429 || !strings.Contains(r.body, "slow down") || r.header.Get("X-Cc-Relay-Key") != "hot" {
-		t.Fatalf("got %d via %q %s, want the upstream's 429 passed through", r.status, r.header.Get("X-Cc-Relay-Key"), r.body)
+	if r.status != 429 || !strings.Contains(r.body, "slow down") || r.via() != "hot" {
+		t.Fatalf("got %d via %q %s, want the upstream's 429 passed through", r.status, r.via(), r.body)
 	}
 	if ra := r.header.Get("Retry-After"); ra != "1" {
 		t.Fatalf("Retry-After %q, want the pool's 1 (cold admits now)", ra)
@@ -818,52 +452,61 @@ func TestFaultRetriesZeroPassesRefusal(t *testing.T) {
 	if n := len(up.all()); n != 1 {
 		t.Fatalf("upstream saw %d attempts, want 1", n)
 	}
-	if r := c.mustSend(t, "", msgBody); r.status != 200 || r.header.Get("X-Cc-Relay-Key") != "cold" {
-		t.Fatalf("next request: %d via %q", r.status, r.header.Get("X-Cc-Relay-Key"))
+	if r := c.mustSend(t, "", msgBody); r.status != 200 || r.via() != "cold" {
+		t.Fatalf("next request: %d via %q", r.status, r.via())
 	}
 }
 
 // --- 3. Key health ---
 
-// TestFaultRejectedKeysDisabled: 401 and 403 disable the key with the
-// upstream's reason; traffic moves at once and never returns to it.
-func TestFaultRejectedKeysDisabled(t *testing.T) {
+// startThreeKeys runs pool (with the options lines) over the keys
+// <prefix>-1, -2 and -3, named one, two and three and tried in that order
+// (strategy priority), each its own organization on a mock upstream that
+// answers for them but for two, whose every answer is broken's.
+func startThreeKeys(t *testing.T, pool, prefix, options string, broken func(w http.ResponseWriter)) (*clock.Fake, *mockanthropic.Server, *recUpstream) {
+	t.Helper()
 	fake := useFakeClock(t)
-	mock := mockOn(fake, nil, map[string]string{"sk-kh-1": "org-1", "sk-kh-2": "org-2", "sk-kh-3": "org-3"})
-	up := newRecUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("X-Api-Key") == "sk-kh-2" {
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(403)
-			_, _ = io.WriteString(w, `{"type":"error","error":{"type":"permission_error","message":"Your API key does not have permission to use the specified resource."}}`)
+	mock := mockOn(fake, nil, map[string]string{prefix + "-1": "org-1", prefix + "-2": "org-2", prefix + "-3": "org-3"})
+	up := newUpstream(t, func(key string, w http.ResponseWriter, r *http.Request) {
+		if key == prefix+"-2" {
+			broken(w)
 			return
 		}
 		mock.ServeHTTP(w, r)
-	}))
-	startRelay(t, relaySite(`health_pool {
-		client_token ct-kh
+	})
+	startRelay(t, relaySite(pool+` {
 		strategy priority
-		key sk-kh-1 {
+		`+options+`
+		key `+prefix+`-1 {
 			name one
 		}
-		key sk-kh-2 {
+		key `+prefix+`-2 {
 			name two
 			priority 1
 		}
-		key sk-kh-3 {
+		key `+prefix+`-3 {
 			name three
 			priority 2
 		}
 	}`, proxyTo(up)))
+	return fake, mock, up
+}
+
+// TestFaultRejectedKeysDisabled: 401 and 403 disable the key with the
+// upstream's reason; traffic moves at once and never returns to it.
+func TestFaultRejectedKeysDisabled(t *testing.T) {
+	fake, mock, up := startThreeKeys(t, "health_pool", "sk-kh", "client_token ct-kh", func(w http.ResponseWriter) {
+		upstreamError(w, http.StatusForbidden, "permission_error", "Your API key does not have permission to use the specified resource.")
+	})
 	c := newRelayClient(t)
 	c.mustSend(t, "ct-kh", msgBody)
-	lc := startLeakCheck()
-	defer lc.verify(t, c)
+	checkLeaks(t, c)
 	mock.Revoke("sk-kh-1")
 	base := len(up.all())
 
 	r := c.mustSend(t, "ct-kh", ccBody(legacyUserID(sessionUUID(7)), "hi", true))
-	if r.status != 200 || r.header.Get("X-Cc-Relay-Key") != "three" {
-		t.Fatalf("got %d via %q: %s", r.status, r.header.Get("X-Cc-Relay-Key"), r.body)
+	if r.status != 200 || r.via() != "three" {
+		t.Fatalf("got %d via %q: %s", r.status, r.via(), r.body)
 	}
 	if ks := up.keys()[base:]; strings.Join(ks, ",") != "sk-kh-1,sk-kh-2,sk-kh-3" {
 		t.Fatalf("attempts %v, want one, two, three", ks)
@@ -876,8 +519,8 @@ func TestFaultRejectedKeysDisabled(t *testing.T) {
 		t.Fatalf("key two: state %q reason %q, want disabled with the upstream's 403 reason", two.State, two.Reason)
 	}
 	for i := 0; i < 5; i++ {
-		if r := c.mustSend(t, "ct-kh", msgBody); r.status != 200 || r.header.Get("X-Cc-Relay-Key") != "three" {
-			t.Fatalf("later request %d: %d via %q", i, r.status, r.header.Get("X-Cc-Relay-Key"))
+		if r := c.mustSend(t, "ct-kh", msgBody); r.status != 200 || r.via() != "three" {
+			t.Fatalf("later request %d: %d via %q", i, r.status, r.via())
 		}
 	}
 	if cnt := up.count(); cnt["sk-kh-1"] != 2 || cnt["sk-kh-2"] != 1 {
@@ -924,16 +567,14 @@ func TestFaultLastKeyRejected(t *testing.T) {
 // key of that organization is parked with it and traffic moves elsewhere.
 func TestFaultSpendCapParks(t *testing.T) {
 	fake := useFakeClock(t)
-	const capMsg = `{"type":"error","error":{"type":"rate_limit_error","message":"You have reached your specified API usage limits. You will regain access on 2027-01-01 at 00:00 UTC."}}`
-	up := newRecUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if k := r.Header.Get("X-Api-Key"); k == "sk-sc-1" || k == "sk-sc-2" {
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(429)
-			_, _ = io.WriteString(w, capMsg)
+	up := newUpstream(t, func(key string, w http.ResponseWriter, r *http.Request) {
+		if key == "sk-sc-1" || key == "sk-sc-2" {
+			upstreamError(w, http.StatusTooManyRequests, "rate_limit_error",
+				"You have reached your specified API usage limits. You will regain access on 2027-01-01 at 00:00 UTC.")
 			return
 		}
 		okMessage(w)
-	}))
+	})
 	startRelay(t, relaySite(`spend_pool {
 		client_auth off
 		strategy priority
@@ -951,11 +592,10 @@ func TestFaultSpendCapParks(t *testing.T) {
 		}
 	}`, proxyTo(up)))
 	c := newRelayClient(t)
-	lc := startLeakCheck()
-	defer lc.verify(t, c)
+	checkLeaks(t, c)
 	r := c.mustSend(t, "", msgBody)
-	if r.status != 200 || r.header.Get("X-Cc-Relay-Key") != "spare" {
-		t.Fatalf("got %d via %q: %s", r.status, r.header.Get("X-Cc-Relay-Key"), r.body)
+	if r.status != 200 || r.via() != "spare" {
+		t.Fatalf("got %d via %q: %s", r.status, r.via(), r.body)
 	}
 	want := time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC)
 	for _, name := range []string{"capped", "capped2"} {
@@ -966,8 +606,8 @@ func TestFaultSpendCapParks(t *testing.T) {
 	}
 	fake.Advance(30 * 24 * time.Hour) // far past any cooldown or default park
 	for i := 0; i < 3; i++ {
-		if r := c.mustSend(t, "", msgBody); r.status != 200 || r.header.Get("X-Cc-Relay-Key") != "spare" {
-			t.Fatalf("request %d: %d via %q", i, r.status, r.header.Get("X-Cc-Relay-Key"))
+		if r := c.mustSend(t, "", msgBody); r.status != 200 || r.via() != "spare" {
+			t.Fatalf("request %d: %d via %q", i, r.status, r.via())
 		}
 	}
 	if n := up.count()["sk-sc-1"] + up.count()["sk-sc-2"]; n != 1 {
@@ -989,9 +629,7 @@ func TestFaultOverloadedNoPenalty(t *testing.T) {
 		f := fail500
 		mu.Unlock()
 		if f {
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(500)
-			_, _ = io.WriteString(w, `{"type":"error","error":{"type":"api_error","message":"Internal server error"}}`)
+			upstreamError(w, http.StatusInternalServerError, "api_error", "Internal server error")
 			return
 		}
 		mock.ServeHTTP(w, r)
@@ -1003,8 +641,7 @@ func TestFaultOverloadedNoPenalty(t *testing.T) {
 		}
 	}`, proxyTo(up)))
 	c := newRelayClient(t)
-	lc := startLeakCheck()
-	defer lc.verify(t, c)
+	checkLeaks(t, c)
 	body := ccBody(legacyUserID(sessionUUID(3)), "hello there", false)
 	if r := c.mustSend(t, "", body); r.status != 200 {
 		t.Fatalf("first request: %d %s", r.status, r.body)
@@ -1050,40 +687,15 @@ func TestFaultOverloadedNoPenalty(t *testing.T) {
 // TestFaultRetryOverloaded: with retry_overloaded, 529 and 500 are retried
 // on another key and the client sees the 200.
 func TestFaultRetryOverloaded(t *testing.T) {
-	fake := useFakeClock(t)
-	mock := mockOn(fake, nil, map[string]string{"sk-rov-1": "org-1", "sk-rov-2": "org-2", "sk-rov-3": "org-3"})
-	up := newRecUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("X-Api-Key") == "sk-rov-2" {
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(502)
-			_, _ = io.WriteString(w, `{"type":"error","error":{"type":"api_error","message":"bad gateway"}}`)
-			return
-		}
-		mock.ServeHTTP(w, r)
-	}))
-	startRelay(t, relaySite(`retry_ov_pool {
-		client_auth off
-		strategy priority
-		retry_overloaded
-		key sk-rov-1 {
-			name one
-		}
-		key sk-rov-2 {
-			name two
-			priority 1
-		}
-		key sk-rov-3 {
-			name three
-			priority 2
-		}
-	}`, proxyTo(up)))
+	_, mock, up := startThreeKeys(t, "retry_ov_pool", "sk-rov", "client_auth off\n\t\tretry_overloaded", func(w http.ResponseWriter) {
+		upstreamError(w, http.StatusBadGateway, "api_error", "bad gateway")
+	})
 	c := newRelayClient(t)
-	lc := startLeakCheck()
-	defer lc.verify(t, c)
+	checkLeaks(t, c)
 	mock.SetOverloaded(1) // one's answer: 529
 	r := c.mustSend(t, "", ccBody("", "hi", true))
-	if r.status != 200 || r.header.Get("X-Cc-Relay-Key") != "three" || !strings.Contains(r.body, "message_stop") {
-		t.Fatalf("got %d via %q: %s", r.status, r.header.Get("X-Cc-Relay-Key"), r.body)
+	if r.status != 200 || r.via() != "three" || !strings.Contains(r.body, "message_stop") {
+		t.Fatalf("got %d via %q: %s", r.status, r.via(), r.body)
 	}
 	if ks := up.keys(); strings.Join(ks, ",") != "sk-rov-1,sk-rov-2,sk-rov-3" {
 		t.Fatalf("attempts %v", ks)
@@ -1094,23 +706,12 @@ func TestFaultRetryOverloaded(t *testing.T) {
 		}
 	}
 	// The overload was one answer: the first key serves the next request.
-	if r := c.mustSend(t, "", msgBody); r.status != 200 || r.header.Get("X-Cc-Relay-Key") != "one" {
-		t.Fatalf("next request: %d via %q", r.status, r.header.Get("X-Cc-Relay-Key"))
+	if r := c.mustSend(t, "", msgBody); r.status != 200 || r.via() != "one" {
+		t.Fatalf("next request: %d via %q", r.status, r.via())
 	}
 }
 
 // --- 4. Mid-stream failures ---
-
-// gatedGate returns a Gate that holds every admitted request until release is
-// closed, and a channel that receives once per request reaching the gate.
-func gatedGate() (gate func(*http.Request) <-chan struct{}, release chan struct{}, arrived chan struct{}) {
-	release = make(chan struct{})
-	arrived = make(chan struct{}, 1000)
-	return func(*http.Request) <-chan struct{} {
-		arrived <- struct{}{}
-		return release
-	}, release, arrived
-}
 
 // TestFaultStreamErrorEvent: an SSE error event after bytes reached the
 // client passes through unchanged, with no retry, and settles.
@@ -1125,8 +726,7 @@ func TestFaultStreamErrorEvent(t *testing.T) {
 		key sk-se-2
 	}`, proxyTo(up)))
 	c := newRelayClient(t)
-	lc := startLeakCheck()
-	defer lc.verify(t, c)
+	checkLeaks(t, c)
 	mock.SetStreamFault(mockanthropic.StreamErrorEvent, 1)
 	r := c.mustSend(t, "", ccBody(jsonUserID(sessionUUID(4)), "stream please", true))
 	if r.status != 200 {
@@ -1166,21 +766,12 @@ func TestFaultStreamUpstreamCut(t *testing.T) {
 		key sk-cut-2
 	}`, proxyTo(up)))
 			c := newRelayClient(t)
-			lc := startLeakCheck()
-			defer lc.verify(t, c)
+			checkLeaks(t, c)
 			mock.SetStreamFault(fault, 1)
-			req, _ := http.NewRequest(http.MethodPost, relayAddr+"/v1/messages?beta=true",
+			req := newRequest(t, http.MethodPost, relayAddr+"/v1/messages?beta=true",
 				strings.NewReader(ccBody(legacyUserID(sessionUUID(5)), "stream", true)))
-			res, err := c.Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
+			res, br := openStream(t, c.Client, req)
 			defer res.Body.Close()
-			br := bufio.NewReader(res.Body)
-			first, err := br.ReadString('\n')
-			if err != nil || first != "event: message_start\n" {
-				t.Fatalf("first line %q %v", first, err)
-			}
 			<-arrived
 			close(release) // the mock now cuts the connection
 			rest, err := io.ReadAll(br)
@@ -1214,7 +805,7 @@ func TestFaultStreamUpstreamCut(t *testing.T) {
 func TestFaultStreamClientGone(t *testing.T) {
 	fake := useFakeClock(t)
 	gate, release, arrived := gatedGate()
-	defer close(release)
+	t.Cleanup(func() { close(release) }) // registered first, so it runs after the leak check
 	mock := mockanthropic.New(mockanthropic.Config{
 		Keys: map[string]string{"sk-gone-1": "org-1"}, Now: fake.Now, Gate: gate,
 	})
@@ -1224,19 +815,11 @@ func TestFaultStreamClientGone(t *testing.T) {
 		key sk-gone-1
 	}`, proxyTo(up)))
 	c := newRelayClient(t)
-	lc := startLeakCheck()
-	defer lc.verify(t, c)
+	checkLeaks(t, c)
 	ctx, cancel := context.WithCancel(context.Background())
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, relayAddr+"/v1/messages?beta=true",
 		strings.NewReader(ccBody(legacyUserID(sessionUUID(6)), "stream", true)))
-	res, err := c.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	br := bufio.NewReader(res.Body)
-	if line, err := br.ReadString('\n'); err != nil || line != "event: message_start\n" {
-		t.Fatalf("first line %q %v", line, err)
-	}
+	res, _ := openStream(t, c.Client, req)
 	<-arrived
 	if k := keySnap(t, "gone_pool", "key-"+shortHash("sk-gone-1")); k.InFlight != 1 {
 		t.Fatalf("in flight %d during the stream, want 1", k.InFlight)
@@ -1253,26 +836,32 @@ func TestFaultStreamClientGone(t *testing.T) {
 
 // --- 5. Waiting for capacity ---
 
-// TestFaultMaxWait: without capacity, requests wait in arrival order up to
-// max_wait, are admitted as capacity returns, and the rest get 429 once
-// max_wait has passed.
-func TestFaultMaxWait(t *testing.T) {
+// startWaitPool runs pool with max_wait 100s in front of one key of one
+// request per minute, which a first request spends: the next ones wait.
+func startWaitPool(t *testing.T, pool, key string) (*clock.Fake, *recUpstream, *relayClient) {
+	t.Helper()
 	fake := useFakeClock(t)
-	up := newRecUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { okMessage(w) }))
-	startRelay(t, relaySite(`wait_pool {
+	up := newUpstream(t, nil)
+	startRelay(t, relaySite(pool+` {
 		client_auth off
 		max_wait 100s
-		key sk-wait-1 {
-			name w
+		key `+key+` {
 			rpm 1
 		}
 	}`, proxyTo(up)))
 	c := newRelayClient(t)
-	lc := startLeakCheck()
-	defer lc.verify(t, c)
+	checkLeaks(t, c)
 	if r := c.mustSend(t, "", msgBody); r.status != 200 {
 		t.Fatalf("first request: %d", r.status)
 	}
+	return fake, up, c
+}
+
+// TestFaultMaxWait: without capacity, requests wait in arrival order up to
+// max_wait, are admitted as capacity returns, and the rest get 429 once
+// max_wait has passed.
+func TestFaultMaxWait(t *testing.T) {
+	fake, up, c := startWaitPool(t, "wait_pool", "sk-wait-1")
 	results := make([]chan relayResult, 3)
 	for i := range results {
 		results[i] = make(chan relayResult, 1)
@@ -1318,22 +907,7 @@ func TestFaultMaxWait(t *testing.T) {
 // TestFaultWaiterLeaves: a waiting client that disconnects leaves the queue
 // at once, and does not hold up the one behind it.
 func TestFaultWaiterLeaves(t *testing.T) {
-	fake := useFakeClock(t)
-	up := newRecUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { okMessage(w) }))
-	startRelay(t, relaySite(`leave_pool {
-		client_auth off
-		max_wait 100s
-		key sk-leave-1 {
-			name l
-			rpm 1
-		}
-	}`, proxyTo(up)))
-	c := newRelayClient(t)
-	lc := startLeakCheck()
-	defer lc.verify(t, c)
-	if r := c.mustSend(t, "", msgBody); r.status != 200 {
-		t.Fatalf("first request: %d", r.status)
-	}
+	fake, up, c := startWaitPool(t, "leave_pool", "sk-leave-1")
 	ctx, cancel := context.WithCancel(context.Background())
 	gone := make(chan relayResult, 1)
 	go func() { gone <- c.send(ctx, "", ccBody("", "impatient", false)) }()

@@ -3,7 +3,6 @@ package caddymodule
 import (
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -16,34 +15,26 @@ import (
 // the error that disabled its key.
 func TestOpsAdminAPI(t *testing.T) {
 	const pool = "ops_admin"
-	opsFakeClock(t)
+	useFakeClock(t)
 	secrets := map[string]string{
 		"CC_RELAY_OPS_ADMIN_ALPHA": "sk-ant-ops-admin-alpha-5d1c",
 		"CC_RELAY_OPS_ADMIN_BETA":  "sk-ant-ops-admin-beta-77e0",
 		"CC_RELAY_OPS_ADMIN_GAMMA": "sk-ant-ops-admin-gamma-0b9f",
 		"CC_RELAY_OPS_ADMIN_TOKEN": "ct-ops-admin-client-4e21",
 	}
-	for k, v := range secrets {
-		t.Setenv(k, v)
-	}
-	up := opsNewUpstream(t, func(key string, w http.ResponseWriter, r *http.Request) {
+	setEnvs(t, secrets)
+	up := newUpstream(t, func(key string, w http.ResponseWriter, r *http.Request) {
 		switch key {
 		case secrets["CC_RELAY_OPS_ADMIN_BETA"]:
 			// Some gateways echo the key they refuse.
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(http.StatusUnauthorized)
-			fmt.Fprintf(w, `{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key %s"}}`, key)
-			return
+			upstreamError(w, http.StatusUnauthorized, "authentication_error", "invalid x-api-key "+key)
 		case secrets["CC_RELAY_OPS_ADMIN_GAMMA"]:
-			w.Header().Set("Retry-After", "60")
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(http.StatusTooManyRequests)
-			_, _ = io.WriteString(w, `{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}`)
-			return
+			upstreamRateLimited(w, "60")
+		default:
+			okMessage(w)
 		}
-		opsOK(w)
 	})
-	opsStart(t, "", fmt.Sprintf(`http://localhost:9080 {
+	startRelay(t, fmt.Sprintf(`http://localhost:9080 {
 	cc_relay %s {
 		strategy priority
 		client_token {env.CC_RELAY_OPS_ADMIN_TOKEN} admin-client
@@ -68,35 +59,25 @@ func TestOpsAdminAPI(t *testing.T) {
 
 	// beta is rejected (disabled), gamma rate limited (cooling), alpha
 	// answers; then a session is pinned to alpha.
-	if res, body := opsPost(t, secrets["CC_RELAY_OPS_ADMIN_TOKEN"], opsMsg(false), "X-Claude-Code-Session-Id", "ops-admin-s"); res.StatusCode != 200 || res.Header.Get("X-CC-Relay-Key") != "alpha" {
+	if res, body := post(t, secrets["CC_RELAY_OPS_ADMIN_TOKEN"], msgStream(false), "X-Claude-Code-Session-Id", "ops-admin-s"); res.StatusCode != 200 || res.Header.Get("X-CC-Relay-Key") != "alpha" {
 		t.Fatalf("%d %s %s", res.StatusCode, res.Header.Get("X-CC-Relay-Key"), body)
 	}
-	opsWaitIdle(t, pool)
+	waitIdle(t, pool)
 
 	var outputs []string // every admin answer, scanned for secrets at the end
-	get := func(path string, wantCode int) string {
-		t.Helper()
-		code, body := opsDo(t, http.MethodGet, opsAdmin+path, "", "")
-		outputs = append(outputs, body)
-		if code != wantCode {
-			t.Fatalf("GET %s: %d %s, want %d", path, code, body, wantCode)
-		}
-		return body
-	}
 	do := func(method, path string, wantCode int) (http.Header, string) {
 		t.Helper()
-		req, _ := http.NewRequest(method, opsAdmin+path, nil)
-		res, err := opsHTTP.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer res.Body.Close()
-		b, _ := io.ReadAll(res.Body)
-		outputs = append(outputs, string(b))
+		res, body := roundTrip(t, relayHTTP, newRequest(t, method, adminAddr+path, nil))
+		outputs = append(outputs, body)
 		if res.StatusCode != wantCode {
-			t.Fatalf("%s %s: %d %s, want %d", method, path, res.StatusCode, b, wantCode)
+			t.Fatalf("%s %s: %d %s, want %d", method, path, res.StatusCode, body, wantCode)
 		}
-		return res.Header, string(b)
+		return res.Header, body
+	}
+	get := func(path string, wantCode int) string {
+		t.Helper()
+		_, body := do(http.MethodGet, path, wantCode)
+		return body
 	}
 
 	// All pools.
@@ -123,19 +104,19 @@ func TestOpsAdminAPI(t *testing.T) {
 			t.Fatalf("pool JSON lacks %s: %s", field, raw)
 		}
 	}
-	one := opsPool(t, pool)
-	alpha := opsMustKey(t, one, "alpha")
-	if r := opsBudget(t, alpha, "sonnet").Requests; r.Configured != 10 || r.Remaining != 9 {
+	one := adminPool(t, pool)
+	alpha := mustKey(t, one, "alpha")
+	if r := budgetOf(t, alpha, "sonnet").Requests; r.Configured != 10 || r.Remaining != 9 {
 		t.Fatalf("alpha requests budget %+v, want configured 10, remaining 9", r)
 	}
 	if alpha.Sticky != 1 || alpha.Totals.Requests != 1 || alpha.Totals.InputTokens != 12 || alpha.Totals.OutputTokens != 3 {
 		t.Fatalf("alpha %+v", alpha)
 	}
-	beta := opsMustKey(t, one, "beta")
+	beta := mustKey(t, one, "beta")
 	if beta.State != "disabled" || !strings.Contains(beta.Reason, "401") || !strings.Contains(beta.Reason, "[redacted]") {
 		t.Fatalf("beta %+v: want disabled by a 401, the echoed secret redacted", beta)
 	}
-	gamma := opsMustKey(t, one, "gamma")
+	gamma := mustKey(t, one, "gamma")
 	if gamma.State != "cooling" || gamma.Until == nil || gamma.Scope != "ws-g" {
 		t.Fatalf("gamma %+v: want cooling", gamma)
 	}
@@ -150,15 +131,15 @@ func TestOpsAdminAPI(t *testing.T) {
 		if er.Pool != pool || er.Key.Name != name || er.Key.State != "ok" || er.Key.Reason != "" {
 			t.Fatalf("enable %s answered %s", name, body)
 		}
-		if k := opsMustKey(t, opsPool(t, pool), name); k.State != "ok" || k.Until != nil {
+		if k := mustKey(t, adminPool(t, pool), name); k.State != "ok" || k.Until != nil {
 			t.Fatalf("%s after enable: %+v", name, k)
 		}
 	}
 	// beta is preferred again, and refused again.
-	if res, body := opsPost(t, secrets["CC_RELAY_OPS_ADMIN_TOKEN"], opsMsg(false)); res.StatusCode != 200 {
+	if res, body := post(t, secrets["CC_RELAY_OPS_ADMIN_TOKEN"], msgStream(false)); res.StatusCode != 200 {
 		t.Fatalf("%d %s", res.StatusCode, body)
 	}
-	if k := opsMustKey(t, opsWaitIdle(t, pool), "beta"); k.State != "disabled" || k.Totals.Requests != 2 {
+	if k := mustKey(t, waitIdle(t, pool), "beta"); k.State != "disabled" || k.Totals.Requests != 2 {
 		t.Fatalf("beta was not used after enable: %+v", k)
 	}
 

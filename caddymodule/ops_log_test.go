@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -16,15 +15,15 @@ import (
 // through deferred response headers (set when the response is written,
 // after the relay chose its key) and through respond.
 func TestOpsPlaceholders(t *testing.T) {
-	up := opsNewUpstream(t, func(key string, w http.ResponseWriter, r *http.Request) {
+	up := newUpstream(t, func(key string, w http.ResponseWriter, r *http.Request) {
 		if key == "sk-ops-ph-1" {
 			w.Header().Set("Retry-After", "30")
 			w.WriteHeader(http.StatusTooManyRequests)
 			return
 		}
-		opsOK(w)
+		okMessage(w)
 	})
-	opsStart(t, "", fmt.Sprintf(`http://localhost:9080 {
+	startRelay(t, fmt.Sprintf(`http://localhost:9080 {
 	header >X-Ops-Key {http.cc_relay.key}
 	header >X-Ops-Client {http.cc_relay.client}
 	header >X-Ops-Model {http.cc_relay.model}
@@ -56,7 +55,7 @@ func TestOpsPlaceholders(t *testing.T) {
 
 	// ph1 is preferred but rate limited: the answer comes from ph2, on the
 	// second attempt.
-	res, body := opsPost(t, "ct-ops-ph", opsMsg(false), "X-Claude-Code-Session-Id", "ops-ph-session")
+	res, body := post(t, "ct-ops-ph", msgStream(false), "X-Claude-Code-Session-Id", "ops-ph-session")
 	if res.StatusCode != 200 {
 		t.Fatalf("%d %s", res.StatusCode, body)
 	}
@@ -69,15 +68,9 @@ func TestOpsPlaceholders(t *testing.T) {
 		}
 	}
 
-	req, _ := http.NewRequest(http.MethodGet, opsRelay+"/echo", nil)
+	req := newRequest(t, http.MethodGet, relayAddr+"/echo", nil)
 	req.Header.Set("Authorization", "Bearer ct-ops-ph-echo")
-	res2, err := opsHTTP.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := io.ReadAll(res2.Body)
-	res2.Body.Close()
-	if string(b) != "key=echo1 client=dave attempts=1" {
+	if _, b := roundTrip(t, relayHTTP, req); b != "key=echo1 client=dave attempts=1" {
 		t.Fatalf("respond with placeholders: %q", b)
 	}
 }
@@ -143,40 +136,29 @@ func TestOpsLogs(t *testing.T) {
 		"CC_RELAY_OPS_LOG_ALICE": "ct-ops-log-alice-62b7",
 		"CC_RELAY_OPS_LOG_BOB":   "ct-ops-log-bob-0c55",
 	}
-	for k, v := range secrets {
-		t.Setenv(k, v)
-	}
+	setEnvs(t, secrets)
 	const wrongToken = "ct-ops-log-wrong-d3a9"
-	up := opsNewUpstream(t, func(key string, w http.ResponseWriter, r *http.Request) {
-		switch key {
-		case secrets["CC_RELAY_OPS_LOG_K2"]:
-			w.Header().Set("Retry-After", "300")
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(http.StatusTooManyRequests)
-			_, _ = io.WriteString(w, `{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}`)
-			return
-		case secrets["CC_RELAY_OPS_LOG_K3"]:
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(http.StatusUnauthorized)
-			_, _ = io.WriteString(w, `{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}`)
-			return
+	up := newUpstream(t, func(key string, w http.ResponseWriter, r *http.Request) {
+		switch {
+		case key == secrets["CC_RELAY_OPS_LOG_K2"]:
+			upstreamRateLimited(w, "300")
+		case key == secrets["CC_RELAY_OPS_LOG_K3"]:
+			upstreamError(w, http.StatusUnauthorized, "authentication_error", "invalid x-api-key")
+		case strings.Contains(r.Header.Get("Accept"), "event-stream"):
+			writeEvents(w, sseStart4, sseDelta2, sseStop)
+		default:
+			okMessage(w)
 		}
-		if strings.Contains(r.Header.Get("Accept"), "event-stream") {
-			w.Header().Set("Content-Type", "text/event-stream")
-			_, _ = io.WriteString(w, "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":4,\"output_tokens\":1}}}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{},\"usage\":{\"output_tokens\":2}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n")
-			return
-		}
-		opsOK(w)
 	})
 
 	run := func(t *testing.T, pool, globalFormat, siteFormat string) (debugLog, accessLog string) {
 		dir := t.TempDir()
 		debugPath, accessPath := filepath.Join(dir, "caddy.log"), filepath.Join(dir, "access.log")
-		opsStart(t, fmt.Sprintf(`	log {
+		startCaddy(t, caddyGlobal(fmt.Sprintf(`	log {
 		output file %s
 		level DEBUG
 		%s
-	}`, debugPath, globalFormat), fmt.Sprintf(`http://localhost:9080 {
+	}`, debugPath, globalFormat))+fmt.Sprintf(`http://localhost:9080 {
 	log {
 		output file %s
 		%s
@@ -207,30 +189,30 @@ func TestOpsLogs(t *testing.T) {
 
 		alice, bob := secrets["CC_RELAY_OPS_LOG_ALICE"], secrets["CC_RELAY_OPS_LOG_BOB"]
 		// k2 answers 429 (cools down), k3 401 (disabled), k1 serves.
-		if res, body := opsPost(t, alice, opsMsg(false)); res.StatusCode != 200 || res.Header.Get("X-CC-Relay-Key") != "k1" {
+		if res, body := post(t, alice, msgStream(false)); res.StatusCode != 200 || res.Header.Get("X-CC-Relay-Key") != "k1" {
 			t.Fatalf("first request: %d %s", res.StatusCode, body)
 		}
-		if res, body := opsPost(t, "", opsMsg(false), "Authorization", "Bearer "+bob); res.StatusCode != 200 {
+		if res, body := post(t, "", msgStream(false), "Authorization", "Bearer "+bob); res.StatusCode != 200 {
 			t.Fatalf("bearer client: %d %s", res.StatusCode, body)
 		}
-		if res, body := opsPost(t, alice, opsMsg(true), "Accept", "text/event-stream"); res.StatusCode != 200 || !strings.Contains(body, "message_stop") {
+		if res, body := post(t, alice, msgStream(true), "Accept", "text/event-stream"); res.StatusCode != 200 || !strings.Contains(body, "message_stop") {
 			t.Fatalf("stream: %d %s", res.StatusCode, body)
 		}
 		// k1's 3 requests per minute are spent: the relay answers 429.
-		if res, body := opsPost(t, alice, opsMsg(false)); res.StatusCode != 429 || !strings.Contains(body, "rate_limit_error") {
+		if res, body := post(t, alice, msgStream(false)); res.StatusCode != 429 || !strings.Contains(body, "rate_limit_error") {
 			t.Fatalf("exhausted pool: %d %s", res.StatusCode, body)
 		}
-		if res, body := opsPost(t, wrongToken, opsMsg(false)); res.StatusCode != 401 {
+		if res, body := post(t, wrongToken, msgStream(false)); res.StatusCode != 401 {
 			t.Fatalf("wrong token: %d %s", res.StatusCode, body)
 		}
-		opsWaitIdle(t, pool)
+		waitIdle(t, pool)
 		// The access log is written after the response: poll for the last
 		// request's entry (the 401 of the wrong token).
-		opsEventually(t, "the access log's 5 entries", func() bool {
+		pollUntil(t, "the access log's 5 entries", func() bool {
 			return strings.Count(opsReadLog(accessPath), `"msg":"handled request"`) >= 5
 		})
 		// Unloading the config closes (and so flushes) its log files.
-		opsStart(t, "", `http://localhost:9080 {
+		startRelay(t, `http://localhost:9080 {
 	respond "bye"
 }
 `)

@@ -2,11 +2,9 @@ package caddymodule
 
 import (
 	"fmt"
-	"io"
 	"net/http"
 	"strings"
 	"testing"
-	"time"
 )
 
 // TestOpsMetrics scrapes the admin endpoint's /metrics: counters of
@@ -17,27 +15,19 @@ import (
 func TestOpsMetrics(t *testing.T) {
 	const pool = "ops_metrics"
 	const scPool = "ops_metrics_sc"
-	opsFakeClock(t)
-	up := opsNewUpstream(t, func(key string, w http.ResponseWriter, r *http.Request) {
+	useFakeClock(t)
+	up := newUpstream(t, func(key string, w http.ResponseWriter, r *http.Request) {
 		switch key {
 		case "sk-ops-m3":
-			w.Header().Set("Retry-After", "60")
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(http.StatusTooManyRequests)
-			_, _ = io.WriteString(w, `{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}`)
-			return
+			upstreamRateLimited(w, "60")
 		case "sk-ops-m4":
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(http.StatusForbidden)
-			_, _ = io.WriteString(w, `{"type":"error","error":{"type":"permission_error","message":"no"}}`)
-			return
+			upstreamError(w, http.StatusForbidden, "permission_error", "no")
 		case "sk-ops-m2":
-			w.Header().Set("Content-Type", "text/event-stream")
-			_, _ = io.WriteString(w, "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":5,\"cache_read_input_tokens\":100,\"cache_creation_input_tokens\":7,\"output_tokens\":1}}}\n\n"+
-				"event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{},\"usage\":{\"output_tokens\":9}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n")
-			return
+			writeEvents(w, "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":5,\"cache_read_input_tokens\":100,\"cache_creation_input_tokens\":7,\"output_tokens\":1}}}\n\n",
+				"event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{},\"usage\":{\"output_tokens\":9}}\n\n", sseStop)
+		default:
+			okMessage(w) // 12 input, 3 output
 		}
-		opsOK(w) // 12 input, 3 output
 	})
 	site := func(keys string) string {
 		return fmt.Sprintf(`http://localhost:9080 {
@@ -60,36 +50,31 @@ http://127.0.0.1:9080 {
 }
 `, pool, keys, up.addr(), scPool, up.addr())
 	}
-	keys := opsKeyBlock("m1 m2 m3 m4", map[string]string{"m1": "\t\t\trpm 100\n", "m2": "\t\t\trpm 100\n"})
-	opsStart(t, "", site(keys))
+	keys := keyBlocks("m1 m2 m3 m4", map[string]string{"m1": "\t\t\trpm 100\n", "m2": "\t\t\trpm 100\n"})
+	startRelay(t, site(keys))
 
 	// Round robin: m1, m2, then m3 (429, cools) and m4 (403, disabled)
 	// retried onto m1; then m2, m1, m2 ...
 	for i := 0; i < 6; i++ {
-		if res, body := opsPost(t, "", fmt.Sprintf(`{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"metrics %d"}]}`, i)); res.StatusCode != 200 {
+		if res, body := post(t, "", msgText(fmt.Sprintf("metrics %d", i))); res.StatusCode != 200 {
 			t.Fatalf("request %d: %d %s", i, res.StatusCode, body)
 		}
 	}
 	for i := 0; i < 2; i++ { // the same session twice: new, then hit
-		if res, body := opsPost(t, "", opsMsg(false), "X-Claude-Code-Session-Id", "ops-metrics-session"); res.StatusCode != 200 {
+		if res, body := post(t, "", msgStream(false), "X-Claude-Code-Session-Id", "ops-metrics-session"); res.StatusCode != 200 {
 			t.Fatalf("session request: %d %s", res.StatusCode, body)
 		}
 	}
 	// The other pool: one request passes, the next is refused by the relay.
 	scPost := func() int {
-		req, _ := http.NewRequest(http.MethodPost, "http://127.0.0.1:9080/v1/messages", strings.NewReader(opsMsg(false)))
-		res, err := opsHTTP.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		res.Body.Close()
+		res, _ := roundTrip(t, relayHTTP, newRequest(t, http.MethodPost, "http://127.0.0.1:9080/v1/messages", strings.NewReader(msgStream(false))))
 		return res.StatusCode
 	}
 	if c1, c2 := scPost(), scPost(); c1 != 200 || c2 != 429 {
 		t.Fatalf("short-circuit pool answered %d, %d; want 200, 429", c1, c2)
 	}
-	ps := opsWaitIdle(t, pool)
-	opsWaitIdle(t, scPool)
+	ps := waitIdle(t, pool)
+	waitIdle(t, scPool)
 	seen := up.count()
 
 	l := func(kv ...string) map[string]string {
@@ -102,30 +87,25 @@ http://127.0.0.1:9080 {
 	// The relay records an attempt's counters just after settling it, so
 	// after the client has its answer: each check polls (bounded) until
 	// the scrape shows them.
-	var s []opsSample
+	var s []metricSample
 	var mismatch string
 	eq := func(name string, labels map[string]string, want float64) {
 		if mismatch != "" {
 			return
 		}
-		got := opsFind(s, name, labels)
+		got := findSamples(s, name, labels)
 		if len(got) != 1 || got[0].value != want {
 			mismatch = fmt.Sprintf("%s%v = %v, want %v", name, labels, got, want)
 		}
 	}
 	check := func(what string, f func()) {
 		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			s, mismatch = opsParse(t, opsScrape(t)), ""
+		if !poll(func() bool {
+			s, mismatch = scrapeMetrics(t), ""
 			f()
-			if mismatch == "" {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: %s", what, mismatch)
-			}
-			time.Sleep(5 * time.Millisecond)
+			return mismatch == ""
+		}) {
+			t.Fatalf("%s: %s", what, mismatch)
 		}
 	}
 	m1ok, m2ok := float64(seen["sk-ops-m1"]), float64(seen["sk-ops-m2"])
@@ -159,7 +139,7 @@ http://127.0.0.1:9080 {
 		for _, k := range ps.Keys {
 			eq("caddy_cc_relay_in_flight", l("key", k.Name), 0)
 			eq("caddy_cc_relay_key_state", l("key", k.Name, "state", k.State), 1)
-			if got := opsFind(s, "caddy_cc_relay_key_state", l("key", k.Name)); len(got) != 4 && mismatch == "" {
+			if got := findSamples(s, "caddy_cc_relay_key_state", l("key", k.Name)); len(got) != 4 && mismatch == "" {
 				mismatch = fmt.Sprintf("key_state of %s: %v", k.Name, got)
 			}
 			for _, b := range k.Budgets {
@@ -173,13 +153,13 @@ http://127.0.0.1:9080 {
 		eq("caddy_cc_relay_key_state", l("key", "m4", "state", "disabled"), 1)
 		eq("caddy_cc_relay_remaining", l("key", "m1", "class", "sonnet", "budget", "requests"), 100-m1ok)
 		eq("caddy_cc_relay_remaining", map[string]string{"pool": scPool, "key": "sc", "budget": "requests"}, 0)
-		if got := opsFind(s, "caddy_cc_relay_remaining", l("key", "m3")); len(got) != 0 && mismatch == "" {
+		if got := findSamples(s, "caddy_cc_relay_remaining", l("key", "m3")); len(got) != 0 && mismatch == "" {
 			mismatch = fmt.Sprintf("m3 has no known limit, yet reports remaining: %v", got)
 		}
 	})
 
 	// Reload without m2: counters keep their values, m2's gauges go.
-	opsStart(t, "", site(opsKeyBlock("m1 m3 m4", map[string]string{"m1": "\t\t\trpm 100\n"})))
+	startRelay(t, site(keyBlocks("m1 m3 m4", map[string]string{"m1": "\t\t\trpm 100\n"})))
 	check("after the reload", func() {
 		eq("caddy_cc_relay_requests_total", l("key", "m1", "outcome", "ok"), m1ok)
 		eq("caddy_cc_relay_tokens_total", l("key", "m1", "kind", "input"), 12*m1ok)
@@ -188,18 +168,18 @@ http://127.0.0.1:9080 {
 		eq("caddy_cc_relay_short_circuits_total", map[string]string{"pool": scPool}, 1)
 		eq("caddy_cc_relay_remaining", l("key", "m1", "class", "sonnet", "budget", "requests"), 100-m1ok)
 		for _, g := range []string{"caddy_cc_relay_remaining", "caddy_cc_relay_limit", "caddy_cc_relay_in_flight", "caddy_cc_relay_key_state", "caddy_cc_relay_sticky_sessions"} {
-			if got := opsFind(s, g, l("key", "m2")); len(got) != 0 && mismatch == "" {
+			if got := findSamples(s, g, l("key", "m2")); len(got) != 0 && mismatch == "" {
 				mismatch = fmt.Sprintf("removed key m2 still has %s series: %v", g, got)
 			}
-			if got := opsFind(s, g, l("key", "m1")); len(got) == 0 && mismatch == "" {
+			if got := findSamples(s, g, l("key", "m1")); len(got) == 0 && mismatch == "" {
 				mismatch = fmt.Sprintf("kept key m1 lost its %s series", g)
 			}
 		}
 	})
-	if res, body := opsPost(t, "", opsMsg(false)); res.StatusCode != 200 || res.Header.Get("X-CC-Relay-Key") != "m1" {
+	if res, body := post(t, "", msgStream(false)); res.StatusCode != 200 || res.Header.Get("X-CC-Relay-Key") != "m1" {
 		t.Fatalf("after reload: %d %s %s", res.StatusCode, res.Header.Get("X-CC-Relay-Key"), body)
 	}
-	opsWaitIdle(t, pool)
+	waitIdle(t, pool)
 	check("after one more request", func() {
 		eq("caddy_cc_relay_requests_total", l("key", "m1", "outcome", "ok"), m1ok+1)
 		eq("caddy_cc_relay_wait_seconds_count", l(), 9)

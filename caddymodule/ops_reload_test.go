@@ -1,7 +1,6 @@
 package caddymodule
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -15,7 +14,6 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"go.uber.org/goleak"
 
 	"github.com/cc-relay/caddy-cc-relay/internal/clock"
 )
@@ -23,8 +21,8 @@ import (
 // opsStateUpstream answers by key: a and e succeed, b succeeds and reports
 // its organization's request limit (so it is learned), c is rate limited
 // for 300s, d is rejected, f and g succeed.
-func opsStateUpstream(t *testing.T, fake *clock.Fake) *opsUpstream {
-	return opsNewUpstream(t, func(key string, w http.ResponseWriter, r *http.Request) {
+func opsStateUpstream(t *testing.T, fake *clock.Fake) *recUpstream {
+	return newUpstream(t, func(key string, w http.ResponseWriter, r *http.Request) {
 		switch key {
 		case "sk-ops-b":
 			h := w.Header()
@@ -32,31 +30,17 @@ func opsStateUpstream(t *testing.T, fake *clock.Fake) *opsUpstream {
 			h.Set("Anthropic-Ratelimit-Requests-Remaining", "40")
 			h.Set("Anthropic-Ratelimit-Requests-Reset", fake.Now().Add(12*time.Second).Format(time.RFC3339))
 		case "sk-ops-c":
-			w.Header().Set("Retry-After", "300")
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(http.StatusTooManyRequests)
-			_, _ = io.WriteString(w, `{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}`)
+			upstreamRateLimited(w, "300")
 			return
 		case "sk-ops-d":
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(http.StatusUnauthorized)
-			_, _ = io.WriteString(w, `{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}`)
+			upstreamError(w, http.StatusUnauthorized, "authentication_error", "invalid x-api-key")
 			return
 		}
-		opsOK(w)
+		okMessage(w)
 	})
 }
 
-// opsKeyBlock renders cc_relay key lines "sk-ops-<n> { name <n> ... }".
-func opsKeyBlock(names string, extra map[string]string) string {
-	var b strings.Builder
-	for _, n := range strings.Fields(names) {
-		fmt.Fprintf(&b, "\t\tkey sk-ops-%s {\n\t\t\tname %s\n%s\t\t}\n", n, n, extra[n])
-	}
-	return b.String()
-}
-
-func opsReloadSite(pool, keys string, extra map[string]string, up *opsUpstream) string {
+func opsReloadSite(pool, keys string, extra map[string]string, up *recUpstream) string {
 	return fmt.Sprintf(`http://localhost:9080 {
 	cc_relay %s {
 		strategy round_robin
@@ -65,15 +49,15 @@ func opsReloadSite(pool, keys string, extra map[string]string, up *opsUpstream) 
 %s	}
 	reverse_proxy %s
 }
-`, pool, opsKeyBlock(keys, extra), up.addr())
+`, pool, keyBlocks(keys, extra), up.addr())
 }
 
-// sessionKeys sends one request per session and returns the key each got.
+// opsSessionKeys sends one request per session and returns the key each got.
 func opsSessionKeys(t *testing.T, sessions []string) map[string]string {
 	t.Helper()
 	out := map[string]string{}
 	for _, s := range sessions {
-		res, body := opsPost(t, "", opsMsg(false), "X-Claude-Code-Session-Id", s)
+		res, body := post(t, "", msgStream(false), "X-Claude-Code-Session-Id", s)
 		if res.StatusCode != 200 {
 			t.Fatalf("session %s: %d %s", s, res.StatusCode, body)
 		}
@@ -90,32 +74,32 @@ func opsSessionKeys(t *testing.T, sessions []string) map[string]string {
 // configuration released its hold on the pool state.
 func TestOpsReloadKeepsState(t *testing.T) {
 	const pool = "ops_reload"
-	fake := opsFakeClock(t)
+	fake := useFakeClock(t)
 	up := opsStateUpstream(t, fake)
-	opsStart(t, "", opsReloadSite(pool, "a b c d e", map[string]string{"a": "\t\t\trpm 100\n"}, up))
+	startRelay(t, opsReloadSite(pool, "a b c d e", map[string]string{"a": "\t\t\trpm 100\n"}, up))
 
 	// Round robin over five keys: every key is tried; c cools down, d is
 	// disabled, and their requests are retried on the next key.
 	for i := 0; i < 10; i++ {
-		if res, body := opsPost(t, "", fmt.Sprintf(`{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"warm %d"}]}`, i)); res.StatusCode != 200 {
+		if res, body := post(t, "", msgText(fmt.Sprintf("warm %d", i))); res.StatusCode != 200 {
 			t.Fatalf("warm-up %d: %d %s", i, res.StatusCode, body)
 		}
 	}
 	sessions := []string{"ops-s1", "ops-s2", "ops-s3", "ops-s4", "ops-s5"}
 	pinned := opsSessionKeys(t, sessions)
-	before := opsWaitIdle(t, pool)
+	before := waitIdle(t, pool)
 
-	a := opsMustKey(t, before, "a")
-	if got := opsBudget(t, a, "sonnet").Requests; got.Configured != 100 || got.Remaining >= 100 || got.Remaining < 60 {
+	a := mustKey(t, before, "a")
+	if got := budgetOf(t, a, "sonnet").Requests; got.Configured != 100 || got.Remaining >= 100 || got.Remaining < 60 {
 		t.Fatalf("a before reload: %+v, want configured 100 and some spent", got)
 	}
-	if got := opsBudget(t, opsMustKey(t, before, "b"), "sonnet").Requests; got.Learned != 50 || got.Configured != 0 {
+	if got := budgetOf(t, mustKey(t, before, "b"), "sonnet").Requests; got.Learned != 50 || got.Configured != 0 {
 		t.Fatalf("b before reload: %+v, want learned 50", got)
 	}
-	if c := opsMustKey(t, before, "c"); c.State != "cooling" || c.Until == nil {
+	if c := mustKey(t, before, "c"); c.State != "cooling" || c.Until == nil {
 		t.Fatalf("c before reload: %+v, want cooling", c)
 	}
-	if d := opsMustKey(t, before, "d"); d.State != "disabled" || !strings.Contains(d.Reason, "401") {
+	if d := mustKey(t, before, "d"); d.State != "disabled" || !strings.Contains(d.Reason, "401") {
 		t.Fatalf("d before reload: %+v, want disabled by a 401", d)
 	}
 	if before.StickySessions < len(sessions) {
@@ -123,26 +107,26 @@ func TestOpsReloadKeepsState(t *testing.T) {
 	}
 
 	// Reload 1: a Caddyfile that lowers a's limit, drops e and adds f.
-	opsStart(t, "", opsReloadSite(pool, "a b c d f", map[string]string{"a": "\t\t\trpm 50\n"}, up))
+	startRelay(t, opsReloadSite(pool, "a b c d f", map[string]string{"a": "\t\t\trpm 50\n"}, up))
 	if refs, _ := pools.References(pool); refs != 1 {
 		t.Fatalf("pool state has %d references after the reload, want 1 (the old configuration must release its own)", refs)
 	}
-	after := opsPool(t, pool)
+	after := adminPool(t, pool)
 	opsCompareKept(t, before, after, "b", "c", "d")
-	aAfter := opsBudget(t, opsMustKey(t, after, "a"), "sonnet").Requests
-	if want := min(opsBudget(t, a, "sonnet").Requests.Remaining, 50); aAfter.Configured != 50 || aAfter.Remaining != want {
+	aAfter := budgetOf(t, mustKey(t, after, "a"), "sonnet").Requests
+	if want := min(budgetOf(t, a, "sonnet").Requests.Remaining, 50); aAfter.Configured != 50 || aAfter.Remaining != want {
 		t.Fatalf("a after lowering rpm to 50: %+v, want configured 50 and remaining %d", aAfter, want)
 	}
-	if opsMustKey(t, after, "a").Totals != a.Totals || opsMustKey(t, after, "a").Sticky != a.Sticky {
+	if mustKey(t, after, "a").Totals != a.Totals || mustKey(t, after, "a").Sticky != a.Sticky {
 		t.Fatalf("a's totals or pins changed across the reload")
 	}
-	if _, ok := opsKey(after, "e"); ok {
+	if _, ok := findKey(after, "e"); ok {
 		t.Fatalf("removed key e still listed: %+v", after.Keys)
 	}
-	if f := opsMustKey(t, after, "f"); f.State != "ok" || f.Totals.Requests != 0 {
+	if f := mustKey(t, after, "f"); f.State != "ok" || f.Totals.Requests != 0 {
 		t.Fatalf("new key f: %+v", f)
 	}
-	removedPins := opsMustKey(t, before, "e").Sticky
+	removedPins := mustKey(t, before, "e").Sticky
 	if after.StickySessions != before.StickySessions-removedPins {
 		t.Fatalf("pinned sessions %d after the reload, want %d (before) - %d (on removed key e)", after.StickySessions, before.StickySessions, removedPins)
 	}
@@ -167,11 +151,8 @@ func TestOpsReloadKeepsState(t *testing.T) {
 	}
 
 	// Reload 2: the running JSON config, changed, POSTed to /load.
-	before = opsWaitIdle(t, pool)
-	code, cfg := opsDo(t, http.MethodGet, opsAdmin+"/config/", "", "")
-	if code != 200 {
-		t.Fatalf("GET /config/: %d %s", code, cfg)
-	}
+	before = waitIdle(t, pool)
+	cfg := adminGet(t, "/config/")
 	var doc any
 	if err := json.Unmarshal([]byte(cfg), &doc); err != nil {
 		t.Fatal(err)
@@ -197,22 +178,22 @@ func TestOpsReloadKeepsState(t *testing.T) {
 		t.Fatalf("found %d cc_relay handlers for %s in the running config", found, pool)
 	}
 	changed, _ := json.Marshal(doc)
-	if code, body := opsDo(t, http.MethodPost, opsAdmin+"/load", "application/json", string(changed)); code != 200 {
+	if code, body := adminDo(t, http.MethodPost, "/load", "application/json", string(changed)); code != 200 {
 		t.Fatalf("POST /load: %d %s", code, body)
 	}
 	if refs, _ := pools.References(pool); refs != 1 {
 		t.Fatalf("pool state has %d references after the JSON reload, want 1", refs)
 	}
-	after = opsPool(t, pool)
+	after = adminPool(t, pool)
 	opsCompareKept(t, before, after, "a", "c", "d")
-	bAfter := opsBudget(t, opsMustKey(t, after, "b"), "sonnet").Requests
-	if want := min(opsBudget(t, opsMustKey(t, before, "b"), "sonnet").Requests.Remaining, 30); bAfter.Configured != 30 || bAfter.Learned != 50 || bAfter.Remaining != want {
+	bAfter := budgetOf(t, mustKey(t, after, "b"), "sonnet").Requests
+	if want := min(budgetOf(t, mustKey(t, before, "b"), "sonnet").Requests.Remaining, 30); bAfter.Configured != 30 || bAfter.Learned != 50 || bAfter.Remaining != want {
 		t.Fatalf("b after configuring rpm 30: %+v, want configured 30, learned 50, remaining %d", bAfter, want)
 	}
-	if _, ok := opsKey(after, "f"); ok {
+	if _, ok := findKey(after, "f"); ok {
 		t.Fatalf("removed key f still listed")
 	}
-	if g := opsMustKey(t, after, "g"); g.State != "ok" {
+	if g := mustKey(t, after, "g"); g.State != "ok" {
 		t.Fatalf("new key g: %+v", g)
 	}
 	third := opsSessionKeys(t, sessions)
@@ -228,7 +209,7 @@ func TestOpsReloadKeepsState(t *testing.T) {
 func opsCompareKept(t *testing.T, before, after PoolStatus, names ...string) {
 	t.Helper()
 	for _, n := range names {
-		b, a := opsMustKey(t, before, n), opsMustKey(t, after, n)
+		b, a := mustKey(t, before, n), mustKey(t, after, n)
 		bj, _ := json.Marshal(b)
 		aj, _ := json.Marshal(a)
 		if string(aj) != string(bj) {
@@ -266,12 +247,8 @@ func TestOpsStreamSurvivesReload(t *testing.T) {
 	const pool = "ops_stream_reload"
 	release := make(chan struct{})
 	started := make(chan struct{}, 1)
-	up := opsNewUpstream(t, func(key string, w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/event-stream")
-		w.WriteHeader(200)
-		rc := http.NewResponseController(w)
-		_, _ = io.WriteString(w, "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-sonnet-4-5\",\"usage\":{\"input_tokens\":10,\"output_tokens\":1}}}\n\n")
-		_ = rc.Flush()
+	up := newUpstream(t, func(key string, w http.ResponseWriter, r *http.Request) {
+		rc := writeEvents(w, sseStart10)
 		started <- struct{}{}
 		select {
 		case <-release:
@@ -282,7 +259,7 @@ func TestOpsStreamSurvivesReload(t *testing.T) {
 			fmt.Fprintf(w, "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"w%d \"}}\n\n", i)
 			_ = rc.Flush()
 		}
-		_, _ = io.WriteString(w, "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":21}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n")
+		_, _ = io.WriteString(w, "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":21}}\n\n"+sseStop)
 	})
 	site := func(extraKey string) string {
 		return fmt.Sprintf(`http://localhost:9080 {
@@ -298,34 +275,24 @@ func TestOpsStreamSurvivesReload(t *testing.T) {
 }
 `, pool, extraKey, up.addr())
 	}
-	opsStart(t, "", site(""))
+	startRelay(t, site(""))
 
-	req, _ := http.NewRequest(http.MethodPost, opsRelay+"/v1/messages", strings.NewReader(opsMsg(true)))
-	res, err := (&http.Client{Timeout: 30 * time.Second, Transport: opsHTTP.Transport}).Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
+	req := newRequest(t, http.MethodPost, relayAddr+"/v1/messages", strings.NewReader(msgStream(true)))
+	res, br := openStream(t, &http.Client{Timeout: 30 * time.Second, Transport: relayHTTP.Transport}, req)
 	defer res.Body.Close()
-	br := bufio.NewReader(res.Body)
-	if line, err := br.ReadString('\n'); err != nil || line != "event: message_start\n" {
-		t.Fatalf("first line %q, %v", line, err)
-	}
 	<-started
 
-	opsStart(t, "", site("\t\tkey sk-ops-stream-2 {\n\t\t\tname s2\n\t\t}\n"))
-	code, cfg := opsDo(t, http.MethodGet, opsAdmin+"/config/", "", "")
-	if code != 200 {
-		t.Fatalf("GET /config/: %d", code)
-	}
+	startRelay(t, site("\t\tkey sk-ops-stream-2 {\n\t\t\tname s2\n\t\t}\n"))
+	cfg := adminGet(t, "/config/")
 	// A real change, so Caddy does not skip the load as unchanged.
 	cfg = strings.Replace(cfg, `"name":"s2"`, `"name":"s3"`, 1)
-	if code, body := opsDo(t, http.MethodPost, opsAdmin+"/load", "application/json", cfg); code != 200 {
+	if code, body := adminDo(t, http.MethodPost, "/load", "application/json", cfg); code != 200 {
 		t.Fatalf("POST /load: %d %s", code, body)
 	}
-	if _, ok := opsKey(opsPool(t, pool), "s3"); !ok {
+	if _, ok := findKey(adminPool(t, pool), "s3"); !ok {
 		t.Fatalf("the JSON reload did not apply")
 	}
-	if k := opsMustKey(t, opsPool(t, pool), "s1"); k.InFlight != 1 {
+	if k := mustKey(t, adminPool(t, pool), "s1"); k.InFlight != 1 {
 		t.Fatalf("in flight on s1 after the reloads = %d, want 1 (the stream)", k.InFlight)
 	}
 
@@ -334,11 +301,11 @@ func TestOpsStreamSurvivesReload(t *testing.T) {
 	if err != nil {
 		t.Fatalf("stream cut after the reloads: %v (got %q)", err, rest)
 	}
-	if n := strings.Count(string(rest), "event: content_block_delta"); n != 20 || !strings.HasSuffix(string(rest), "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n") {
+	if n := strings.Count(string(rest), "event: content_block_delta"); n != 20 || !strings.HasSuffix(string(rest), sseStop) {
 		t.Fatalf("stream incomplete after the reloads: %d deltas, %q", n, rest)
 	}
-	ps := opsWaitIdle(t, pool)
-	if k := opsMustKey(t, ps, "s1"); k.Totals.OutputTokens != 21 || k.Totals.Succeeded != 1 {
+	ps := waitIdle(t, pool)
+	if k := mustKey(t, ps, "s1"); k.Totals.OutputTokens != 21 || k.Totals.Succeeded != 1 {
 		t.Fatalf("the stream's attempt was not settled on the surviving state: %+v", k.Totals)
 	}
 }
@@ -351,8 +318,8 @@ func TestOpsStreamSurvivesReload(t *testing.T) {
 func TestOpsFailedLoadKeepsPool(t *testing.T) {
 	const pool = "ops_failed_load"
 	const other = "ops_failed_load_other"
-	opsFakeClock(t)
-	up := opsNewUpstream(t, nil)
+	useFakeClock(t)
+	up := newUpstream(t, nil)
 	t.Setenv("CC_RELAY_OPS_SET", "sk-ops-fail-env")
 	os.Unsetenv("CC_RELAY_OPS_UNSET_7F3A")
 	good := fmt.Sprintf(`
@@ -373,13 +340,13 @@ func TestOpsFailedLoadKeepsPool(t *testing.T) {
 }
 `, pool, poolKeys, otherRoute, up.addr())
 	}
-	opsStart(t, "", site(good, ""))
+	startRelay(t, site(good, ""))
 	for i := 0; i < 3; i++ {
-		if res, body := opsPost(t, "", opsMsg(false)); res.StatusCode != 200 {
+		if res, body := post(t, "", msgStream(false)); res.StatusCode != 200 {
 			t.Fatalf("%d %s", res.StatusCode, body)
 		}
 	}
-	want := opsBudget(t, opsMustKey(t, opsWaitIdle(t, pool), "a"), "sonnet").Requests
+	want := budgetOf(t, mustKey(t, waitIdle(t, pool), "a"), "sonnet").Requests
 	if want.Remaining != 97 {
 		t.Fatalf("remaining %d after 3 requests, want 97", want.Remaining)
 	}
@@ -419,7 +386,7 @@ func TestOpsFailedLoadKeepsPool(t *testing.T) {
 	}
 	for name, cfg := range failures {
 		t.Run(name, func(t *testing.T) {
-			code, body := opsDo(t, http.MethodPost, opsAdmin+"/load", "text/caddyfile", opsGlobal("")+cfg)
+			code, body := adminDo(t, http.MethodPost, "/load", "text/caddyfile", caddyGlobal("")+cfg)
 			if code == 200 {
 				t.Fatalf("the broken configuration loaded")
 			}
@@ -429,18 +396,17 @@ func TestOpsFailedLoadKeepsPool(t *testing.T) {
 			if got, ok := pools.References(other); ok {
 				t.Fatalf("the failed configuration's other pool is still held (%d refs)", got)
 			}
-			ps := opsPool(t, pool)
-			if got := opsBudget(t, opsMustKey(t, ps, "a"), "sonnet").Requests; got != want {
+			ps := adminPool(t, pool)
+			if got := budgetOf(t, mustKey(t, ps, "a"), "sonnet").Requests; got != want {
 				t.Fatalf("budget after the failed load: %+v, want %+v", got, want)
 			}
-			if _, ok := opsKey(ps, "b"); ok {
+			if _, ok := findKey(ps, "b"); ok {
 				t.Fatalf("the failed configuration's key b is live")
 			}
-			samples := opsParse(t, opsScrape(t))
-			if got := opsValue(t, samples, "caddy_cc_relay_remaining", map[string]string{"pool": pool, "key": "a", "budget": "requests"}); got != float64(want.Remaining) {
+			if got := sampleValue(t, scrapeMetrics(t), "caddy_cc_relay_remaining", map[string]string{"pool": pool, "key": "a", "budget": "requests"}); got != float64(want.Remaining) {
 				t.Fatalf("remaining gauge %v after the failed load, want %d", got, want.Remaining)
 			}
-			if res, body := opsPost(t, "", opsMsg(false)); res.StatusCode != 200 {
+			if res, body := post(t, "", msgStream(false)); res.StatusCode != 200 {
 				t.Fatalf("the running relay stopped serving: %d %s", res.StatusCode, body)
 			}
 			want.Remaining--
@@ -448,11 +414,11 @@ func TestOpsFailedLoadKeepsPool(t *testing.T) {
 	}
 
 	// A load that succeeds still finds the state intact.
-	opsStart(t, "", site(good+`
+	startRelay(t, site(good+`
 		key sk-ops-fail-c {
 			name c
 		}`, ""))
-	if got := opsBudget(t, opsMustKey(t, opsWaitIdle(t, pool), "a"), "sonnet").Requests; got != want {
+	if got := budgetOf(t, mustKey(t, waitIdle(t, pool), "a"), "sonnet").Requests; got != want {
 		t.Fatalf("budget after a good reload: %+v, want %+v", got, want)
 	}
 	if got, _ := pools.References(pool); got != 1 {
@@ -521,16 +487,16 @@ func TestOpsCleanupReleasesWhatProvisionAcquired(t *testing.T) {
 // whole config through caddy.Validate.
 func TestOpsValidateLeavesNoGoroutine(t *testing.T) {
 	const pool = "ops_validate"
-	up := opsNewUpstream(t, nil)
-	opsHTTP.CloseIdleConnections()
-	ignore := goleak.IgnoreCurrent()
+	up := newUpstream(t, nil)
+	relayHTTP.CloseIdleConnections()
+	lc := startLeakCheck()
 
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	if _, err := ctx.LoadModuleByID("http.handlers.cc_relay", json.RawMessage(`{"pool":"`+pool+`","client_auth":"off","keys":[{"key":"sk-ops-validate"}],"max_wait":"5s"}`)); err != nil {
 		t.Fatal(err)
 	}
 	cancel()
-	goleak.VerifyNone(t, ignore)
+	lc.verify(t)
 	if _, ok := pools.References(pool); ok {
 		t.Fatalf("pool state outlives the validation")
 	}
@@ -554,7 +520,7 @@ func TestOpsValidateLeavesNoGoroutine(t *testing.T) {
 	if err := caddy.Validate(&c); err != nil {
 		t.Fatal(err)
 	}
-	goleak.VerifyNone(t, ignore)
+	lc.verify(t)
 	if _, ok := pools.References(pool); ok {
 		t.Fatalf("pool state outlives caddy.Validate")
 	}
@@ -581,11 +547,11 @@ func TestOpsServeAfterCleanup(t *testing.T) {
 	var gotKey string
 	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
 		gotKey = r.Header.Get("X-Api-Key")
-		opsOK(w)
+		okMessage(w)
 		return nil
 	})
 	rec := httptest.NewRecorder()
-	req := httptest.NewRequest(http.MethodPost, "/v1/messages", strings.NewReader(opsMsg(false)))
+	req := httptest.NewRequest(http.MethodPost, "/v1/messages", strings.NewReader(msgStream(false)))
 	if err := h.ServeHTTP(rec, req, next); err != nil {
 		t.Fatal(err)
 	}

@@ -1,18 +1,14 @@
 package caddymodule
 
 import (
-	"bufio"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
-	"io"
 	"net/http"
 	"os"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/caddyserver/caddy/v2/caddytest"
 )
 
 // TestOpsTLSExample serves Caddyfile.example itself, changed only where a
@@ -27,34 +23,23 @@ func TestOpsTLSExample(t *testing.T) {
 		"ANTHROPIC_KEY_2": "sk-ant-ops-tls-2-a4d0",
 		"ANTHROPIC_KEY_3": "sk-ant-ops-tls-3-19bb",
 	}
-	for k, v := range keys {
-		t.Setenv(k, v)
-	}
+	setEnvs(t, keys)
 	t.Setenv("CLIENT_TOKEN_ALICE", "ct-ops-tls-alice-e3f1")
 	t.Setenv("CLIENT_TOKEN_BOB", "ct-ops-tls-bob-58a6")
 	t.Setenv("RELAY_DOMAIN", "localhost")
 
 	var upHost string // set once the upstream listens
-	up := opsNewUpstream(t, func(key string, w http.ResponseWriter, r *http.Request) {
+	up := newUpstream(t, func(key string, w http.ResponseWriter, r *http.Request) {
 		if r.Host != upHost {
 			// header_up Host {upstream_hostport} must name the upstream.
 			http.Error(w, "wrong Host "+r.Host, http.StatusBadRequest)
 			return
 		}
 		if strings.Contains(r.Header.Get("Accept"), "event-stream") {
-			w.Header().Set("Content-Type", "text/event-stream")
-			rc := http.NewResponseController(w)
-			for _, ev := range []string{
-				"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":4,\"output_tokens\":1}}}\n\n",
-				"event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{},\"usage\":{\"output_tokens\":2}}\n\n",
-				"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
-			} {
-				_, _ = io.WriteString(w, ev)
-				_ = rc.Flush()
-			}
+			writeEvents(w, sseStart4, sseDelta2, sseStop)
 			return
 		}
-		opsOK(w)
+		okMessage(w)
 	})
 	upHost = up.addr()
 
@@ -67,7 +52,7 @@ func TestOpsTLSExample(t *testing.T) {
 		// caddytest's admin address and ports; no system trust store; a
 		// storage of its own, so the internal CA and certificate locks are
 		// not shared with other processes.
-		{"\n{\n", "\n" + strings.TrimSuffix(opsGlobal("\tstorage file_system "+t.TempDir()), "\n}\n") + "\n"},
+		{"\n{\n", "\n" + strings.TrimSuffix(caddyGlobal("\tstorage file_system "+t.TempDir()), "\n}\n") + "\n"},
 		{"reverse_proxy https://api.anthropic.com {", "reverse_proxy http://" + up.addr() + " {"},
 		{"cc_relay prod {", "cc_relay ops_tls_prod {"},
 	} {
@@ -76,17 +61,10 @@ func TestOpsTLSExample(t *testing.T) {
 		}
 		cfg = strings.Replace(cfg, r.old, r.new, 1)
 	}
-	tc := caddytest.NewTester(opsNoSkip{t})
-	tc.InitServer(cfg, "caddyfile")
-	if t.Failed() {
-		t.FailNow()
-	}
+	startCaddy(t, cfg)
 
 	// Trust exactly Caddy's internal CA.
-	code, body := opsDo(t, http.MethodGet, opsAdmin+"/pki/ca/local", "", "")
-	if code != 200 {
-		t.Fatalf("GET /pki/ca/local: %d %s", code, body)
-	}
+	body := adminGet(t, "/pki/ca/local")
 	var ca struct {
 		Root string `json:"root_certificate"`
 	}
@@ -100,7 +78,7 @@ func TestOpsTLSExample(t *testing.T) {
 	tlsConfig := &tls.Config{RootCAs: roots, ServerName: "localhost"}
 	// The certificate is issued in the background after the config
 	// started: wait (bounded) until the server completes a handshake.
-	opsEventually(t, "a verified TLS handshake on localhost:9443", func() bool {
+	pollUntil(t, "a verified TLS handshake on localhost:9443", func() bool {
 		conn, err := tls.Dial("tcp", "localhost:9443", tlsConfig)
 		if err != nil {
 			return false
@@ -115,28 +93,15 @@ func TestOpsTLSExample(t *testing.T) {
 	defer client.CloseIdleConnections()
 	send := func(token, path, body string, stream bool) (*http.Response, string) {
 		t.Helper()
-		req, _ := http.NewRequest(http.MethodPost, "https://localhost:9443"+path, strings.NewReader(body))
-		req.Header.Set("Content-Type", "application/json")
-		if token != "" {
-			req.Header.Set("X-Api-Key", token)
-		}
+		req := newRequest(t, http.MethodPost, "https://localhost:9443"+path, strings.NewReader(body))
+		setRelayHeaders(req.Header, token)
 		if stream {
 			req.Header.Set("Accept", "text/event-stream")
 		}
-		res, err := client.Do(req)
-		if err != nil {
-			t.Fatalf("https request: %v", err)
-		}
-		defer res.Body.Close()
-		var b strings.Builder
-		br := bufio.NewReader(res.Body)
-		if _, err := io.Copy(&b, br); err != nil {
-			t.Fatalf("reading body: %v", err)
-		}
-		return res, b.String()
+		return roundTrip(t, client, req)
 	}
 
-	res, body := send("ct-ops-tls-alice-e3f1", "/v1/messages", opsMsg(false), false)
+	res, body := send("ct-ops-tls-alice-e3f1", "/v1/messages", msgStream(false), false)
 	if res.StatusCode != 200 || !strings.Contains(body, `"type":"message"`) {
 		t.Fatalf("%d %s", res.StatusCode, body)
 	}
@@ -148,11 +113,11 @@ func TestOpsTLSExample(t *testing.T) {
 	default:
 		t.Fatalf("X-CC-Relay-Key = %q", k)
 	}
-	res, body = send("ct-ops-tls-bob-58a6", "/v1/messages", opsMsg(true), true)
-	if res.StatusCode != 200 || !strings.HasSuffix(body, "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n") {
+	res, body = send("ct-ops-tls-bob-58a6", "/v1/messages", msgStream(true), true)
+	if res.StatusCode != 200 || !strings.HasSuffix(body, sseStop) {
 		t.Fatalf("stream over TLS: %d %q", res.StatusCode, body)
 	}
-	if res, body := send("", "/v1/messages", opsMsg(false), false); res.StatusCode != 401 {
+	if res, body := send("", "/v1/messages", msgStream(false), false); res.StatusCode != 401 {
 		t.Fatalf("no client token: %d %s", res.StatusCode, body)
 	}
 	if res, body := send("ct-ops-tls-alice-e3f1", "/v1/other", "{}", false); res.StatusCode != 404 {

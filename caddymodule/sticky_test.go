@@ -20,13 +20,13 @@ import (
 // Session affinity (issue 5), end to end: a conversation stays on the key
 // that holds its prompt cache while that key's organization can take it,
 // moves within its cache scope first when it cannot, and re-pins where it
-// lands. Helpers are in fault_test.go.
+// lands. Shared helpers are in helpers_test.go.
 
 // relayAccessLog is a site's JSON access log, read back for the relay's fields.
 type relayAccessLog struct{ path string }
 
-func newRelayAccessLog(t *testing.T) relayAccessLog {
-	return relayAccessLog{filepath.Join(t.TempDir(), "access.log")}
+func newRelayAccessLog(t *testing.T) *relayAccessLog {
+	return &relayAccessLog{filepath.Join(t.TempDir(), "access.log")}
 }
 
 // directive is the Caddyfile log block writing this file.
@@ -68,6 +68,21 @@ func (l relayAccessLog) entries(t *testing.T, n int) []relayLogEntry {
 	return out
 }
 
+// startSticky runs the pool block body in front of up, writing the site's
+// access log to log unless it is nil, and returns a client whose test
+// fails if it leaves a goroutine behind.
+func startSticky(t *testing.T, up *recUpstream, log *relayAccessLog, body string) *relayClient {
+	t.Helper()
+	proxy := proxyTo(up)
+	if log != nil {
+		proxy += "\n\t" + log.directive()
+	}
+	startRelay(t, relaySite(body, proxy))
+	c := newRelayClient(t)
+	checkLeaks(t, c)
+	return c
+}
+
 // stickyMock is a mock upstream without limits whose keys are each their
 // own organization unless orgOf says otherwise.
 func stickyMock(t *testing.T, keys []string, orgOf func(key string) string) (*mockanthropic.Server, *recUpstream, *clock.Fake) {
@@ -82,6 +97,24 @@ func stickyMock(t *testing.T, keys []string, orgOf func(key string) string) (*mo
 	}
 	mock := mockOn(fake, nil, m)
 	return mock, newRecUpstream(t, mock), fake
+}
+
+// twoOrgs puts the keys whose secret contains marker in organization in,
+// the others in out.
+func twoOrgs(marker, in, out string) func(key string) string {
+	return func(k string) string {
+		if strings.Contains(k, marker) {
+			return in
+		}
+		return out
+	}
+}
+
+// sessionTurn sends one turn of session s, named by both the header and
+// metadata.user_id, as token.
+func (c *relayClient) sessionTurn(t *testing.T, token, s, prompt string, stream bool) relayResult {
+	t.Helper()
+	return c.mustSend(t, token, ccBody(legacyUserID(s), prompt, stream), "X-Claude-Code-Session-Id", s)
 }
 
 func keyLines(keys ...string) string {
@@ -101,14 +134,11 @@ func TestStickySessionIdentity(t *testing.T) {
 	keys := []string{"sk-id-1", "sk-id-2", "sk-id-3", "sk-id-4"}
 	_, up, _ := stickyMock(t, keys, nil)
 	log := newRelayAccessLog(t)
-	startRelay(t, relaySite(`sticky_id_pool {
+	c := startSticky(t, up, log, `sticky_id_pool {
 		client_token ct-id
 		strategy round_robin
 		`+keyLines(keys...)+`
-	}`, proxyTo(up)+"\n\t"+log.directive()))
-	c := newRelayClient(t)
-	lc := startLeakCheck()
-	defer lc.verify(t, c)
+	}`)
 
 	type session struct {
 		name string
@@ -154,7 +184,7 @@ func TestStickySessionIdentity(t *testing.T) {
 			if r.status != 200 {
 				t.Fatalf("%s turn %d: %d %s", s.name, turn, r.status, r.body)
 			}
-			key := r.header.Get("X-Cc-Relay-Key")
+			key := r.via()
 			if turn == 0 {
 				pinned[s.name] = key
 			} else if key != pinned[s.name] {
@@ -190,19 +220,19 @@ func TestStickySessionIdentity(t *testing.T) {
 	// The same session named in either user_id form, or in the header, is
 	// one session.
 	s := sessionUUID(14)
-	first := c.mustSend(t, "ct-id", ccBody(legacyUserID(s), "a", false)).header.Get("X-Cc-Relay-Key")
+	first := c.mustSend(t, "ct-id", ccBody(legacyUserID(s), "a", false)).via()
 	for _, r := range []relayResult{
 		c.mustSend(t, "ct-id", ccBody(jsonUserID(s), "b", false)),
 		c.mustSend(t, "ct-id", ccBody("", "c", false), "X-Claude-Code-Session-Id", s),
 	} {
-		if k := r.header.Get("X-Cc-Relay-Key"); k != first {
+		if k := r.via(); k != first {
 			t.Fatalf("session %s named another way went to %s, not %s", s, k, first)
 		}
 	}
 	// Different sessions with the same conversation start are different
 	// sessions: the start is only the last resort.
-	a := c.mustSend(t, "ct-id", ccBody(legacyUserID(sessionUUID(15)), "same start", false)).header.Get("X-Cc-Relay-Key")
-	b := c.mustSend(t, "ct-id", ccBody(legacyUserID(sessionUUID(16)), "same start", false)).header.Get("X-Cc-Relay-Key")
+	a := c.mustSend(t, "ct-id", ccBody(legacyUserID(sessionUUID(15)), "same start", false)).via()
+	b := c.mustSend(t, "ct-id", ccBody(legacyUserID(sessionUUID(16)), "same start", false)).via()
 	if a == b {
 		t.Fatalf("two sessions with one conversation start shared key %s under round robin", a)
 	}
@@ -213,26 +243,23 @@ func TestStickySessionIdentity(t *testing.T) {
 func TestStickyPerClient(t *testing.T) {
 	keys := []string{"sk-pc-1", "sk-pc-2"}
 	_, up, _ := stickyMock(t, keys, nil)
-	startRelay(t, relaySite(`sticky_client_pool {
+	c := startSticky(t, up, nil, `sticky_client_pool {
 		client_token ct-alice alice
 		client_token ct-bob bob
 		strategy round_robin
 		`+keyLines(keys...)+`
-	}`, proxyTo(up)))
-	c := newRelayClient(t)
-	lc := startLeakCheck()
-	defer lc.verify(t, c)
+	}`)
 	s := sessionUUID(20)
-	alice := c.mustSend(t, "ct-alice", ccBody(legacyUserID(s), "hi", false), "X-Claude-Code-Session-Id", s).header.Get("X-Cc-Relay-Key")
-	bob := c.mustSend(t, "ct-bob", ccBody(legacyUserID(s), "hi", false), "X-Claude-Code-Session-Id", s).header.Get("X-Cc-Relay-Key")
+	alice := c.sessionTurn(t, "ct-alice", s, "hi", false).via()
+	bob := c.sessionTurn(t, "ct-bob", s, "hi", false).via()
 	if alice == bob {
 		t.Fatalf("bob's request joined alice's session on %s (round robin gives a new session the other key)", alice)
 	}
 	for i := 0; i < 4; i++ {
-		if k := c.mustSend(t, "ct-alice", ccBody(legacyUserID(s), "more", false), "X-Claude-Code-Session-Id", s).header.Get("X-Cc-Relay-Key"); k != alice {
+		if k := c.sessionTurn(t, "ct-alice", s, "more", false).via(); k != alice {
 			t.Fatalf("alice moved to %s", k)
 		}
-		if k := c.mustSend(t, "ct-bob", ccBody(legacyUserID(s), "more", false), "X-Claude-Code-Session-Id", s).header.Get("X-Cc-Relay-Key"); k != bob {
+		if k := c.sessionTurn(t, "ct-bob", s, "more", false).via(); k != bob {
 			t.Fatalf("bob moved to %s", k)
 		}
 	}
@@ -243,18 +270,15 @@ func TestStickyOff(t *testing.T) {
 	keys := []string{"sk-so-1", "sk-so-2", "sk-so-3"}
 	_, up, _ := stickyMock(t, keys, nil)
 	log := newRelayAccessLog(t)
-	startRelay(t, relaySite(`sticky_off_pool {
+	c := startSticky(t, up, log, `sticky_off_pool {
 		client_auth off
 		strategy round_robin
 		sticky off
 		`+keyLines(keys...)+`
-	}`, proxyTo(up)+"\n\t"+log.directive()))
-	c := newRelayClient(t)
-	lc := startLeakCheck()
-	defer lc.verify(t, c)
+	}`)
 	s := sessionUUID(30)
 	for i := 0; i < 6; i++ {
-		if r := c.mustSend(t, "", ccBody(legacyUserID(s), "turn "+strconv.Itoa(i), false), "X-Claude-Code-Session-Id", s); r.status != 200 {
+		if r := c.sessionTurn(t, "", s, "turn "+strconv.Itoa(i), false); r.status != 200 {
 			t.Fatalf("%d %s", r.status, r.body)
 		}
 	}
@@ -273,26 +297,23 @@ func TestStickyOff(t *testing.T) {
 func TestStickyLeastLoaded(t *testing.T) {
 	keys := []string{"sk-ll-s1", "sk-ll-s2", "sk-ll-s3"}
 	_, up, _ := stickyMock(t, keys, nil)
-	startRelay(t, relaySite(`sticky_ll_pool {
+	c := startSticky(t, up, nil, `sticky_ll_pool {
 		client_auth off
 		`+keyLines(keys...)+`
-	}`, proxyTo(up)))
-	c := newRelayClient(t)
-	lc := startLeakCheck()
-	defer lc.verify(t, c)
+	}`)
 	s := sessionUUID(40)
 	var home string
 	others := map[string]int{}
 	for i := 0; i < 12; i++ {
-		r := c.mustSend(t, "", ccBody(legacyUserID(s), "turn "+strconv.Itoa(i), true), "X-Claude-Code-Session-Id", s)
-		k := r.header.Get("X-Cc-Relay-Key")
+		r := c.sessionTurn(t, "", s, "turn "+strconv.Itoa(i), true)
+		k := r.via()
 		if i == 0 {
 			home = k
 		} else if k != home {
 			t.Fatalf("turn %d moved from %s to %s", i, home, k)
 		}
 		o := c.mustSend(t, "", ccBody(legacyUserID(sessionUUID(1000+i)), "one-off", false))
-		others[o.header.Get("X-Cc-Relay-Key")]++
+		others[o.via()]++
 	}
 	if len(others) != 3 {
 		t.Fatalf("new sessions did not spread over the keys: %v", others)
@@ -306,14 +327,9 @@ func TestStickyLeastLoaded(t *testing.T) {
 // budget: the upstream refuses nothing.
 func TestStickyMovesWhenOrgFull(t *testing.T) {
 	keys := []string{"sk-mv-a1", "sk-mv-a2", "sk-mv-b1"}
-	mock, up, fake := stickyMock(t, keys, func(k string) string {
-		if strings.Contains(k, "-a") {
-			return "org-a"
-		}
-		return "org-b"
-	})
+	mock, up, fake := stickyMock(t, keys, twoOrgs("-a", "org-a", "org-b"))
 	log := newRelayAccessLog(t)
-	startRelay(t, relaySite(`sticky_move_pool {
+	c := startSticky(t, up, log, `sticky_move_pool {
 		client_auth off
 		strategy round_robin
 		key sk-mv-a1 {
@@ -330,24 +346,21 @@ func TestStickyMovesWhenOrgFull(t *testing.T) {
 			org B
 			rpm 100
 		}
-	}`, proxyTo(up)+"\n\t"+log.directive()))
-	c := newRelayClient(t)
-	lc := startLeakCheck()
-	defer lc.verify(t, c)
+	}`)
 	s := sessionUUID(50)
 	want := []struct{ key, sticky string }{
 		{"a1", "new"}, {"a1", "hit"}, {"a1", "hit"}, // org A's three requests
 		{"b1", "moved"}, {"b1", "hit"},
 	}
 	for i, w := range want {
-		r := c.mustSend(t, "", ccBody(legacyUserID(s), "turn "+strconv.Itoa(i), false), "X-Claude-Code-Session-Id", s)
-		if r.status != 200 || r.header.Get("X-Cc-Relay-Key") != w.key {
-			t.Fatalf("turn %d: %d via %q, want %s", i, r.status, r.header.Get("X-Cc-Relay-Key"), w.key)
+		r := c.sessionTurn(t, "", s, "turn "+strconv.Itoa(i), false)
+		if r.status != 200 || r.via() != w.key {
+			t.Fatalf("turn %d: %d via %q, want %s", i, r.status, r.via(), w.key)
 		}
 	}
 	fake.Advance(time.Minute) // org A is full again; the session stays put
-	if r := c.mustSend(t, "", ccBody(legacyUserID(s), "later", false), "X-Claude-Code-Session-Id", s); r.header.Get("X-Cc-Relay-Key") != "b1" {
-		t.Fatalf("after org A refilled the session went back to %q", r.header.Get("X-Cc-Relay-Key"))
+	if r := c.sessionTurn(t, "", s, "later", false); r.via() != "b1" {
+		t.Fatalf("after org A refilled the session went back to %q", r.via())
 	}
 	want = append(want, struct{ key, sticky string }{"b1", "hit"})
 	for i, e := range log.entries(t, len(want)) {
@@ -368,14 +381,9 @@ func TestStickyMovesWhenOrgFull(t *testing.T) {
 func TestStickyScopeFirst(t *testing.T) {
 	t.Run("workspace", func(t *testing.T) {
 		keys := []string{"sk-ws-a1", "sk-ws-a2", "sk-ws-a3", "sk-ws-b1", "sk-ws-b2"}
-		mock, up, fake := stickyMock(t, keys, func(k string) string {
-			if strings.Contains(k, "-a") {
-				return "org-a"
-			}
-			return "org-b"
-		})
+		mock, up, fake := stickyMock(t, keys, twoOrgs("-a", "org-a", "org-b"))
 		log := newRelayAccessLog(t)
-		startRelay(t, relaySite(`sticky_ws_pool {
+		c := startSticky(t, up, log, `sticky_ws_pool {
 		client_auth off
 		strategy round_robin
 		key sk-ws-a1 {
@@ -401,10 +409,7 @@ func TestStickyScopeFirst(t *testing.T) {
 			name b2
 			org B
 		}
-	}`, proxyTo(up)+"\n\t"+log.directive()))
-		c := newRelayClient(t)
-		lc := startLeakCheck()
-		defer lc.verify(t, c)
+	}`)
 		if k := keySnap(t, "sticky_ws_pool", "a1"); k.Scope != "w1" {
 			t.Fatalf("a1 cache scope %q, want w1 (workspace parsed from the Caddyfile)", k.Scope)
 		}
@@ -412,11 +417,11 @@ func TestStickyScopeFirst(t *testing.T) {
 		turn := 0
 		send := func() string {
 			turn++
-			r := c.mustSend(t, "", ccBody(legacyUserID(s), "turn "+strconv.Itoa(turn), true), "X-Claude-Code-Session-Id", s)
+			r := c.sessionTurn(t, "", s, "turn "+strconv.Itoa(turn), true)
 			if r.status != 200 {
 				t.Fatalf("turn %d: %d %s", turn, r.status, r.body)
 			}
-			return r.header.Get("X-Cc-Relay-Key")
+			return r.via()
 		}
 		if k := send(); k != "a1" {
 			t.Fatalf("first turn on %s, want a1", k)
@@ -449,13 +454,8 @@ func TestStickyScopeFirst(t *testing.T) {
 	})
 	t.Run("organization", func(t *testing.T) {
 		keys := []string{"sk-os-c1", "sk-os-d1", "sk-os-d2", "sk-os-c2"}
-		mock, up, _ := stickyMock(t, keys, func(k string) string {
-			if strings.Contains(k, "-c") {
-				return "org-c"
-			}
-			return "org-d"
-		})
-		startRelay(t, relaySite(`sticky_org_pool {
+		mock, up, _ := stickyMock(t, keys, twoOrgs("-c", "org-c", "org-d"))
+		c := startSticky(t, up, nil, `sticky_org_pool {
 		client_auth off
 		strategy round_robin
 		key sk-os-c1 {
@@ -474,18 +474,15 @@ func TestStickyScopeFirst(t *testing.T) {
 			name c2
 			org C
 		}
-	}`, proxyTo(up)))
-		c := newRelayClient(t)
-		lc := startLeakCheck()
-		defer lc.verify(t, c)
+	}`)
 		s := sessionUUID(61)
-		if r := c.mustSend(t, "", ccBody(legacyUserID(s), "one", false)); r.header.Get("X-Cc-Relay-Key") != "c1" {
-			t.Fatalf("first turn on %s", r.header.Get("X-Cc-Relay-Key"))
+		if r := c.mustSend(t, "", ccBody(legacyUserID(s), "one", false)); r.via() != "c1" {
+			t.Fatalf("first turn on %s", r.via())
 		}
 		mock.Revoke("sk-os-c1")
 		for i := 0; i < 3; i++ {
-			if r := c.mustSend(t, "", ccBody(legacyUserID(s), "more", false)); r.status != 200 || r.header.Get("X-Cc-Relay-Key") != "c2" {
-				t.Fatalf("turn %d: %d via %s, want c2 (same organization)", i, r.status, r.header.Get("X-Cc-Relay-Key"))
+			if r := c.mustSend(t, "", ccBody(legacyUserID(s), "more", false)); r.status != 200 || r.via() != "c2" {
+				t.Fatalf("turn %d: %d via %s, want c2 (same organization)", i, r.status, r.via())
 			}
 		}
 	})
@@ -500,16 +497,13 @@ func TestStickySpreadsNewSessions(t *testing.T) {
 	keys := map[string]string{"sk-sp-1": "org-1", "sk-sp-2": "org-2", "sk-sp-3": "org-3", "sk-sp-4": "org-4"}
 	mock := mockanthropic.New(mockanthropic.Config{Keys: keys, Now: fake.Now, Gate: gate})
 	up := newRecUpstream(t, mock)
-	startRelay(t, relaySite(`sticky_spread_pool {
+	c := startSticky(t, up, nil, `sticky_spread_pool {
 		client_auth off
 		key sk-sp-1
 		key sk-sp-2
 		key sk-sp-3
 		key sk-sp-4
-	}`, proxyTo(up)))
-	c := newRelayClient(t)
-	lc := startLeakCheck()
-	defer lc.verify(t, c)
+	}`)
 	const n = 40
 	first := make([]string, n)
 	var wg sync.WaitGroup
@@ -520,7 +514,7 @@ func TestStickySpreadsNewSessions(t *testing.T) {
 			s := sessionUUID(200 + i)
 			r := c.send(context.Background(), "", ccBody(legacyUserID(s), "start", false), "X-Claude-Code-Session-Id", s)
 			if r.err == nil && r.status == 200 {
-				first[i] = r.header.Get("X-Cc-Relay-Key")
+				first[i] = r.via()
 			}
 		}(i)
 	}
@@ -540,7 +534,7 @@ func TestStickySpreadsNewSessions(t *testing.T) {
 			t.Fatalf("session %d failed", i)
 		}
 		s := sessionUUID(200 + i)
-		if k := c.mustSend(t, "", ccBody(legacyUserID(s), "again", false), "X-Claude-Code-Session-Id", s).header.Get("X-Cc-Relay-Key"); k != first[i] {
+		if k := c.sessionTurn(t, "", s, "again", false).via(); k != first[i] {
 			t.Fatalf("session %d moved from %s to %s", i, first[i], k)
 		}
 	}
@@ -554,7 +548,7 @@ func TestStickyRespectsBudget(t *testing.T) {
 	keys := map[string]string{"sk-bu-1": "org-1", "sk-bu-2": "org-2", "sk-bu-3": "org-3"}
 	mock := mockOn(fake, []mockanthropic.Org{{ID: "org-1", RPM: 2}, {ID: "org-2", RPM: 2}, {ID: "org-3", RPM: 2}}, keys)
 	up := newRecUpstream(t, mock)
-	startRelay(t, relaySite(`sticky_budget_pool {
+	c := startSticky(t, up, nil, `sticky_budget_pool {
 		client_auth off
 		key sk-bu-1 {
 			rpm 2
@@ -565,25 +559,22 @@ func TestStickyRespectsBudget(t *testing.T) {
 		key sk-bu-3 {
 			rpm 2
 		}
-	}`, proxyTo(up)))
-	c := newRelayClient(t)
-	lc := startLeakCheck()
-	defer lc.verify(t, c)
+	}`)
 	s := sessionUUID(70)
 	var path []string
 	for i := 0; i < 6; i++ {
-		r := c.mustSend(t, "", ccBody(legacyUserID(s), "turn "+strconv.Itoa(i), false), "X-Claude-Code-Session-Id", s)
+		r := c.sessionTurn(t, "", s, "turn "+strconv.Itoa(i), false)
 		if r.status != 200 {
 			t.Fatalf("turn %d: %d %s", i, r.status, r.body)
 		}
-		path = append(path, r.header.Get("X-Cc-Relay-Key"))
+		path = append(path, r.via())
 	}
 	for i := 0; i < 6; i += 2 {
 		if path[i] != path[i+1] || (i > 0 && path[i] == path[i-1]) {
 			t.Fatalf("session path %v, want two turns per key, then a move", path)
 		}
 	}
-	r := c.mustSend(t, "", ccBody(legacyUserID(s), "one too many", false), "X-Claude-Code-Session-Id", s)
+	r := c.sessionTurn(t, "", s, "one too many", false)
 	if r.status != 429 || r.header.Get("Retry-After") != "30" {
 		t.Fatalf("full pool: %d Retry-After %q, want the relay's 429 after 30", r.status, r.header.Get("Retry-After"))
 	}
