@@ -1,0 +1,201 @@
+// Command overhead measures what the cc_relay module adds to Caddy's own
+// reverse_proxy. It runs one Caddy binary with two sites on the same
+// process and upstream — A: bare reverse_proxy, B: cc_relay + reverse_proxy —
+// and compares them in alternating rounds (A B B A A B …) so that machine
+// drift cancels: throughput and latency of non-streaming requests, time to
+// the first SSE event, Caddy CPU time and heap allocations per request,
+// memory per open stream, a CPU and allocation profile of B, the pool and
+// selector micro-benchmarks, and optionally a fault-injecting soak.
+//
+//	go build -o /tmp/caddy ./cmd/caddy
+//	go run ./bench/overhead -caddy /tmp/caddy [-quick] [-soak 10m]
+//
+// bench/run.sh does both. The report (Markdown) goes to stdout and to
+// <out>/report.md; profiles and Caddy logs stay in <out>.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"log"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+)
+
+type options struct {
+	caddy, root, out    string
+	quick               bool
+	phases              string
+	pairs, conc         int
+	n4k, n200k, nSerial int
+	streamN, streamConc int
+	streamNLoaded       int
+	streams, memRounds  int
+	mem200k             bool
+	profile200k         bool
+	profileSec          int
+	keys                int
+	strategy            string
+	benchtime           string
+	microCount          int
+	microAll            bool
+	soak                time.Duration
+	soakWorkers         int
+}
+
+func main() {
+	var o options
+	flag.StringVar(&o.caddy, "caddy", "", "path to a Caddy binary built with the cc_relay module (required)")
+	flag.StringVar(&o.root, "root", ".", "repository root (for the go test micro-benchmarks)")
+	flag.StringVar(&o.out, "out", "", "directory for the report, profiles and Caddy logs (default: a new temp dir)")
+	flag.BoolVar(&o.quick, "quick", false, "a ~2 minute run: fewer rounds, shorter profile, default strategy only in micro-benchmarks")
+	flag.StringVar(&o.phases, "phases", "load,stream,profile,allocs,mem,micro", "comma-separated phases to run (load, stream, profile, allocs, mem, micro; soak runs when -soak > 0)")
+	flag.IntVar(&o.pairs, "pairs", 0, "A/B round pairs per loaded measurement (default 16, quick 5)")
+	flag.IntVar(&o.conc, "conc", 32, "concurrency of the non-streaming load")
+	flag.IntVar(&o.n4k, "n4k", 0, "requests per round with 4 KB bodies (default 2000, quick 1200)")
+	flag.IntVar(&o.n200k, "n200k", 0, "requests per round with 200 KB bodies (default 500, quick 300)")
+	flag.IntVar(&o.nSerial, "nserial", 0, "interleaved steps at concurrency 1 with 4 KB bodies (200 KB: half) (default 3000, quick 800)")
+	flag.IntVar(&o.streamN, "streamn", 0, "interleaved streaming steps at concurrency 1 (default 3000, quick 800)")
+	flag.IntVar(&o.streamNLoaded, "streamn-loaded", 0, "streams per round at -conc (default 2000, quick 800)")
+	flag.IntVar(&o.streamConc, "stream-conc", 0, "concurrency of the loaded streaming rounds (default -conc)")
+	flag.IntVar(&o.streams, "streams", 1000, "concurrent open streams in the memory test")
+	flag.IntVar(&o.memRounds, "mem-rounds", 0, "fresh-process rounds per site in the memory test (default 3, quick 1)")
+	flag.BoolVar(&o.mem200k, "mem-200k", false, "also measure memory per stream with 200 KB bodies (default on unless quick)")
+	flag.BoolVar(&o.profile200k, "profile-200k", false, "also profile with 200 KB bodies (default on unless quick)")
+	flag.IntVar(&o.profileSec, "profile", 0, "seconds of CPU profile per site (default 15, quick 5)")
+	flag.IntVar(&o.keys, "keys", 10, "upstream keys in the relay's pool")
+	flag.StringVar(&o.strategy, "strategy", "least_loaded", "the relay's selection strategy")
+	flag.StringVar(&o.benchtime, "benchtime", "", "go test -benchtime for micro-benchmarks (default 500ms, quick 100ms)")
+	flag.IntVar(&o.microCount, "count", 0, "go test -count for micro-benchmarks (default 3, quick 1)")
+	flag.BoolVar(&o.microAll, "micro-own", false, "also run this command's own pool benchmark (bench/overhead/pool_bench_test.go)")
+	flag.DurationVar(&o.soak, "soak", 0, "run a fault-injecting soak of this length through B (e.g. 10m); 0: no soak")
+	flag.IntVar(&o.soakWorkers, "soak-workers", 48, "concurrent clients in the soak")
+	flag.Parse()
+	if o.caddy == "" {
+		log.Fatal("-caddy is required")
+	}
+	o.defaults()
+	if o.out == "" {
+		d, err := os.MkdirTemp("", "cc-relay-bench-")
+		if err != nil {
+			log.Fatal(err)
+		}
+		o.out = d
+	}
+	if err := os.MkdirAll(o.out, 0o755); err != nil {
+		log.Fatal(err)
+	}
+	log.SetFlags(log.Ltime)
+	log.SetPrefix("overhead: ")
+
+	rep := &report{o: &o}
+	rep.machine()
+	phase := map[string]bool{}
+	for _, p := range strings.Split(o.phases, ",") {
+		phase[strings.TrimSpace(p)] = true
+	}
+	start := time.Now()
+	if phase["load"] || phase["stream"] || phase["profile"] {
+		if err := runProxyPhases(&o, rep, phase); err != nil {
+			log.Printf("proxy phases: %v", err)
+			rep.notes = append(rep.notes, "proxy phases failed: "+err.Error())
+		}
+	}
+	if phase["allocs"] {
+		log.Printf("exact allocations")
+		if err := runAllocs(&o, rep); err != nil {
+			log.Printf("allocation phase: %v", err)
+			rep.notes = append(rep.notes, "allocation phase failed: "+err.Error())
+		}
+	}
+	if phase["mem"] {
+		if err := runMemory(&o, rep); err != nil {
+			log.Printf("memory phase: %v", err)
+			rep.notes = append(rep.notes, "memory phase failed: "+err.Error())
+		}
+	}
+	if phase["micro"] {
+		if err := runMicro(&o, rep); err != nil {
+			log.Printf("micro-benchmarks: %v", err)
+			rep.notes = append(rep.notes, "micro-benchmarks failed: "+err.Error())
+		}
+	}
+	if o.soak > 0 {
+		if err := runSoak(&o, rep); err != nil {
+			log.Printf("soak: %v", err)
+			rep.notes = append(rep.notes, "soak failed: "+err.Error())
+		}
+	}
+	rep.elapsed = time.Since(start)
+	md := rep.markdown()
+	_ = os.WriteFile(filepath.Join(o.out, "report.md"), []byte(md), 0o644)
+	fmt.Print(md)
+	log.Printf("report and artifacts in %s (%s)", o.out, rep.elapsed.Round(time.Second))
+}
+
+func (o *options) defaults() {
+	pick := func(v *int, full, quick int) {
+		if *v == 0 {
+			*v = full
+			if o.quick {
+				*v = quick
+			}
+		}
+	}
+	pick(&o.pairs, 16, 5)
+	pick(&o.n4k, 2000, 1200)
+	pick(&o.n200k, 500, 300)
+	pick(&o.nSerial, 3000, 800)
+	pick(&o.streamN, 3000, 800)
+	pick(&o.streamNLoaded, 2000, 800)
+	pick(&o.streamConc, o.conc, o.conc)
+	pick(&o.memRounds, 3, 1)
+	pick(&o.profileSec, 15, 5)
+	pick(&o.microCount, 3, 1)
+	if o.benchtime == "" {
+		o.benchtime = "500ms"
+		if o.quick {
+			o.benchtime = "100ms"
+		}
+	}
+	if !o.quick {
+		o.mem200k = true
+		o.profile200k = true
+	}
+}
+
+// machine describes where the figures come from.
+func (r *report) machine() {
+	r.nproc = runtime.NumCPU()
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, "model name"); ok {
+				r.cpu = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
+				break
+			}
+		}
+	}
+	if b, err := exec.Command("go", "version").Output(); err == nil {
+		r.goVersion = strings.TrimSpace(string(b))
+	}
+	if b, err := exec.Command(r.o.caddy, "version").Output(); err == nil {
+		r.caddyVersion = strings.TrimSpace(string(b))
+	}
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		r.loadBefore = strings.Join(strings.Fields(string(b))[:3], " ")
+	}
+	r.date = time.Now().UTC().Format("2006-01-02 15:04 UTC")
+	if b, err := exec.Command("git", "-C", r.o.root, "rev-parse", "--short", "HEAD").Output(); err == nil {
+		r.gitState = strings.TrimSpace(string(b))
+		if b, err := exec.Command("git", "-C", r.o.root, "status", "--porcelain", "--untracked-files=no").Output(); err == nil {
+			if n := len(strings.Fields(string(b))) / 2; n > 0 {
+				r.gitState += fmt.Sprintf(" + %d modified tracked files (working tree)", n)
+			}
+		}
+	}
+	r.cmdline = strings.Join(os.Args[1:], " ")
+}

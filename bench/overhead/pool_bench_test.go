@@ -1,0 +1,77 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"testing"
+
+	"github.com/cc-relay/caddy-cc-relay/internal/clock"
+	"github.com/cc-relay/caddy-cc-relay/keypool"
+	"github.com/cc-relay/caddy-cc-relay/selector"
+)
+
+// BenchmarkPoolAcquireSettle is the relay's per-request selection and
+// accounting through keypool's exported API only: Acquire (pick + reserve)
+// then Settle with usage, at 1, 10, 100 and 1000 keys, serial and parallel.
+// The run command uses it when keypool has no BenchmarkAcquireSettle, or
+// with -micro-own.
+func BenchmarkPoolAcquireSettle(b *testing.B) {
+	strategies := []selector.Strategy{selector.LeastLoaded, selector.RoundRobin, selector.Weighted, selector.Priority, selector.Random}
+	result := keypool.Result{Status: 200, Usage: keypool.Usage{
+		InputTokens: 1203, CacheReadInputTokens: 31250, OutputTokens: 28, HaveInput: true, HaveOutput: true,
+	}}
+	for _, s := range strategies {
+		for _, n := range []int{1, 10, 100, 1000} {
+			newPool := func(b *testing.B) *keypool.Pool {
+				ks := make([]keypool.KeyConfig, n)
+				for i := range ks {
+					ks[i] = keypool.KeyConfig{
+						Name:   fmt.Sprintf("bench-%04d", i),
+						Limits: keypool.Limits{RPM: benchRPM, ITPM: benchITPM, OTPM: benchOTPM},
+						Weight: 1 + i%3, Priority: i % 2,
+					}
+				}
+				p, err := keypool.NewState(clock.Real{}).NewPool(keypool.Config{Keys: ks, Strategy: s, Sticky: true, Seed: 1})
+				if err != nil {
+					b.Fatal(err)
+				}
+				return p
+			}
+			b.Run(fmt.Sprintf("%v/keys=%d/serial", s, n), func(b *testing.B) {
+				p := newPool(b)
+				ctx := context.Background()
+				req := keypool.Request{Model: "claude-sonnet-4-5-20250929", Bytes: 4096}
+				var res keypool.Reservation
+				b.ReportAllocs()
+				i := uint64(0)
+				for b.Loop() {
+					i++
+					req.Session = 1 + i%32
+					if err := p.Acquire(ctx, &req, &res); err != nil {
+						b.Fatal(err)
+					}
+					res.Settle(result)
+				}
+			})
+			b.Run(fmt.Sprintf("%v/keys=%d/parallel", s, n), func(b *testing.B) {
+				p := newPool(b)
+				b.ReportAllocs()
+				b.RunParallel(func(pb *testing.PB) {
+					ctx := context.Background()
+					req := keypool.Request{Model: "claude-sonnet-4-5-20250929", Bytes: 4096}
+					var res keypool.Reservation
+					i := uint64(0)
+					for pb.Next() {
+						i++
+						req.Session = 1 + i%32
+						if err := p.Acquire(ctx, &req, &res); err != nil {
+							b.Error(err)
+							return
+						}
+						res.Settle(result)
+					}
+				})
+			})
+		}
+	}
+}

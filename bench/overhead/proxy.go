@@ -1,0 +1,199 @@
+package main
+
+import (
+	"fmt"
+	"log"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"time"
+)
+
+// sites is one Caddy with sites A (reverse_proxy), A2 (the same again, to
+// show the noise floor) and B (cc_relay + reverse_proxy).
+type sites struct {
+	p        *caddyProc
+	a, a2, b *target
+}
+
+// newSites starts one Caddy with sites A, A2 and B in front of u.
+func newSites(o *options, name string, u *upstream, maxConns int, env ...string) (*sites, error) {
+	var ports [4]int
+	for i := range ports {
+		p, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		ports[i] = p
+	}
+	cfg := siteConfig{upstream: u.addr, portA: ports[0], portB: ports[1], portA2: ports[3], admin: fmt.Sprintf("127.0.0.1:%d", ports[2]),
+		keys: o.keys, strategy: o.strategy, env: env}
+	p, err := startCaddy(o.caddy, o.out, name, cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &sites{p: p, a: newTarget("A", cfg.portA, maxConns), a2: newTarget("A2", cfg.portA2, maxConns),
+		b: newTarget("B", cfg.portB, maxConns)}, nil
+}
+
+// measure runs f and charges it the Caddy CPU time and allocations that
+// happened meanwhile.
+func measure(p *caddyProc, f func() *roundResult) *roundResult {
+	m0, _ := p.memstats()
+	c0 := p.cpuNS()
+	r := f()
+	c1 := p.cpuNS()
+	m1, _ := p.memstats()
+	r.cpuNS = c1 - c0
+	r.mallocs = m1.Mallocs - m0.Mallocs
+	r.allocB = m1.TotalAlloc - m0.TotalAlloc
+	return r
+}
+
+// alternate runs pairs of rounds in the order A B, B A, A B, … and
+// returns their statistics.
+func alternate(p *caddyProc, a, b *target, label string, pairs, conc, n int, run func(t *target) *roundResult) *pairStats {
+	s := &pairStats{label: label, conc: conc, n: n}
+	for i := 0; i < pairs; i++ {
+		var ra, rb *roundResult
+		if i%2 == 0 {
+			ra = measure(p, func() *roundResult { return run(a) })
+			rb = measure(p, func() *roundResult { return run(b) })
+		} else {
+			rb = measure(p, func() *roundResult { return run(b) })
+			ra = measure(p, func() *roundResult { return run(a) })
+		}
+		s.add(ra, rb)
+		log.Printf("  %s pair %d/%d: A %.0f req/s p50 %.0fµs | B %.0f req/s p50 %.0fµs (errors %d/%d)", label, i+1, pairs,
+			ra.rps(), us(ra.pct(.5)), rb.rps(), us(rb.pct(.5)), ra.errors, rb.errors)
+	}
+	return s
+}
+
+func runProxyPhases(o *options, rep *report, phase map[string]bool) error {
+	u, err := startUpstream()
+	if err != nil {
+		return err
+	}
+	defer u.close()
+	ss, err := newSites(o, "caddy-ab", u, max(o.conc, o.streamConc)*2)
+	if err != nil {
+		return err
+	}
+	p, a, b := ss.p, ss.a, ss.b
+	defer p.stop()
+	log.Printf("caddy pid %d: A %s, B %s, admin %s, upstream %s", p.pid, a.url, b.url, p.admin, u.addr)
+
+	sessions := max(o.conc, o.streamConc)
+	b4 := makeBodies(4<<10, sessions, false)
+	b200 := makeBodies(200<<10, sessions, false)
+	s4 := makeBodies(4<<10, sessions, true)
+	rep.bodySizes = [2]int{len(b4.bodies[0]), len(b200.bodies[0])}
+
+	// Warm up both sites: connections, pools, the relay's estimator.
+	log.Printf("warm-up")
+	for _, t := range []*target{a, b} {
+		for _, r := range []*roundResult{
+			closedLoop(t, b4, 2000, o.conc), closedLoop(t, b200, 200, o.conc), streamLoop(t, s4, 500, o.streamConc),
+		} {
+			if r.errors > 0 {
+				return fmt.Errorf("warm-up through %s: %d errors, first: %s", t.name, r.errors, r.firstErr)
+			}
+		}
+	}
+
+	if phase["load"] {
+		log.Printf("non-streaming rounds")
+		rep.load = append(rep.load,
+			alternate(p, a, b, "4 KB", o.pairs, o.conc, o.n4k, func(t *target) *roundResult { return closedLoop(t, b4, o.n4k, o.conc) }),
+			alternate(p, a, b, "200 KB", o.pairs, o.conc, o.n200k, func(t *target) *roundResult { return closedLoop(t, b200, o.n200k, o.conc) }),
+		)
+		log.Printf("interleaved requests at concurrency 1")
+		ts := []*target{a, ss.a2, b}
+		rep.serial = append(rep.serial,
+			interleaved("4 KB JSON", ts, o.nSerial, jsonOnce(b4)),
+			interleaved("200 KB JSON", ts, o.nSerial/2, jsonOnce(b200)),
+		)
+	}
+	if phase["stream"] {
+		log.Printf("streaming rounds")
+		rep.stream = append(rep.stream,
+			alternate(p, a, b, "4 KB", o.pairs, o.streamConc, o.streamNLoaded, func(t *target) *roundResult {
+				return streamLoop(t, s4, o.streamNLoaded, o.streamConc)
+			}),
+		)
+		log.Printf("interleaved streams at concurrency 1")
+		rep.serial = append(rep.serial, interleaved("4 KB stream: first event", []*target{a, ss.a2, b}, o.streamN, streamOnce(s4)))
+	}
+	if phase["profile"] {
+		sets := []*bodySet{b4}
+		if o.profile200k {
+			sets = append(sets, b200)
+		}
+		for _, bs := range sets {
+			for _, t := range []*target{b, a} {
+				pr, err := profileSite(o, p, t, bs)
+				if err != nil {
+					return fmt.Errorf("profile %s: %v", t.name, err)
+				}
+				rep.profiles = append(rep.profiles, pr)
+			}
+		}
+	}
+	return nil
+}
+
+// profileSite loads t with 4 KB requests at -conc while the Caddy process
+// takes a CPU profile, and takes allocation profiles before and after.
+func profileSite(o *options, p *caddyProc, t *target, bs *bodySet) (*profileResult, error) {
+	log.Printf("profiling %s for %ds", t.name, o.profileSec)
+	pr := &profileResult{site: t.name, seconds: o.profileSec, bodySize: len(bs.bodies[0]), conc: o.conc}
+	tag := fmt.Sprintf("%s-%dk", t.name, bs.size>>10)
+	save := func(path, name string) (string, error) {
+		if strings.HasPrefix(path, "/debug/pprof/allocs") {
+			// Publish every allocation made so far: the allocs profile
+			// is as of the last completed GC.
+			if err := p.gc(); err != nil {
+				return "", err
+			}
+		}
+		b, err := p.get(path)
+		if err != nil {
+			return "", err
+		}
+		f := filepath.Join(o.out, name)
+		return f, os.WriteFile(f, b, 0o644)
+	}
+	var err error
+	if pr.allocsBefore, err = save("/debug/pprof/allocs", "allocs-"+tag+"-before.pprof"); err != nil {
+		return nil, err
+	}
+	var stop atomic.Bool
+	var reqs atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; i < 100000 && !stop.Load(); i++ {
+			r := closedLoop(t, bs, 200, o.conc)
+			reqs.Add(int64(r.n - r.errors))
+		}
+	}()
+	time.Sleep(200 * time.Millisecond)
+	c0 := p.cpuNS()
+	r0 := reqs.Load()
+	pr.cpu, err = save(fmt.Sprintf("/debug/pprof/profile?seconds=%d", o.profileSec), "cpu-"+tag+".pprof")
+	pr.requests = reqs.Load() - r0
+	pr.cpuNS = p.cpuNS() - c0
+	stop.Store(true)
+	<-done
+	pr.allocRequests = reqs.Load()
+	if err != nil {
+		return nil, err
+	}
+	if pr.allocsAfter, err = save("/debug/pprof/allocs", "allocs-"+tag+"-after.pprof"); err != nil {
+		return nil, err
+	}
+	pr.analyse()
+	return pr, nil
+}
