@@ -130,3 +130,26 @@ func BenchmarkAcquireSettleTickClock(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkAcquire is selection plus reservation alone (what a request pays
+// before it is forwarded): the limits are so large that reservations never
+// run a key dry, so nothing is settled inside the timed loop.
+func BenchmarkAcquire(b *testing.B) {
+	strategies := []selector.Strategy{selector.LeastLoaded, selector.RoundRobin, selector.Weighted, selector.Priority, selector.Random}
+	for _, s := range strategies {
+		for _, n := range []int{1, 10, 100, 1000} {
+			b.Run(fmt.Sprintf("%v/keys=%d", s, n), func(b *testing.B) {
+				p := benchPool(b, n, s)
+				ctx := context.Background()
+				req := Request{Model: "claude-sonnet-4-5-20250929", Bytes: 120000}
+				var res Reservation
+				b.ReportAllocs()
+				for b.Loop() {
+					if err := p.Acquire(ctx, &req, &res); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+	}
+}
