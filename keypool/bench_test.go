@@ -47,25 +47,32 @@ var benchResult = Result{Status: 200, Usage: Usage{
 	InputTokens: 1200, CacheReadInputTokens: 30000, OutputTokens: 300, HaveInput: true, HaveOutput: true,
 }}
 
+var benchStrategies = []selector.Strategy{selector.LeastLoaded, selector.RoundRobin, selector.Weighted, selector.Priority, selector.Random}
+
+// serialRequests runs Acquire (and Settle with usage, when settle is set)
+// in b's loop over a fresh pool of n keys.
+func serialRequests(b *testing.B, s selector.Strategy, n int, settle bool) {
+	p := benchPool(b, n, s)
+	ctx := context.Background()
+	req := Request{Model: "claude-sonnet-4-5-20250929", Bytes: 120000}
+	var res Reservation
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := p.Acquire(ctx, &req, &res); err != nil {
+			b.Fatal(err)
+		}
+		if settle {
+			res.Settle(benchResult)
+		}
+	}
+}
+
 // BenchmarkAcquireSettle is one request's whole life in the pool: Acquire
 // then Settle with usage.
 func BenchmarkAcquireSettle(b *testing.B) {
-	strategies := []selector.Strategy{selector.LeastLoaded, selector.RoundRobin, selector.Weighted, selector.Priority, selector.Random}
-	for _, s := range strategies {
+	for _, s := range benchStrategies {
 		for _, n := range []int{1, 10, 100, 1000} {
-			b.Run(fmt.Sprintf("%v/keys=%d/serial", s, n), func(b *testing.B) {
-				p := benchPool(b, n, s)
-				ctx := context.Background()
-				req := Request{Model: "claude-sonnet-4-5-20250929", Bytes: 120000}
-				var res Reservation
-				b.ReportAllocs()
-				for b.Loop() {
-					if err := p.Acquire(ctx, &req, &res); err != nil {
-						b.Fatal(err)
-					}
-					res.Settle(benchResult)
-				}
-			})
+			b.Run(fmt.Sprintf("%v/keys=%d/serial", s, n), func(b *testing.B) { serialRequests(b, s, n, true) })
 			b.Run(fmt.Sprintf("%v/keys=%d/parallel", s, n), func(b *testing.B) {
 				p := benchPool(b, n, s)
 				b.ReportAllocs()
@@ -135,21 +142,9 @@ func BenchmarkAcquireSettleTickClock(b *testing.B) {
 // before it is forwarded): the limits are so large that reservations never
 // run a key dry, so nothing is settled inside the timed loop.
 func BenchmarkAcquire(b *testing.B) {
-	strategies := []selector.Strategy{selector.LeastLoaded, selector.RoundRobin, selector.Weighted, selector.Priority, selector.Random}
-	for _, s := range strategies {
+	for _, s := range benchStrategies {
 		for _, n := range []int{1, 10, 100, 1000} {
-			b.Run(fmt.Sprintf("%v/keys=%d", s, n), func(b *testing.B) {
-				p := benchPool(b, n, s)
-				ctx := context.Background()
-				req := Request{Model: "claude-sonnet-4-5-20250929", Bytes: 120000}
-				var res Reservation
-				b.ReportAllocs()
-				for b.Loop() {
-					if err := p.Acquire(ctx, &req, &res); err != nil {
-						b.Fatal(err)
-					}
-				}
-			})
+			b.Run(fmt.Sprintf("%v/keys=%d", s, n), func(b *testing.B) { serialRequests(b, s, n, false) })
 		}
 	}
 }
