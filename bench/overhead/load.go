@@ -114,15 +114,7 @@ func closedLoop(t *target, bs *bodySet, n, conc int) *roundResult {
 		}(w)
 	}
 	wg.Wait()
-	r := &roundResult{site: t.name, n: n, errors: int(errs.Load()), elapsed: time.Since(start)}
-	for _, l := range lats {
-		r.lat = append(r.lat, l...)
-	}
-	sort.Slice(r.lat, func(i, j int) bool { return r.lat[i] < r.lat[j] })
-	if v := firstErr.Load(); v != nil {
-		r.firstErr = v.(string)
-	}
-	return r
+	return newRoundResult(t.name, n, int(errs.Load()), time.Since(start), lats, firstErr.Load())
 }
 
 // readFirstEvent reads the response body up to the end of the first SSE
@@ -182,15 +174,7 @@ func streamLoop(t *target, bs *bodySet, n, conc int) *roundResult {
 		}(w)
 	}
 	wg.Wait()
-	r := &roundResult{site: t.name, n: n, errors: int(errs.Load()), elapsed: time.Since(start)}
-	for _, l := range lats {
-		r.lat = append(r.lat, l...)
-	}
-	sort.Slice(r.lat, func(i, j int) bool { return r.lat[i] < r.lat[j] })
-	if v := firstErr.Load(); v != nil {
-		r.firstErr = v.(string)
-	}
-	return r
+	return newRoundResult(t.name, n, int(errs.Load()), time.Since(start), lats, firstErr.Load())
 }
 
 // holdStreams opens n streams in hold mode and returns once every one has
@@ -242,4 +226,17 @@ func holdStreams(t *target, bs *bodySet, n int, timeout time.Duration) (opened i
 		return int(ended.Load())
 	}
 	return int(got.Load()), int(bad.Load()), finish, err
+}
+
+// newRoundResult merges the workers' latencies of one round, sorted.
+func newRoundResult(site string, n, errors int, elapsed time.Duration, lats [][]time.Duration, firstErr any) *roundResult {
+	r := &roundResult{site: site, n: n, errors: errors, elapsed: elapsed}
+	for _, l := range lats {
+		r.lat = append(r.lat, l...)
+	}
+	sort.Slice(r.lat, func(i, j int) bool { return r.lat[i] < r.lat[j] })
+	if v, ok := firstErr.(string); ok {
+		r.firstErr = v
+	}
+	return r
 }
