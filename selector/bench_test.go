@@ -31,12 +31,7 @@ func BenchmarkPick(b *testing.B) {
 	for _, s := range []Strategy{LeastLoaded, RoundRobin, Weighted, Priority, Random} {
 		for _, n := range []int{1, 3, 10, 100, 1000} {
 			p := newBenchPool(n)
-			w := make([]int, n)
-			prio := make([]int, n)
-			for i := range w {
-				w[i] = 1 + i%4
-				prio[i] = i % 3
-			}
+			w, prio := benchWeights(n)
 			b.Run(fmt.Sprintf("%v/keys=%d", s, n), func(b *testing.B) {
 				st := NewState(w, prio, 1)
 				b.ReportAllocs()
@@ -48,4 +43,38 @@ func BenchmarkPick(b *testing.B) {
 			})
 		}
 	}
+}
+
+// BenchmarkPickParallel runs picks on every core at once, each goroutine
+// with its own State and view as separate pools would have: selection
+// shares nothing, so it scales with cores.
+func BenchmarkPickParallel(b *testing.B) {
+	for _, s := range []Strategy{LeastLoaded, RoundRobin, Weighted, Priority, Random} {
+		for _, n := range []int{3, 100, 1000} {
+			w, prio := benchWeights(n)
+			b.Run(fmt.Sprintf("%v/keys=%d", s, n), func(b *testing.B) {
+				b.ReportAllocs()
+				b.RunParallel(func(pb *testing.PB) {
+					p := newBenchPool(n)
+					st := NewState(w, prio, 1)
+					for pb.Next() {
+						if Pick(s, st, p) < 0 {
+							b.Error("no pick")
+							return
+						}
+					}
+				})
+			})
+		}
+	}
+}
+
+// benchWeights gives n keys mixed weights (1-4) and three priority tiers.
+func benchWeights(n int) (weights, priorities []int) {
+	weights, priorities = make([]int, n), make([]int, n)
+	for i := range weights {
+		weights[i] = 1 + i%4
+		priorities[i] = i % 3
+	}
+	return weights, priorities
 }
