@@ -29,20 +29,21 @@ var sessionSeed = maphash.MakeSeed()
 // reached the client.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	client, ok := h.authenticate(r)
-	if !ok {
-		h.metrics.request(h.poolName, "", "unauthorized")
-		closeUnread(w, r)
-		writeError(w, http.StatusUnauthorized, "authentication_error", "invalid or missing client token for this relay", 0)
-		return nil
-	}
-	// The client's credential never goes upstream, and the upstream key
-	// set below must not linger in the request for the access log.
+	// The client's credential never goes upstream, and neither it (right
+	// or wrong: a client may paste a real key by mistake) nor the upstream
+	// key set below may linger in the request for the access log.
 	r.Header.Del("X-Api-Key")
 	r.Header.Del("Authorization")
 	defer func() {
 		r.Header.Del("X-Api-Key")
 		r.Header.Del("Authorization")
 	}()
+	if !ok {
+		h.metrics.request(h.poolName, "", "unauthorized")
+		closeUnread(w, r)
+		writeError(w, http.StatusUnauthorized, "authentication_error", "invalid or missing client token for this relay", 0)
+		return nil
+	}
 	// Usage must be readable as it streams: let the transport negotiate
 	// (and transparently undo) compression with the upstream.
 	r.Header.Del("Accept-Encoding")
