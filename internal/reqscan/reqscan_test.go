@@ -309,9 +309,6 @@ func TestUnquoteMatchesEncodingJSON(t *testing.T) {
 }
 
 func TestScanAllocs(t *testing.T) {
-	if testing.Short() {
-		t.Skip("allocation counts are checked in full runs")
-	}
 	tests := []struct {
 		name string
 		body []byte

@@ -93,9 +93,6 @@ func TestJSONScannerChanged(t *testing.T) {
 // TestJSONScannerMemory scans a 50 MB body and checks that the scanner keeps
 // at most maxCapture bytes and allocates almost nothing.
 func TestJSONScannerMemory(t *testing.T) {
-	if testing.Short() {
-		t.Skip("scans 50 MB")
-	}
 	block := []byte(`{"type":"text","text":"` + strings.Repeat(`lorem \"ipsum\" \\ dolor `, 100) + `"},`)
 	var s JSONScanner
 	s.Write([]byte(`{"model":"m","content":[`))
@@ -130,9 +127,6 @@ func TestJSONScannerMemory(t *testing.T) {
 }
 
 func TestJSONScannerAllocs(t *testing.T) {
-	if testing.Short() {
-		t.Skip("allocation counts are checked in full runs")
-	}
 	var s JSONScanner
 	s.Write([]byte(`{"model":"m","content":[`))
 	chunk := []byte(strings.Repeat(`{"type":"text","text":"a \"quoted\" word"},`, 100))

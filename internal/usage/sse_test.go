@@ -235,9 +235,6 @@ func TestSSEScannerChanged(t *testing.T) {
 // that it retains no more than maxEventData and allocates almost nothing,
 // which would fail if it buffered skipped events or long lines.
 func TestSSEScannerMemory(t *testing.T) {
-	if testing.Short() {
-		t.Skip("streams 50 MB")
-	}
 	delta := []byte(textDelta(strings.Repeat("The quick brown fox jumps over the lazy dog. ", 40)))
 	longRelevant := []byte("event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"pad\":\"" +
 		strings.Repeat("y", 1<<20) + "\"}}\n\n")
@@ -285,9 +282,6 @@ func TestSSEScannerMemory(t *testing.T) {
 }
 
 func TestSSEScannerAllocs(t *testing.T) {
-	if testing.Short() {
-		t.Skip("allocation counts are checked in full runs")
-	}
 	var s SSEScanner
 	s.Write([]byte(messageStart))
 	chunk := []byte(contentStart + ping + textDelta("some text") + textDelta("more text") + contentStop)
