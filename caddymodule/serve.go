@@ -74,7 +74,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			return nil
 		}
 		req.Model = info.Model
-		req.Session = sessionHash(client, r.Header.Get("X-Claude-Code-Session-Id"), info, body)
+		req.Session = sessionHash(client, r.Header.Get("X-Claude-Code-Session-Id"), info)
 	} else {
 		// Other endpoints (count_tokens, models) get a key but are not
 		// charged to the Messages budgets.
@@ -336,7 +336,7 @@ func readBody(r *http.Request, limit int64) (*bodyBuf, int, string) {
 // sessionHash scopes a conversation's identity to the client, so one
 // client cannot steer another's sessions: the session id header, else the
 // session in metadata.user_id, else the conversation's start.
-func sessionHash(client, header string, info reqscan.Info, body []byte) uint64 {
+func sessionHash(client, header string, info reqscan.Info) uint64 {
 	var mh maphash.Hash
 	mh.SetSeed(sessionSeed)
 	mh.WriteString(client)
@@ -347,14 +347,14 @@ func sessionHash(client, header string, info reqscan.Info, body []byte) uint64 {
 	case info.SessionID != "":
 		mh.WriteString(info.SessionID)
 	case info.PrefixHash != 0:
+		// Ignores whitespace and cache_control markers, which clients
+		// move to the newest message every turn.
 		mh.WriteByte(1)
-		if !conversationStart(&mh, body) {
-			var b [8]byte
-			for i := range b {
-				b[i] = byte(info.PrefixHash >> (8 * i))
-			}
-			mh.Write(b[:])
+		var b [8]byte
+		for i := range b {
+			b[i] = byte(info.PrefixHash >> (8 * i))
 		}
+		mh.Write(b[:])
 	default:
 		return 0
 	}
@@ -362,57 +362,6 @@ func sessionHash(client, header string, info reqscan.Info, body []byte) uint64 {
 		return s
 	}
 	return 1
-}
-
-// conversationStart hashes the system prompt and first message without
-// their cache_control markers. reqscan's PrefixHash is of the raw bytes,
-// but clients put a breakpoint on the newest message: the first message
-// carries one in the first turn and not in the next, which would move the
-// conversation away from the key holding the cache its first turn wrote.
-// Only requests naming no session get here (Claude Code always names one),
-// so decoding the body once more is affordable.
-func conversationStart(mh *maphash.Hash, body []byte) bool {
-	var v struct {
-		System   json.RawMessage   `json:"system"`
-		Messages []json.RawMessage `json:"messages"`
-	}
-	if json.Unmarshal(body, &v) != nil {
-		return false
-	}
-	var first json.RawMessage
-	if len(v.Messages) > 0 {
-		first = v.Messages[0]
-	}
-	for _, raw := range []json.RawMessage{v.System, first} {
-		d := json.NewDecoder(bytes.NewReader(raw))
-		d.UseNumber()
-		var x any
-		if len(raw) > 0 && d.Decode(&x) != nil {
-			return false
-		}
-		b, err := json.Marshal(withoutCacheControl(x)) // map keys sorted
-		if err != nil {
-			return false
-		}
-		mh.Write(b)
-		mh.WriteByte(0)
-	}
-	return true
-}
-
-func withoutCacheControl(x any) any {
-	switch v := x.(type) {
-	case map[string]any:
-		delete(v, "cache_control")
-		for k, e := range v {
-			v[k] = withoutCacheControl(e)
-		}
-	case []any:
-		for i, e := range v {
-			v[i] = withoutCacheControl(e)
-		}
-	}
-	return x
 }
 
 func retryAfterSeconds(d time.Duration) int {

@@ -35,13 +35,15 @@ type Info struct {
 	// SessionID is SessionFromUserID(UserID).
 	SessionID string
 
-	// PrefixHash identifies the start of the conversation: it hashes the raw
-	// JSON bytes of the top-level "system" value followed by the raw bytes
-	// of the first element of "messages". It is 0 only when both are absent
-	// (or null, or "messages" is empty), and never 0 otherwise.
+	// PrefixHash identifies the start of the conversation: it hashes the
+	// top-level "system" value followed by the first element of
+	// "messages". It is 0 only when both are absent (or null, or
+	// "messages" is empty), and never 0 otherwise.
 	//
-	// The hash is of the bytes as sent, so two bodies that differ only in
-	// insignificant whitespace or key order hash differently. Hashes are
+	// The JSON tokens are hashed, not the bytes: whitespace does not count,
+	// and neither do "cache_control" members, which clients move to the
+	// newest message every turn (the first message carries one in the
+	// first turn and not in the next). Key order does count. Hashes are
 	// stable within one process and differ between processes.
 	PrefixHash uint64
 }
@@ -209,14 +211,83 @@ func prefixHash(system, first []byte) uint64 {
 		tag |= 2
 	}
 	h.WriteByte(tag)
-	h.Write(system)
-	h.Write(first)
+	for _, v := range [2][]byte{system, first} {
+		if v != nil && !hashTokens(&h, v) {
+			h.Write(v) // nested too deep to canonicalise: the bytes will do
+		}
+	}
 	if sum := h.Sum64(); sum != 0 {
 		return sum
 	}
 	// 0 means "no prefix"; remapping the one colliding value is cheaper
 	// than making every caller check a separate flag.
 	return 1
+}
+
+// hashTokens writes the tokens of the valid JSON value v to h, leaving out
+// whitespace, commas and every "cache_control" member, so that the hash
+// depends only on what the conversation says. Scalars are followed by a 0
+// byte so adjacent tokens cannot run together. It reports false, having
+// written a prefix, for values nested deeper than 64 levels.
+func hashTokens(h *maphash.Hash, v []byte) bool {
+	s := scanner{data: v}
+	var objects uint64 // bit d: the container at depth d is an object
+	depth, wantKey := 0, false
+	for {
+		s.skipWS()
+		if s.pos >= len(v) {
+			return true
+		}
+		switch c := v[s.pos]; c {
+		case '{', '[':
+			if depth == 64 {
+				return false
+			}
+			objects = objects&^(1<<depth) | boolBit(c == '{')<<depth
+			depth++
+			wantKey = c == '{'
+			h.WriteByte(c)
+			s.pos++
+		case '}', ']':
+			depth--
+			wantKey = false
+			h.WriteByte(c)
+			s.pos++
+		case ',':
+			s.pos++
+			wantKey = depth > 0 && objects&(1<<(depth-1)) != 0
+		case ':':
+			s.pos++
+			h.WriteByte(':')
+		default:
+			start := s.pos
+			if s.skipScalar() != nil {
+				return false
+			}
+			tok := v[start:s.pos]
+			if wantKey {
+				wantKey = false
+				if string(tok) == `"cache_control"` {
+					s.skipWS()
+					s.pos++ // the colon
+					s.skipWS()
+					if s.skipValue() != nil {
+						return false
+					}
+					continue
+				}
+			}
+			h.Write(tok)
+			h.WriteByte(0)
+		}
+	}
+}
+
+func boolBit(b bool) uint64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 const sessionMarker = "_session_"

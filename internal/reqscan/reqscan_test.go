@@ -217,6 +217,12 @@ func TestPrefixHash(t *testing.T) {
 		`{"system":[{"type":"text","text":"S"}],"messages":[{"role":"user","content":"A"},{"role":"assistant","content":"B"}]}`,
 		`{"model":"x","messages":[{"role":"user","content":"A"},{"role":"assistant","content":"C"},{"role":"user","content":"D"}],"max_tokens":5,"system":[{"type":"text","text":"S"}]}`,
 		`{"system":"old","system":[{"type":"text","text":"S"}],"messages":[{"role":"user","content":"A"}]}`,
+		// Tokens are hashed: insignificant whitespace does not count...
+		`{"system":[{"type":"text","text":"S"}],"messages":[{"role":"user", "content":"A"}]}`,
+		` {"system" : [ {"type":"text" ,"text":"S"} ],"messages":[{"role":"user","content":"A"}]}`,
+		// ...nor do cache_control breakpoints, which clients move each turn.
+		`{"system":[{"type":"text","text":"S","cache_control":{"type":"ephemeral"}}],"messages":[{"role":"user","content":"A"}]}`,
+		`{"system":[{"cache_control":{"type":"ephemeral","ttl":"1h"}, "type":"text","text":"S"}],"messages":[{"role":"user","content":"A"}]}`,
 	}
 	for _, body := range same {
 		if h := hash(body); h != base {
@@ -226,8 +232,12 @@ func TestPrefixHash(t *testing.T) {
 	different := []string{
 		`{"system":[{"type":"text","text":"T"}],"messages":[{"role":"user","content":"A"}]}`,
 		`{"system":[{"type":"text","text":"S"}],"messages":[{"role":"user","content":"B"}]}`,
-		// The raw bytes are hashed, so insignificant whitespace counts.
-		`{"system":[{"type":"text","text":"S"}],"messages":[{"role":"user", "content":"A"}]}`,
+		// Key order and nesting count; a cache_control-like text does too.
+		`{"system":[{"text":"S","type":"text"}],"messages":[{"role":"user","content":"A"}]}`,
+		`{"system":[{"type":"text","text":"S"}],"messages":[{"role":"user","content":["A"]}]}`,
+		`{"system":[{"type":"text","text":"S","note":"cache_control"}],"messages":[{"role":"user","content":"A"}]}`,
+		`{"system":[{"type":"text","text":"S"}],"messages":[{"role":"user","content":"A","x":[1,2]}]}`,
+		`{"system":[{"type":"text","text":"S"}],"messages":[{"role":"user","content":"A","x":[12]}]}`,
 		`{"system":[{"type":"text","text":"S"}]}`,
 		`{"messages":[{"role":"user","content":"A"}]}`,
 	}
