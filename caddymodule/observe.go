@@ -35,7 +35,6 @@ type observer struct {
 	committed   bool // headers went to the client
 	hold        bool
 	held        *heldResponse
-	written     int64
 	writeErr    bool
 	settled     bool
 
@@ -149,7 +148,6 @@ func (o *observer) Write(p []byte) (int, error) {
 		o.js.Write(p)
 	}
 	n, err := o.w.Write(p)
-	o.written += int64(n)
 	if err != nil {
 		o.writeErr = true
 	}
