@@ -136,18 +136,10 @@ func (a *AdminAPI) handlePools(w http.ResponseWriter, r *http.Request) error {
 	return adminError(http.StatusNotFound, "not found")
 }
 
-// poolStatus snapshots a pool, scrubbing reasons of anything the upstream sent
-// back that holds one of the pool's secrets.
+// poolStatus snapshots a pool. Reasons hold no secret: an upstream's text is
+// redacted before it becomes a reason.
 func poolStatus(name string, e liveEntry) PoolStatus {
-	s := e.pool.Snapshot()
-	for i := range s.Keys {
-		k := &s.Keys[i]
-		k.Reason = e.scrub(k.Reason)
-		for j := range k.Budgets {
-			k.Budgets[j].CoolReason = e.scrub(k.Budgets[j].CoolReason)
-		}
-	}
-	return PoolStatus{Name: name, Snapshot: s}
+	return PoolStatus{Name: name, Snapshot: e.pool.Snapshot()}
 }
 
 func onlyMethod(w http.ResponseWriter, r *http.Request, method string) error {

@@ -275,14 +275,17 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("pool %q: %v", h.Pool, err)
 	}
 	h.metrics = provisionMetrics(ctx, h)
-	// The secrets go along only so the admin API can scrub them from
-	// text an upstream sent back.
-	values := make([]string, len(h.secrets))
-	for i, s := range h.secrets {
-		values[i] = s.value
-	}
-	registerPool(h.Pool, h.pool, values...)
+	registerPool(h.Pool, h.pool)
 	return nil
+}
+
+// redact replaces every upstream secret in s, which holds text an upstream
+// sent back (a rejected key's reason may echo the key).
+func (h *Handler) redact(s string) string {
+	for _, sec := range h.secrets {
+		s = strings.ReplaceAll(s, sec.value, "[redacted]")
+	}
+	return s
 }
 
 // Validate checks the configuration for errors.

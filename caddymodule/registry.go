@@ -2,7 +2,6 @@ package caddymodule
 
 import (
 	"slices"
-	"strings"
 	"sync"
 
 	"github.com/cc-relay/caddy-cc-relay/keypool"
@@ -23,18 +22,14 @@ var live = struct {
 
 type liveEntry struct {
 	pool *keypool.Pool
-	// secrets are the pool's upstream secrets, only to scrub them from
-	// text an upstream sent back (a disabled key's reason) before the
-	// admin API shows it.
-	secrets []string
 }
 
 // registerPool makes p the live pool of name until it is unregistered or a
 // newer configuration registers another.
-func registerPool(name string, p *keypool.Pool, secrets ...string) {
+func registerPool(name string, p *keypool.Pool) {
 	live.Lock()
 	defer live.Unlock()
-	live.pools[name] = append(live.pools[name], liveEntry{pool: p, secrets: secrets})
+	live.pools[name] = append(live.pools[name], liveEntry{pool: p})
 }
 
 // unregisterPool removes p; the previous pool registered under name, if
@@ -79,14 +74,4 @@ func livePoolNames() []string {
 	}
 	slices.Sort(names)
 	return names
-}
-
-// scrub replaces every secret in s.
-func (e liveEntry) scrub(s string) string {
-	for _, sec := range e.secrets {
-		if sec != "" && strings.Contains(s, sec) {
-			s = strings.ReplaceAll(s, sec, "[redacted]")
-		}
-	}
-	return s
 }

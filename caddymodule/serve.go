@@ -189,7 +189,7 @@ func (h *Handler) attempt(rw *observer, r *http.Request, next caddyhttp.Handler)
 func (h *Handler) judge(res *keypool.Reservation, held *heldResponse, attempts *keypool.Attempts) {
 	switch code := held.status; {
 	case code == http.StatusUnauthorized || code == http.StatusForbidden:
-		res.Disable("upstream " + strconv.Itoa(code) + ": " + errorMessage(held.body.Bytes()))
+		res.Disable(h.redact("upstream " + strconv.Itoa(code) + ": " + errorMessage(held.body.Bytes())))
 		attempts.ExcludeKey(res)
 		h.metrics.disabled(h.poolName, res.KeyName())
 		h.logger.Warn("upstream rejected key; disabled until reload or enable",
