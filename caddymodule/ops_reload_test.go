@@ -322,11 +322,11 @@ func TestOpsFailedLoadKeepsPool(t *testing.T) {
 	up := newUpstream(t, nil)
 	t.Setenv("CC_RELAY_OPS_SET", "sk-ops-fail-env")
 	os.Unsetenv("CC_RELAY_OPS_UNSET_7F3A")
-	good := fmt.Sprintf(`
+	good := `
 		key sk-ops-fail-a {
 			name a
 			rpm 100
-		}`)
+		}`
 	site := func(poolKeys, otherRoute string) string {
 		return fmt.Sprintf(`http://localhost:9080 {
 	route {

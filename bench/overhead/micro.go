@@ -15,13 +15,12 @@ import (
 
 // benchLine is one benchmark's figures, the median over -count runs.
 type benchLine struct {
-	pkg, name        string
-	ns, bytes, alloc []float64
+	pkg, name string
+	ns, alloc []float64
 }
 
 func (b *benchLine) medNS() float64    { return median(b.ns) }
 func (b *benchLine) medAlloc() float64 { return median(b.alloc) }
-func (b *benchLine) medBytes() float64 { return median(b.bytes) }
 
 var benchRe = regexp.MustCompile(`^(Benchmark\S+?)(?:-\d+)?\s+\d+\s+([\d.]+) ns/op(?:\s+([\d.]+) B/op\s+([\d.]+) allocs/op)?`)
 
@@ -50,9 +49,8 @@ func runGoBench(o *options, pkg, bench string) ([]*benchLine, string, error) {
 			order = append(order, m[1])
 		}
 		ns, _ := strconv.ParseFloat(m[2], 64)
-		by, _ := strconv.ParseFloat(m[3], 64)
 		al, _ := strconv.ParseFloat(m[4], 64)
-		b.ns, b.bytes, b.alloc = append(b.ns, ns), append(b.bytes, by), append(b.alloc, al)
+		b.ns, b.alloc = append(b.ns, ns), append(b.alloc, al)
 	}
 	var res []*benchLine
 	for _, n := range order {
