@@ -27,7 +27,6 @@ type observer struct {
 	res      keypool.Reservation
 	canRetry bool
 
-	base        http.Header // the response's headers before the relay ran
 	body        *bodyBuf    // the request body, released once a stream is committed
 	hdr         http.Header // this attempt's header map until committed
 	status      int
@@ -51,7 +50,7 @@ type heldResponse struct {
 }
 
 func (o *observer) reset() {
-	*o = observer{w: o.w, h: o.h, metered: o.metered, base: o.base, body: o.body}
+	*o = observer{w: o.w, h: o.h, metered: o.metered, body: o.body}
 }
 
 // Header returns a fresh map per attempt, a copy of the headers the
@@ -63,10 +62,13 @@ func (o *observer) Header() http.Header {
 		return o.w.Header()
 	}
 	if o.hdr == nil {
-		// Room for an upstream answer's headers, so that next does not
-		// grow the map header by header.
-		o.hdr = make(http.Header, len(o.base)+24)
-		for k, v := range o.base {
+		// The writer's map is untouched until an attempt commits, so it
+		// still holds the headers from before the relay ran. Room for an
+		// upstream answer's headers, so that next does not grow the map
+		// header by header.
+		base := o.w.Header()
+		o.hdr = make(http.Header, len(base)+24)
+		for k, v := range base {
 			o.hdr[k] = v[:len(v):len(v)]
 		}
 	}
@@ -88,10 +90,15 @@ func (o *observer) WriteHeader(code int) {
 	}
 	if code >= 100 && code < 200 {
 		// Informational responses pass through; they say nothing of limits.
-		for k, v := range o.hdr {
-			o.w.Header()[k] = v
+		// The writer's map is put back afterwards: later attempts start
+		// from it.
+		dst := o.w.Header()
+		before := dst.Clone()
+		for k, v := range o.Header() {
+			dst[k] = v
 		}
 		o.w.WriteHeader(code)
+		setHeaders(dst, before)
 		return
 	}
 	o.wroteHeader = true
@@ -122,9 +129,8 @@ func (o *observer) WriteHeader(code int) {
 	dst := o.w.Header()
 	setHeaders(dst, hdr)
 	dst.Set("X-Cc-Relay-Key", o.res.KeyName())
-	// Committed: Header is the writer's map from now on, and no retry
-	// starts from base again; neither map need outlive this call.
-	o.hdr, o.base = nil, nil
+	// Committed: Header is the writer's map from now on.
+	o.hdr = nil
 	o.committed = true
 	o.w.WriteHeader(code)
 }

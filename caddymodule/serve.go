@@ -100,7 +100,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	req.Attempts = &attempts
 	// Each attempt starts from the headers the response had before the
 	// relay ran, never from an earlier attempt's.
-	rw := &observer{w: w, h: h, metered: metered, base: w.Header().Clone(), body: bb}
+	rw := &observer{w: w, h: h, metered: metered, body: bb}
 	var held *heldResponse
 	// The access log gets the relay's fields however the request ends,
 	// also while a panic (reverse_proxy aborting a broken stream) unwinds.
