@@ -480,7 +480,6 @@ func (r *Reservation) Disable(reason string) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	r.ks.disabled = reason
-	r.ks.disabAt = st.clock.Now().UnixNano()
 }
 
 // Park takes the reserved key's organization out of rotation until the

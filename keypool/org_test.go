@@ -35,13 +35,14 @@ func TestNewPoolValidation(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		orgs := len(st.orgs)
 		p, err := st.NewPool(c.cfg)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: NewPool = %v, %v; want error containing %q", c.name, p, err, c.want)
 			continue
 		}
-		if len(st.keys) != 1 || st.pools != 1 || st.keys["keep"].refs != 1 {
-			t.Errorf("%s: a failed NewPool changed the state: %d keys, %d pools", c.name, len(st.keys), st.pools)
+		if len(st.keys) != 1 || len(st.orgs) != orgs || st.keys["keep"].refs != 1 {
+			t.Errorf("%s: a failed NewPool changed the state: %d keys, %d orgs (had %d)", c.name, len(st.keys), len(st.orgs), orgs)
 		}
 		good.Close()
 	}

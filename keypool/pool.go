@@ -89,7 +89,6 @@ type State struct {
 	est     []estimator
 	sticky  *stickyTable
 	waitq   waitQueue
-	pools   int
 }
 
 // NewState returns an empty state that reads time from c.
@@ -115,7 +114,6 @@ type keyState struct {
 	org      *org
 	cfgOrg   string
 	disabled string
-	disabAt  int64
 	inFlight int
 	sticky   int
 	totals   Totals
@@ -384,7 +382,6 @@ func (st *State) NewPool(cfg Config) (*Pool, error) {
 	}
 	p.sel = selector.NewState(weights, prios, cfg.Seed)
 	p.view.p = p
-	st.pools++
 	return p, nil
 }
 
@@ -398,7 +395,6 @@ func (p *Pool) Close() {
 		return
 	}
 	p.closed = true
-	st.pools--
 	for _, m := range p.members {
 		m.ks.refs--
 		if m.ks.refs == 0 {
