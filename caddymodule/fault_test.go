@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync"
@@ -338,6 +339,11 @@ func TestFaultHeldResponseNeverLeaks(t *testing.T) {
 	}
 	if id := r.header.Get("Request-Id"); id != "req_ok" {
 		t.Fatalf("request-id %q, want req_ok", id)
+	}
+	// reverse_proxy appends its Via to the writer's map on every attempt:
+	// the held attempt's must be gone.
+	if v := r.header.Values("Via"); len(v) != 1 {
+		t.Fatalf("Via %q, want the answered attempt's alone", v)
 	}
 	var m struct{ Type string }
 	if json.Unmarshal([]byte(r.body), &m) != nil || m.Type != "message" {
@@ -934,4 +940,28 @@ func TestFaultWaiterLeaves(t *testing.T) {
 		t.Fatalf("upstream saw %d requests", len(got))
 	}
 	pollUntil(t, "queue empty", poolIdle(t, "leave_pool"))
+}
+
+// TestHeaderSnapshotRestore: a retried attempt starts from the writer's
+// headers as they were before the relay ran, with few or many of them, and
+// an append to a restored value cannot reach the snapshot.
+func TestHeaderSnapshotRestore(t *testing.T) {
+	for _, n := range []int{0, 2, 4, 5, 9} {
+		h := http.Header{}
+		for i := range n {
+			h.Add("X-Base-"+strconv.Itoa(i), "v"+strconv.Itoa(i))
+		}
+		want := h.Clone()
+		var s headerSnapshot
+		s.take(h)
+		for round := range 2 {
+			delete(h, "X-Base-0")
+			h.Set("X-Attempt", "1")
+			h["X-Base-1"] = append(h["X-Base-1"], "appended")
+			s.restore(h)
+			if !reflect.DeepEqual(h, want) {
+				t.Fatalf("%d headers, round %d: restored %v, want %v", n, round, h, want)
+			}
+		}
+	}
 }

@@ -27,11 +27,10 @@ type observer struct {
 	res      keypool.Reservation
 	canRetry bool
 
-	body        *bodyBuf    // the request body, released once a stream is committed
-	hdr         http.Header // this attempt's header map until committed
+	body        *bodyBuf       // the request body, released once a stream is committed
+	base        headerSnapshot // the writer's headers before the relay ran
 	status      int
 	wroteHeader bool
-	committed   bool // headers went to the client
 	hold        bool
 	held        *heldResponse
 	writeErr    bool
@@ -50,37 +49,67 @@ type heldResponse struct {
 }
 
 func (o *observer) reset() {
-	*o = observer{w: o.w, h: o.h, metered: o.metered, body: o.body}
+	*o = observer{w: o.w, h: o.h, metered: o.metered, body: o.body, base: o.base}
 }
 
-// Header returns a fresh map per attempt, a copy of the headers the
-// response had before the relay ran, so a retried attempt starts clean and
-// what next deletes (reverse_proxy drops Server) stays deleted; once the
-// response is committed it is the real writer's map (trailers).
+// Header is the writer's own map: an attempt's headers go straight to the
+// client unless the answer is held back, and then restoreBase puts the map
+// back as it was before the relay ran, so the next attempt starts clean and
+// nothing is copied on the path of an answer that is passed on. A held
+// answer's trailers land in its own copy.
 func (o *observer) Header() http.Header {
-	if o.committed {
-		return o.w.Header()
+	if o.hold {
+		return o.held.header
 	}
-	if o.hdr == nil {
-		// The writer's map is untouched until an attempt commits, so it
-		// still holds the headers from before the relay ran. Room for an
-		// upstream answer's headers, so that next does not grow the map
-		// header by header.
-		base := o.w.Header()
-		o.hdr = make(http.Header, len(base)+24)
-		for k, v := range base {
-			o.hdr[k] = v[:len(v):len(v)]
-		}
-	}
-	return o.hdr
+	return o.w.Header()
 }
 
-// setHeaders makes dst exactly hdr: the writer's map is replaced by the
-// attempt's, which started as a copy of it.
+// setHeaders makes dst exactly hdr.
 func setHeaders(dst, hdr http.Header) {
 	clear(dst)
 	for k, v := range hdr {
 		dst[k] = v
+	}
+}
+
+// headerSnapshot remembers the writer's headers from before the relay ran
+// (a server sets one or two, such as Server and Alt-Svc), without
+// allocating for the usual few.
+type headerSnapshot struct {
+	n    int
+	kv   [4]headerField
+	more http.Header // all of them, when there are more than fit in kv
+}
+
+type headerField struct {
+	k string
+	v []string
+}
+
+func (s *headerSnapshot) take(h http.Header) {
+	*s = headerSnapshot{}
+	if len(h) > len(s.kv) {
+		s.more = h.Clone()
+		return
+	}
+	for k, v := range h {
+		s.kv[s.n] = headerField{k, v[:len(v):len(v)]}
+		s.n++
+	}
+}
+
+// restore makes h what it was at take. Values are shared, capped so that
+// an append (reverse_proxy appends to Via) cannot write into them.
+func (s *headerSnapshot) restore(h http.Header) {
+	clear(h)
+	if s.more != nil {
+		for k, v := range s.more {
+			h[k] = v[:len(v):len(v)]
+		}
+		return
+	}
+	for _, f := range s.kv[:s.n] {
+		h[f.k] = f.v
 	}
 }
 
@@ -89,27 +118,23 @@ func (o *observer) WriteHeader(code int) {
 		return
 	}
 	if code >= 100 && code < 200 {
-		// Informational responses pass through; they say nothing of limits.
-		// The writer's map is put back afterwards: later attempts start
-		// from it.
-		dst := o.w.Header()
-		before := dst.Clone()
-		for k, v := range o.Header() {
-			dst[k] = v
-		}
+		// Informational responses pass through; they say nothing of limits,
+		// and reverse_proxy takes their headers out of the map again.
 		o.w.WriteHeader(code)
-		setHeaders(dst, before)
 		return
 	}
 	o.wroteHeader = true
 	o.status = code
-	hdr := o.Header()
+	hdr := o.w.Header()
 	o.res.ObserveHeaders(code, keypool.ParseHeaders(hdr, o.h.clk.Now()))
 	retryable := code == http.StatusTooManyRequests || code == http.StatusUnauthorized || code == http.StatusForbidden ||
 		(o.h.RetryOverloaded && o.canRetry && code >= 500)
 	if retryable {
+		// Nothing of a held answer reaches the client: it keeps its own
+		// copy of the headers and the writer's map is put back.
+		o.held = &heldResponse{status: code, header: hdr.Clone(), key: o.res.KeyName()}
 		o.hold = true
-		o.held = &heldResponse{status: code, header: hdr, key: o.res.KeyName()}
+		o.base.restore(hdr)
 		return
 	}
 	ct := hdr.Get("Content-Type")
@@ -126,12 +151,7 @@ func (o *observer) WriteHeader(code int) {
 		// stream may last minutes.
 		o.body.release()
 	}
-	dst := o.w.Header()
-	setHeaders(dst, hdr)
-	dst.Set("X-Cc-Relay-Key", o.res.KeyName())
-	// Committed: Header is the writer's map from now on.
-	o.hdr = nil
-	o.committed = true
+	hdr.Set("X-Cc-Relay-Key", o.res.KeyName())
 	o.w.WriteHeader(code)
 }
 

@@ -101,6 +101,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// Each attempt starts from the headers the response had before the
 	// relay ran, never from an earlier attempt's.
 	rw := &observer{w: w, h: h, metered: metered, body: bb}
+	rw.base.take(w.Header())
 	var held *heldResponse
 	// The access log gets the relay's fields however the request ends,
 	// also while a panic (reverse_proxy aborting a broken stream) unwinds.
