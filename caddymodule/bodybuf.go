@@ -14,41 +14,73 @@ import (
 // stream does not keep the body alive.
 type bodyBuf struct {
 	b     []byte
-	class int // pool class, -1 when not pooled
+	class int     // pool class, -1 when not pooled
+	ptr   *[]byte // what goes back to the pool, kept to save its allocation
 	open  atomic.Int32
 	gone  bool // released: no replay can follow
+
+	first     replayReader // the first attempt's reader, to save its allocation
+	firstUsed bool
 }
 
+// Body buffers come from sync.Pools in size classes of four per power of
+// two (at most 25% unused), so that a request's body costs no allocation
+// and a burst of requests reuses the buffers that committed streams let go.
+// Bodies of up to 1 KiB are allocated to size: pooling saves little there.
+// Above 4 MiB a body is rare enough to be allocated, and not kept around.
 const (
-	minBodyClass = 15 // 32 KiB: smaller bodies are allocated to size
-	maxBodyClass = 22 // 4 MiB
+	minPooledBody = 1 << 10
+	maxPooledBody = 4 << 20
+	firstClassExp = 11 // bodies of 1 KiB + 1 to 2 KiB
 )
 
-var bodyPools [maxBodyClass + 1]sync.Pool
+var bodyPools [(22 - firstClassExp + 1) * 4]sync.Pool
 
-func getBodyBuf(n int) *bodyBuf {
-	c := bits.Len(uint(n - 1))
-	if c < minBodyClass || c > maxBodyClass {
-		return &bodyBuf{b: make([]byte, n), class: -1}
+// bodyClass returns the pool class of an n-byte body and the capacity of
+// its buffers, or -1 for a body allocated to size.
+func bodyClass(n int) (class, size int) {
+	if n <= minPooledBody || n > maxPooledBody {
+		return -1, n
+	}
+	e := bits.Len(uint(n - 1)) // 2^(e-1) < n <= 2^e
+	step := 1 << (e - 3)
+	size = (n + step - 1) &^ (step - 1) // 5 to 8 steps
+	return (e-firstClassExp)*4 + size/step - 5, size
+}
+
+// get makes bb an n-byte buffer.
+func (bb *bodyBuf) get(n int) {
+	c, size := bodyClass(n)
+	bb.class = c
+	if c < 0 {
+		bb.b = make([]byte, n)
+		return
 	}
 	if v, ok := bodyPools[c].Get().(*[]byte); ok {
-		return &bodyBuf{b: (*v)[:n], class: c}
+		bb.ptr, bb.b = v, (*v)[:n]
+		return
 	}
-	return &bodyBuf{b: make([]byte, n, 1<<c), class: c}
+	bb.ptr, bb.b = new([]byte), make([]byte, n, size)
 }
 
 func (bb *bodyBuf) free() {
 	if bb.class >= 0 && bb.b != nil {
-		b := bb.b[:0]
-		bodyPools[bb.class].Put(&b)
+		*bb.ptr = bb.b[:0]
+		bodyPools[bb.class].Put(bb.ptr)
 	}
-	bb.b = nil
+	bb.b, bb.ptr = nil, nil
 }
 
-// release drops the buffer: no attempt will replay it. Readers still
-// reading keep their own reference until they reach the end.
+// release lets go of the buffer: no attempt will replay it. It goes back
+// to its pool at once if no reader can touch it any more (the transport
+// has sent the whole body, the usual case by the time a response arrives);
+// otherwise readers still reading keep their own reference until they
+// reach the end, and the buffer is left to the garbage collector.
 func (bb *bodyBuf) release() {
 	bb.gone = true
+	if bb.open.Load() == 0 {
+		bb.free()
+	}
 	bb.b = nil
 }
 
@@ -69,6 +101,11 @@ func (bb *bodyBuf) reader() io.ReadCloser {
 		return noBody{}
 	}
 	bb.open.Add(1)
+	if !bb.firstUsed {
+		bb.firstUsed = true
+		bb.first = replayReader{bb: bb, b: bb.b}
+		return &bb.first
+	}
 	return &replayReader{bb: bb, b: bb.b}
 }
 

@@ -48,7 +48,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// (and transparently undo) compression with the upstream.
 	r.Header.Del("Accept-Encoding")
 
-	bb, status, msg := readBody(r, h.MaxBody)
+	// One allocation for what the request needs whatever its attempts.
+	ex := &exchange{}
+	bb := &ex.body
+	status, msg := readBody(r, h.MaxBody, bb)
 	if status != 0 {
 		typ := "invalid_request_error"
 		if status == http.StatusRequestEntityTooLarge {
@@ -100,7 +103,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	req.Attempts = &attempts
 	// Each attempt starts from the headers the response had before the
 	// relay ran, never from an earlier attempt's.
-	rw := &observer{w: w, h: h, metered: metered, body: bb}
+	rw := &ex.obs
+	*rw = observer{w: w, h: h, metered: metered, body: bb}
 	rw.base.take(w.Header())
 	var held *heldResponse
 	// The access log gets the relay's fields however the request ends,
@@ -302,36 +306,45 @@ func (h *Handler) authenticate(r *http.Request) (string, bool) {
 	return name, found == 1
 }
 
-// readBody reads the whole body, refusing more than limit bytes without
-// reading far past it. A body of known length is read into a buffer of
-// exactly its size, taken from a pool.
-func readBody(r *http.Request, limit int64) (*bodyBuf, int, string) {
+// readBody reads the whole body into bb, refusing more than limit bytes
+// without reading far past it. A body of known length is read into a
+// buffer of exactly its size, taken from a pool.
+func readBody(r *http.Request, limit int64, bb *bodyBuf) (int, string) {
+	bb.class = -1
 	if r.Body == nil || r.Body == http.NoBody {
-		return &bodyBuf{class: -1}, 0, ""
+		return 0, ""
 	}
 	tooLarge := func() string {
 		return "request body exceeds the relay's limit of " + strconv.FormatInt(limit, 10) + " bytes"
 	}
 	if r.ContentLength > limit {
-		return nil, http.StatusRequestEntityTooLarge, tooLarge()
+		return http.StatusRequestEntityTooLarge, tooLarge()
 	}
 	if r.ContentLength > 0 {
-		bb := getBodyBuf(int(r.ContentLength))
+		bb.get(int(r.ContentLength))
 		if _, err := io.ReadFull(r.Body, bb.b); err != nil {
 			bb.free()
-			return nil, http.StatusBadRequest, "could not read request body"
+			return http.StatusBadRequest, "could not read request body"
 		}
-		return bb, 0, ""
+		return 0, ""
 	}
 	buf := bytes.NewBuffer(make([]byte, 0, 4096))
 	n, err := buf.ReadFrom(io.LimitReader(r.Body, limit+1))
 	if err != nil {
-		return nil, http.StatusBadRequest, "could not read request body"
+		return http.StatusBadRequest, "could not read request body"
 	}
 	if n > limit {
-		return nil, http.StatusRequestEntityTooLarge, tooLarge()
+		return http.StatusRequestEntityTooLarge, tooLarge()
 	}
-	return &bodyBuf{b: buf.Bytes(), class: -1}, 0, ""
+	bb.b = buf.Bytes()
+	return 0, ""
+}
+
+// exchange is what one request through the relay keeps, whatever its
+// attempts.
+type exchange struct {
+	obs  observer
+	body bodyBuf
 }
 
 // sessionHash scopes a conversation's identity to the client, so one
