@@ -84,7 +84,23 @@ type metrics struct {
 	retriesVec       *prometheus.CounterVec
 	stickyVec        *prometheus.CounterVec
 	waitVec          *prometheus.HistogramVec
+
+	// The series every request touches, resolved once: a label lookup
+	// hashes the values and takes the vector's lock, several times per
+	// request otherwise.
+	pool         string
+	keys         []keySeries // by key index
+	stickySeries [len(stickyOutcomes)]prometheus.Counter
+	wait         prometheus.Observer
 }
+
+// keySeries are one key's per-request series.
+type keySeries struct {
+	ok                                      prometheus.Counter
+	input, output, cacheRead, cacheCreation prometheus.Counter
+}
+
+var stickyOutcomes = [...]keypool.StickyOutcome{keypool.StickyNone, keypool.StickyNew, keypool.StickyHit, keypool.StickyScope, keypool.StickyMoved}
 
 // provisionMetrics registers the collectors into the configuration's
 // registry. Metrics never fail a configuration: a registry that refuses
@@ -92,7 +108,7 @@ type metrics struct {
 func provisionMetrics(ctx caddy.Context, h *Handler) *metrics {
 	reg := ctx.GetMetricsRegistry()
 	registerCollectors(reg, h.logger)
-	return &metrics{
+	m := &metrics{
 		requestsVec:      registered(reg, requestsTotal),
 		tokensVec:        registered(reg, tokensTotal),
 		cooldownsVec:     registered(reg, cooldownsTotal),
@@ -101,7 +117,24 @@ func provisionMetrics(ctx caddy.Context, h *Handler) *metrics {
 		retriesVec:       registered(reg, retriesTotal),
 		stickyVec:        registered(reg, stickyTotal),
 		waitVec:          registered(reg, waitSeconds),
+		pool:             h.poolName,
 	}
+	m.keys = make([]keySeries, len(h.Keys))
+	for i, k := range h.Keys {
+		m.keys[i] = keySeries{
+			ok:            m.requestsVec.WithLabelValues(m.pool, k.Name, "ok"),
+			input:         m.tokensVec.WithLabelValues(m.pool, k.Name, "input"),
+			output:        m.tokensVec.WithLabelValues(m.pool, k.Name, "output"),
+			cacheRead:     m.tokensVec.WithLabelValues(m.pool, k.Name, "cache_read"),
+			cacheCreation: m.tokensVec.WithLabelValues(m.pool, k.Name, "cache_creation"),
+		}
+	}
+	// StickyNone is never counted: its series stays nil.
+	for _, so := range stickyOutcomes[1:] {
+		m.stickySeries[so] = m.stickyVec.WithLabelValues(m.pool, so.String())
+	}
+	m.wait = m.waitVec.WithLabelValues(m.pool)
+	return m
 }
 
 // registerCollectors registers every collector into reg. Several handlers
@@ -146,32 +179,47 @@ func (m *metrics) request(pool, key, outcome string) {
 	m.requestsVec.WithLabelValues(pool, key, outcome).Inc()
 }
 
-func (m *metrics) tokens(pool, key string, u usage.Usage) {
-	if m == nil || key == "" {
-		return
-	}
-	if u.HaveInput {
-		m.tokensVec.WithLabelValues(pool, key, "input").Add(float64(max(u.InputTokens, 0)))
-		m.tokensVec.WithLabelValues(pool, key, "cache_read").Add(float64(max(u.CacheReadInputTokens, 0)))
-		m.tokensVec.WithLabelValues(pool, key, "cache_creation").Add(float64(max(u.CacheCreationInputTokens, 0)))
-	}
-	if u.HaveOutput {
-		m.tokensVec.WithLabelValues(pool, key, "output").Add(float64(max(u.OutputTokens, 0)))
-	}
-}
-
-func (m *metrics) sticky(pool string, s keypool.StickyOutcome) {
-	if m == nil || s == keypool.StickyNone {
-		return
-	}
-	m.stickyVec.WithLabelValues(pool, s.String()).Inc()
-}
-
-func (m *metrics) waited(pool string, d time.Duration) {
+// attempt counts an attempt on the key at index idx, whose name is key.
+func (m *metrics) attempt(idx int, key, outcome string) {
 	if m == nil {
 		return
 	}
-	m.waitVec.WithLabelValues(pool).Observe(max(d, 0).Seconds())
+	if outcome == "ok" && key != "" && idx >= 0 && idx < len(m.keys) {
+		m.keys[idx].ok.Inc()
+		return
+	}
+	m.requestsVec.WithLabelValues(m.pool, key, outcome).Inc()
+}
+
+// tokens counts the usage of an attempt on the key at index idx, named
+// key ("" when no key was reserved).
+func (m *metrics) tokens(idx int, key string, u usage.Usage) {
+	if m == nil || key == "" || idx < 0 || idx >= len(m.keys) {
+		return
+	}
+	k := &m.keys[idx]
+	if u.HaveInput {
+		k.input.Add(float64(max(u.InputTokens, 0)))
+		k.cacheRead.Add(float64(max(u.CacheReadInputTokens, 0)))
+		k.cacheCreation.Add(float64(max(u.CacheCreationInputTokens, 0)))
+	}
+	if u.HaveOutput {
+		k.output.Add(float64(max(u.OutputTokens, 0)))
+	}
+}
+
+func (m *metrics) sticky(s keypool.StickyOutcome) {
+	if m == nil || int(s) >= len(m.stickySeries) || m.stickySeries[s] == nil {
+		return
+	}
+	m.stickySeries[s].Inc()
+}
+
+func (m *metrics) waited(d time.Duration) {
+	if m == nil {
+		return
+	}
+	m.wait.Observe(max(d, 0).Seconds())
 }
 
 func (m *metrics) retry(pool string) {

@@ -238,9 +238,9 @@ func (o *observer) settle(err error) {
 		outcome = "interrupted"
 	}
 	h := o.h
-	h.metrics.request(h.poolName, o.res.KeyName(), outcome)
-	h.metrics.tokens(h.poolName, o.res.KeyName(), u)
-	h.metrics.sticky(h.poolName, o.res.Sticky)
+	h.metrics.attempt(o.res.KeyIndex(), o.res.KeyName(), outcome)
+	h.metrics.tokens(o.res.KeyIndex(), o.res.KeyName(), u)
+	h.metrics.sticky(o.res.Sticky)
 	if ce := h.logger.Check(zap.DebugLevel, "attempt settled"); ce != nil {
 		ce.Write(zap.String("key", o.res.KeyName()), zap.Int("status", status), zap.String("outcome", outcome),
 			zap.Int64("input_tokens", u.InputTokens), zap.Int64("output_tokens", u.OutputTokens),

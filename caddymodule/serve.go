@@ -121,7 +121,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 		err := h.pool.Acquire(r.Context(), &req, &rw.res)
 		if attempts.N() <= 1 {
-			h.metrics.waited(h.poolName, h.clk.Now().Sub(start))
+			h.metrics.waited(h.clk.Now().Sub(start))
 		}
 		if err != nil {
 			var nc *keypool.NoCapacityError
