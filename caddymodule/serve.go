@@ -93,10 +93,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if session == "" {
 		session = info.SessionID
 	}
+	ex.client, ex.model, ex.session = client, info.Model, session
 	if repl != nil {
-		repl.Set("http.cc_relay.client", client)
-		repl.Set("http.cc_relay.model", info.Model)
-		repl.Set("http.cc_relay.session", session)
+		repl.Map(ex.placeholder)
 	}
 
 	var attempts keypool.Attempts
@@ -135,10 +134,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 		rw.canRetry = attempts.N() <= h.retries
 		h.prepare(r, bb, rw.res.KeyIndex())
-		if repl != nil {
-			repl.Set("http.cc_relay.key", rw.res.KeyName())
-			repl.Set("http.cc_relay.attempts", attempts.N())
-		}
+		ex.key, ex.attempts = rw.res.KeyName(), attempts.N()
 		lastErr = h.attempt(rw, r, next)
 		if !rw.hold {
 			break
@@ -345,6 +341,35 @@ func readBody(r *http.Request, limit int64, bb *bodyBuf) (int, string) {
 type exchange struct {
 	obs  observer
 	body bodyBuf
+
+	// What the placeholders show; key and attempts are the latest
+	// attempt's.
+	client, model, session, key string
+	attempts                    int
+}
+
+// placeholder serves the relay's placeholders from the request's own
+// state: one provider per request instead of a boxed value and a locked
+// map write per placeholder and attempt. Key and attempts are known once
+// an attempt has started.
+func (ex *exchange) placeholder(name string) (any, bool) {
+	name, ok := strings.CutPrefix(name, "http.cc_relay.")
+	if !ok {
+		return nil, false
+	}
+	switch name {
+	case "client":
+		return ex.client, true
+	case "model":
+		return ex.model, true
+	case "session":
+		return ex.session, true
+	case "key":
+		return ex.key, ex.attempts > 0
+	case "attempts":
+		return ex.attempts, ex.attempts > 0
+	}
+	return nil, false
 }
 
 // sessionHash scopes a conversation's identity to the client, so one
