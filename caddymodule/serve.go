@@ -77,7 +77,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			return nil
 		}
 		req.Model = info.Model
-		req.Session = sessionHash(client, r.Header.Get("X-Claude-Code-Session-Id"), info)
+		req.Session = sessionHash(client, r.Header.Get("X-Claude-Code-Session-Id"), &info)
 	} else {
 		// Other endpoints (count_tokens, models) get a key but are not
 		// charged to the Messages budgets.
@@ -375,7 +375,7 @@ func (ex *exchange) placeholder(name string) (any, bool) {
 // sessionHash scopes a conversation's identity to the client, so one
 // client cannot steer another's sessions: the session id header, else the
 // session in metadata.user_id, else the conversation's start.
-func sessionHash(client, header string, info reqscan.Info) uint64 {
+func sessionHash(client, header string, info *reqscan.Info) uint64 {
 	var mh maphash.Hash
 	mh.SetSeed(sessionSeed)
 	mh.WriteString(client)
@@ -385,17 +385,20 @@ func sessionHash(client, header string, info reqscan.Info) uint64 {
 		mh.WriteString(header)
 	case info.SessionID != "":
 		mh.WriteString(info.SessionID)
-	case info.PrefixHash != 0:
+	default:
 		// Ignores whitespace and cache_control markers, which clients
-		// move to the newest message every turn.
+		// move to the newest message every turn. Hashed only here: a
+		// request with a session id does not pay for it.
+		ph := info.PrefixHash()
+		if ph == 0 {
+			return 0
+		}
 		mh.WriteByte(1)
 		var b [8]byte
 		for i := range b {
-			b[i] = byte(info.PrefixHash >> (8 * i))
+			b[i] = byte(ph >> (8 * i))
 		}
 		mh.Write(b[:])
-	default:
-		return 0
 	}
 	if s := mh.Sum64(); s != 0 {
 		return s

@@ -20,7 +20,7 @@ func ExampleScan() {
 		fmt.Println(err)
 		return
 	}
-	fmt.Println(info.Model, info.MaxTokens, info.Stream, info.SessionID, info.PrefixHash != 0)
+	fmt.Println(info.Model, info.MaxTokens, info.Stream, info.SessionID, info.PrefixHash() != 0)
 
 	_, err = reqscan.Scan([]byte(`{"model": "claude-sonnet-4-5", "stream": "yes"}`))
 	fmt.Println(err)

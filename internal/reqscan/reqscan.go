@@ -35,17 +35,9 @@ type Info struct {
 	// SessionID is SessionFromUserID(UserID).
 	SessionID string
 
-	// PrefixHash identifies the start of the conversation: it hashes the
-	// top-level "system" value followed by the first element of
-	// "messages". It is 0 only when both are absent (or null, or
-	// "messages" is empty), and never 0 otherwise.
-	//
-	// The JSON tokens are hashed, not the bytes: whitespace does not count,
-	// and neither do "cache_control" members, which clients move to the
-	// newest message every turn (the first message carries one in the
-	// first turn and not in the next). Key order does count. Hashes are
-	// stable within one process and differ between processes.
-	PrefixHash uint64
+	// system and first are the raw top-level "system" value and first
+	// element of "messages", for PrefixHash; they alias the scanned body.
+	system, first []byte
 }
 
 // maxDepth bounds the nesting of arrays and objects, counting the top-level
@@ -184,8 +176,26 @@ func Scan(body []byte) (Info, error) {
 	if !isNull(messages) && messages[0] != '[' {
 		return Info{}, &fieldError{field: "messages", msg: "is not an array"}
 	}
-	info.PrefixHash = prefixHash(system, first)
+	info.system, info.first = system, first
 	return info, nil
+}
+
+// PrefixHash identifies the start of the conversation: it hashes the
+// top-level "system" value followed by the first element of "messages".
+// It is 0 only when both are absent (or null, or "messages" is empty), and
+// never 0 otherwise.
+//
+// The JSON tokens are hashed, not the bytes: whitespace does not count,
+// and neither do "cache_control" members, which clients move to the
+// newest message every turn (the first message carries one in the first
+// turn and not in the next). Key order does count. Hashes are stable
+// within one process and differ between processes.
+//
+// It is computed on demand, because a caller that has a session id does
+// not need it: it reads the body that was scanned, which must not have
+// changed since.
+func (info *Info) PrefixHash() uint64 {
+	return prefixHash(info.system, info.first)
 }
 
 // prefixHash returns the PrefixHash of a body with the given raw "system"
