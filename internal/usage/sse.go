@@ -3,12 +3,31 @@ package usage
 import (
 	"bytes"
 	"encoding/json"
+	"sync"
 )
 
 // maxEventData bounds the data an SSEScanner buffers for one event. The
 // events it reads are a few hundred bytes; an event with more data is
 // dropped rather than allowed to grow memory.
 const maxEventData = 64 << 10
+
+// A kept event's data is buffered in a pooled buffer, held only from the
+// event's first kept byte to its end, so that the thousands of streams a
+// relay has open between events hold no buffer. Buffers start at
+// smallBufSize, which the events read fit in, and may grow to maxSmallBuf;
+// data that outgrows that moves to a buffer of maxEventData bytes, from a
+// pool of its own so that an upstream that keeps sending oversized events
+// does not make every event allocate 64 KiB, nor does a small event get a
+// 64 KiB buffer.
+const (
+	smallBufSize = 1 << 10
+	maxSmallBuf  = 4 << 10
+)
+
+var (
+	smallBufs = sync.Pool{New: func() any { b := make([]byte, 0, smallBufSize); return &b }}
+	largeBufs = sync.Pool{New: func() any { b := make([]byte, 0, maxEventData); return &b }}
+)
 
 // sniffLen is how much of an event's data an SSEScanner reads to find its
 // "type" when the event has no "event:" line.
@@ -23,7 +42,10 @@ const sniffLen = 64
 // "event:" line or, failing that, by a "type" member at the start of its
 // data. The data of other events, such as content_block_delta, is skipped
 // without being copied, and a recognised event whose data exceeds 64 KiB is
-// ignored, so an SSEScanner retains at most 64 KiB however long the stream.
+// ignored, so an SSEScanner holds at most 64 KiB however long the stream,
+// and only while it is in the middle of an event it reads. Reading the
+// events allocates only for a model name new to the process or for a
+// string with escapes, which the Messages API does not send in them.
 //
 // Lines may end in "\n", "\r\n" or "\r". As the event-stream format
 // requires, an event takes effect at the blank line that ends it, so an
@@ -41,10 +63,12 @@ type SSEScanner struct {
 	name  [16]byte // the current event's name, from its "event:" line
 	nameN int      // its length; more than len(name) means no event we read
 
-	rel       relevance // whether the current event's data is being kept
-	data      []byte    // the current event's data, if kept
-	dataLines int       // data lines in the current event
-	dropped   bool      // the current event's data outgrew maxEventData
+	rel       relevance      // whether the current event's data is being kept
+	sniffed   [sniffLen]byte // the start of the current event's data, while rel is relUnknown
+	sniffN    int            // its length
+	data      *[]byte        // the current event's data, if kept: a pooled buffer, or nil
+	dataLines int            // data lines in the current event
+	dropped   bool           // the current event's data outgrew maxEventData
 }
 
 type sseState uint8
@@ -228,15 +252,15 @@ func (s *SSEScanner) endEventName() {
 		s.rel = relRelevant
 	} else {
 		s.rel = relIrrelevant
-		s.data = s.data[:0]
+		s.releaseData()
 	}
 }
 
 // startData is called at the start of a "data:" value.
 func (s *SSEScanner) startData() {
-	if s.dataLines > 0 && s.rel != relIrrelevant {
+	if s.dataLines > 0 {
 		// The event-stream format joins data lines with newlines.
-		s.appendData(newline)
+		s.dataValue(newline, false)
 	}
 	s.dataLines++
 }
@@ -245,17 +269,20 @@ func (s *SSEScanner) startData() {
 // the line.
 func (s *SSEScanner) dataValue(seg []byte, eol bool) {
 	if s.rel == relUnknown {
-		// Without an event name, the start of the data decides.
-		n := min(len(seg), sniffLen-len(s.data))
-		s.appendData(seg[:n])
+		// Without an event name, the start of the data decides. It is
+		// gathered in s.sniffed rather than a pooled buffer, so that an
+		// event the scanner skips never takes one.
+		n := copy(s.sniffed[s.sniffN:], seg)
+		s.sniffN += n
 		seg = seg[n:]
-		if len(s.data) < sniffLen && !eol {
+		if s.sniffN < sniffLen && !eol {
 			return
 		}
-		s.rel = sniff(s.data)
-		if s.rel == relIrrelevant {
-			s.data = s.data[:0]
+		s.rel = sniff(s.sniffed[:s.sniffN])
+		if s.rel == relRelevant {
+			s.appendData(s.sniffed[:s.sniffN])
 		}
+		s.sniffN = 0
 	}
 	if s.rel == relRelevant {
 		s.appendData(seg)
@@ -266,64 +293,259 @@ func (s *SSEScanner) appendData(p []byte) {
 	if s.dropped {
 		return
 	}
+	if s.data == nil {
+		s.data = smallBufs.Get().(*[]byte)
+	}
 	var ok bool
-	if s.data, ok = appendBounded(s.data, p, maxEventData); !ok {
+	if *s.data, ok = appendBounded(*s.data, p, maxSmallBuf); ok {
+		return
+	}
+	n := len(*s.data) + len(p)
+	if n > maxEventData {
 		s.dropped = true
-		s.data = s.data[:0]
+		s.releaseData()
+		return
+	}
+	if cap(*s.data) < n {
+		// An unusually large event: move it to a full-size buffer.
+		large := largeBufs.Get().(*[]byte)
+		*large = append((*large)[:0], *s.data...)
+		s.releaseData()
+		s.data = large
+	}
+	*s.data = append(*s.data, p...)
+}
+
+// kept returns the current event's data kept so far.
+func (s *SSEScanner) kept() []byte {
+	if s.data == nil {
+		return nil
+	}
+	return *s.data
+}
+
+// releaseData returns the current event's buffer to its pool.
+func (s *SSEScanner) releaseData() {
+	b := s.data
+	if b == nil {
+		return
+	}
+	s.data = nil
+	*b = (*b)[:0]
+	switch c := cap(*b); {
+	case c == maxEventData:
+		largeBufs.Put(b)
+	case c <= maxSmallBuf:
+		smallBufs.Put(b)
 	}
 }
 
 // dispatch is called at the blank line that ends an event.
 func (s *SSEScanner) dispatch() {
 	if s.dataLines > 0 && s.rel != relIrrelevant && !s.dropped {
-		s.parse()
+		s.parse(s.kept())
 	}
+	s.releaseData()
 	s.rel = relUnknown
-	s.data = s.data[:0]
+	s.sniffN = 0
 	s.dataLines = 0
 	s.dropped = false
 	s.nameN = 0
 }
 
-// sseEventData is the part of an event's data that the scanner reads.
-type sseEventData struct {
-	Type    string `json:"type"`
-	Message *struct {
-		Model string          `json:"model"`
-		Usage json.RawMessage `json:"usage"`
-	} `json:"message"`
-	Usage json.RawMessage `json:"usage"`
-	Error *struct {
-		Type string `json:"type"`
-	} `json:"error"`
+// parse reads data, the data of an event.
+func (s *SSEScanner) parse(data []byte) {
+	var name []byte
+	if s.nameN <= len(s.name) {
+		name = s.name[:s.nameN]
+	}
+	applyEvent(&s.u, data, name)
 }
 
-// parse reads the buffered data of an event. The data of the events read is
-// small, so encoding/json is fast enough.
-func (s *SSEScanner) parse() {
-	var ev sseEventData
-	if json.Unmarshal(s.data, &ev) != nil {
+// applyEvent applies to u the data of an event named name ("" if it had no
+// "event:" line, nil if the name was too long to keep). The event's type
+// is its data's "type", or failing that its name.
+func applyEvent(u *Usage, data, name []byte) {
+	ev, ok := decodeEvent(data)
+	if !ok {
 		return
 	}
-	typ := ev.Type
-	if typ == "" && s.nameN <= len(s.name) {
-		typ = string(s.name[:s.nameN])
+	typ := ev.typ
+	if len(typ) == 0 {
+		typ = name
 	}
-	switch typ {
+	switch string(typ) {
 	case "message_start":
-		if ev.Message != nil {
-			if ev.Message.Model != "" {
-				s.u.Model = ev.Message.Model
-			}
-			applyUsage(&s.u, ev.Message.Usage, false)
+		if len(ev.model) > 0 {
+			u.Model = intern(ev.model, u.Model)
 		}
+		applyValidUsage(u, ev.messageUsage, false)
 	case "message_delta":
-		applyUsage(&s.u, ev.Usage, false)
+		applyValidUsage(u, ev.usage, false)
 	case "error":
-		if ev.Error != nil && ev.Error.Type != "" {
-			s.u.ErrorType = ev.Error.Type
+		if len(ev.errorType) > 0 {
+			u.ErrorType = intern(ev.errorType, u.ErrorType)
 		}
 	}
+}
+
+// eventData is what an SSEScanner reads from an event's data: strings
+// unescaped, usage objects raw. The byte slices point into the data or,
+// for a string with escapes, into a copy.
+type eventData struct {
+	typ          []byte // "type"
+	model        []byte // "message"."model"
+	messageUsage []byte // "message"."usage"
+	usage        []byte // "usage"
+	errorType    []byte // "error"."type"
+}
+
+var (
+	eventKeys   = []string{"type", "message", "usage", "error"}
+	messageKeys = []string{"model", "usage"}
+	errorKeys   = []string{"type"}
+)
+
+// decodeEvent reads data as encoding/json decodes it into
+//
+//	struct {
+//		Type    string
+//		Message *struct {
+//			Model string
+//			Usage json.RawMessage
+//		}
+//		Usage json.RawMessage
+//		Error *struct{ Type string }
+//	}
+//
+// but without allocating; that decoding defines what an event says, and
+// FuzzApplyEventDiff holds the two together. So, as in encoding/json,
+// names match case-insensitively, a later member overrides an earlier one
+// of the same name (an object merges into it, null clears it), and null
+// leaves a string alone. It reports false, and the event is ignored,
+// wherever encoding/json would fail: for invalid JSON, and for any of these
+// members having the wrong type. It also reports false for valid JSON that
+// is not an object, which decodes to nothing.
+func decodeEvent(data []byte) (ev eventData, ok bool) {
+	if !json.Valid(data) {
+		return ev, false
+	}
+	m, ok := objectMembers(data)
+	if !ok {
+		return ev, false
+	}
+	for {
+		key, val, more := m.next()
+		if !more {
+			return ev, true
+		}
+		switch keyIndex(key, eventKeys, true) {
+		case 0:
+			ok = decodeString(val, &ev.typ)
+		case 1:
+			ok = decodeMessage(val, &ev)
+		case 2:
+			ev.usage = val
+		case 3:
+			ok = decodeError(val, &ev)
+		}
+		if !ok {
+			return ev, false
+		}
+	}
+}
+
+// decodeMessage reads the value of a "message" member into ev.
+func decodeMessage(val []byte, ev *eventData) bool {
+	if val[0] == 'n' {
+		ev.model, ev.messageUsage = nil, nil
+		return true
+	}
+	m, ok := objectMembers(val)
+	for ok {
+		key, v, more := m.next()
+		if !more {
+			break
+		}
+		switch keyIndex(key, messageKeys, true) {
+		case 0:
+			ok = decodeString(v, &ev.model)
+		case 1:
+			ev.messageUsage = v
+		}
+	}
+	return ok
+}
+
+// decodeError reads the value of an "error" member into ev.
+func decodeError(val []byte, ev *eventData) bool {
+	if val[0] == 'n' {
+		ev.errorType = nil
+		return true
+	}
+	m, ok := objectMembers(val)
+	for ok {
+		key, v, more := m.next()
+		if !more {
+			break
+		}
+		if keyIndex(key, errorKeys, true) == 0 {
+			ok = decodeString(v, &ev.errorType)
+		}
+	}
+	return ok
+}
+
+// decodeString reads val, a valid JSON value, into *dst as encoding/json
+// decodes into a string: null leaves *dst alone, and a value that is not a
+// string is an error.
+func decodeString(val []byte, dst *[]byte) bool {
+	switch val[0] {
+	case 'n':
+		return true
+	case '"':
+		s, ok := unquote(val)
+		if ok {
+			*dst = s
+		}
+		return ok
+	}
+	return false
+}
+
+// interned remembers the last few model names and error types read, so
+// that the scanner of each new stream reuses the string rather than
+// allocating it: a relay sees the same few models over and over, and a
+// scanner is usually reset by being zeroed, which forgets the previous
+// name. Only short strings are kept, so it stays a few hundred bytes.
+var interned struct {
+	mu   sync.Mutex
+	s    [8]string
+	next int
+}
+
+const maxInterned = 64
+
+// intern returns b as a string: prev, or a remembered string, if one has
+// the same bytes.
+func intern(b []byte, prev string) string {
+	if string(b) == prev {
+		return prev
+	}
+	if len(b) > maxInterned {
+		return string(b)
+	}
+	interned.mu.Lock()
+	defer interned.mu.Unlock()
+	for _, s := range interned.s {
+		if s == string(b) {
+			return s
+		}
+	}
+	s := string(b)
+	interned.s[interned.next] = s
+	interned.next = (interned.next + 1) % len(interned.s)
+	return s
 }
 
 // relevantType reports whether name is the type of an event the scanner

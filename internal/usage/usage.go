@@ -12,6 +12,7 @@ package usage
 import (
 	"bytes"
 	"encoding/json"
+	"unicode/utf8"
 )
 
 // Usage is the token usage of one Messages API response, cumulative.
@@ -44,6 +45,15 @@ type Usage struct {
 // present if its member is an integer; null and other types are ignored.
 // If raw is not a JSON object, u is unchanged.
 func applyUsage(u *Usage, raw []byte, reset bool) {
+	if json.Valid(raw) {
+		applyValidUsage(u, raw, reset)
+	}
+}
+
+// applyValidUsage is applyUsage for raw known to be valid JSON or nil, such
+// as a member of an object already validated, which need not be checked
+// again.
+func applyValidUsage(u *Usage, raw []byte, reset bool) {
 	var vals [4]int64
 	var have [4]bool
 	if !scanUsage(raw, &vals, &have) {
@@ -69,58 +79,97 @@ func applyUsage(u *Usage, raw []byte, reset bool) {
 
 var usageKeys = [4]string{"input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens"}
 
-// scanUsage reads the integer members named by usageKeys from raw, which
-// must be one valid JSON object (else it reports false and sets nothing),
-// without allocating. Keys match exactly, after unescaping; a later
-// duplicate wins, as with encoding/json.
+// scanUsage reads the integer members named by usageKeys from raw, valid
+// JSON or nil, without allocating. If raw is not an object it reports false
+// and sets nothing. Keys match exactly, after unescaping; a later duplicate
+// wins, as with encoding/json.
 func scanUsage(raw []byte, vals *[4]int64, have *[4]bool) bool {
-	if !json.Valid(raw) {
+	m, ok := objectMembers(raw)
+	if !ok {
 		return false
 	}
-	i := skipSpace(raw, 0)
-	if i >= len(raw) || raw[i] != '{' {
-		return false
-	}
-	i++
-	for {
-		i = skipSpace(raw, i)
-		if raw[i] == '}' {
-			return true
-		}
-		// A key: raw is valid JSON, so it is a string here.
-		end := stringEnd(raw, i)
-		key := raw[i+1 : end-1]
-		i = skipSpace(raw, end)
-		i = skipSpace(raw, i+1) // ':'
-		vend := valueEnd(raw, i)
-		idx := -1
-		for k, name := range usageKeys {
-			if string(key) == name {
-				idx = k
-				break
-			}
-		}
-		if idx < 0 && bytes.IndexByte(key, '\\') >= 0 {
-			var name string
-			if err := json.Unmarshal(append(append([]byte{'"'}, key...), '"'), &name); err == nil {
-				for k, n := range usageKeys {
-					if name == n {
-						idx = k
-					}
-				}
-			}
-		}
-		if idx >= 0 {
+	for key, val, more := m.next(); more; key, val, more = m.next() {
+		if idx := keyIndex(key, usageKeys[:], false); idx >= 0 {
 			have[idx] = false
-			if n, ok := parseInt(raw[i:vend]); ok {
+			if n, ok := parseInt(val); ok {
 				vals[idx], have[idx] = n, true
 			}
 		}
-		i = skipSpace(raw, vend)
-		if raw[i] == ',' {
-			i++
+	}
+	return true
+}
+
+// members walks the members of a JSON object that json.Valid accepted.
+// Validity is what keeps it small: it only has to find where each key and
+// value ends, never to check them.
+type members struct {
+	b []byte
+	i int // the index after the previous value, or after the '{'
+}
+
+// objectMembers returns a walk over raw, which must be valid JSON, or false
+// if raw is not an object.
+func objectMembers(raw []byte) (members, bool) {
+	i := skipSpace(raw, 0)
+	if i >= len(raw) || raw[i] != '{' {
+		return members{}, false
+	}
+	return members{b: raw, i: i + 1}, true
+}
+
+// next returns the next member's key, quotes included, and its value, or
+// false at the end of the object.
+func (m *members) next() (key, val []byte, ok bool) {
+	i := skipSpace(m.b, m.i)
+	if m.b[i] == ',' {
+		i = skipSpace(m.b, i+1)
+	}
+	if m.b[i] == '}' {
+		return nil, nil, false
+	}
+	end := stringEnd(m.b, i)
+	key = m.b[i:end]
+	i = skipSpace(m.b, skipSpace(m.b, end)+1) // past the ':'
+	m.i = valueEnd(m.b, i)
+	return key, m.b[i:m.i], true
+}
+
+// keyIndex returns the index in names of the name that key, a valid JSON
+// string, matches once unescaped, or -1. With fold, names match under
+// Unicode case folding, as encoding/json matches struct fields: "TYPE"
+// matches "type", and "me\u017f\u017fage", with long s's, matches
+// "message". Without fold, they match exactly, as map keys do.
+func keyIndex(key []byte, names []string, fold bool) int {
+	k, ok := unquote(key)
+	if !ok {
+		return -1
+	}
+	for i, name := range names {
+		if string(k) == name || fold && bytes.EqualFold(k, []byte(name)) {
+			return i
 		}
 	}
+	return -1
+}
+
+// unquote returns the contents of s, a valid JSON string, as encoding/json
+// decodes them. The usual string has no escapes and is valid UTF-8, so its
+// contents are returned in place; any other is decoded by encoding/json,
+// which allocates, to get escapes and invalid UTF-8 (replaced by U+FFFD)
+// exactly right.
+func unquote(s []byte) ([]byte, bool) {
+	if len(s) < 2 || s[0] != '"' || s[len(s)-1] != '"' {
+		return nil, false
+	}
+	c := s[1 : len(s)-1]
+	if bytes.IndexByte(c, '\\') < 0 && utf8.Valid(c) {
+		return c, true
+	}
+	var str string
+	if json.Unmarshal(s, &str) != nil {
+		return nil, false
+	}
+	return []byte(str), true
 }
 
 func skipSpace(b []byte, i int) int {
@@ -195,11 +244,14 @@ func parseInt(b []byte) (int64, bool) {
 		}
 		n = n*10 + uint64(c-'0')
 	}
-	if !neg && n > 1<<63-1 {
-		return 0, false
-	}
 	if neg {
-		return -int64(n), true
+		if n > 1<<63 {
+			return 0, false
+		}
+		return -int64(n), true // for 1<<63, math.MinInt64, as the conversion wraps
+	}
+	if n > 1<<63-1 {
+		return 0, false
 	}
 	return int64(n), true
 }
