@@ -28,7 +28,7 @@ func FuzzSSEScanner(f *testing.F) {
 // FuzzJSONScanner checks that JSONScanner never panics, that splitting the
 // body into two Writes at any point gives the same usage as one Write, and
 // that it agrees with encoding/json on the counts in a top-level usage
-// object.
+// object and, for a valid body, on the model and error type.
 func FuzzJSONScanner(f *testing.F) {
 	for _, tt := range jsonTests {
 		if len(tt.body) < 4<<10 {
@@ -38,13 +38,17 @@ func FuzzJSONScanner(f *testing.F) {
 	f.Fuzz(func(t *testing.T, body []byte, split uint) {
 		var whole JSONScanner
 		whole.Write(body)
+		checkHeldBuffer(t, &whole)
 		var parts JSONScanner
 		i := int(split % uint(len(body)+1))
 		parts.Write(body[:i])
+		checkHeldBuffer(t, &parts)
 		parts.Write(body[i:])
+		checkHeldBuffer(t, &parts)
 		if whole.Usage() != parts.Usage() {
 			t.Fatalf("split at %d of %q:\n got %+v\nwant %+v", i, body, parts.Usage(), whole.Usage())
 		}
 		checkJSONScanner(t, body)
+		checkJSONScannerStrings(t, body)
 	})
 }

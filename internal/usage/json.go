@@ -6,8 +6,12 @@ import (
 )
 
 // maxCapture bounds the value of one top-level member that a JSONScanner
-// copies. Usage and error objects are well under it.
+// copies. Usage and error objects are well under it. It is at most
+// maxSmallBuf, so that the pooled buffer holding a value never outgrows
+// the small buffers' pool.
 const maxCapture = 4 << 10
+
+var _ [maxSmallBuf - maxCapture]struct{} // maxCapture <= maxSmallBuf
 
 // maxKey bounds the raw top-level key a JSONScanner keeps, quotes
 // included: long enough for "usage" with every character escaped as \uXXXX.
@@ -20,11 +24,22 @@ const maxKey = 40
 // an error body, "error" (for its "type"). It tracks only nesting depth and
 // string state and copies only those members' values, each up to 4 KiB (a
 // longer value is ignored), so it uses constant memory for any body. A
-// body that is not a JSON object yields no usage, and scanning stops at the
-// first syntax error it notices or at the end of the top-level object.
+// value is copied into a pooled buffer held only while the value is read,
+// so a scanner between members, or done, holds no buffer (one whose body
+// is cut off inside such a value leaves its buffer to the garbage
+// collector). Reading the members allocates only for a model name or error
+// type new to the process, for a string or key with escapes, which the
+// Messages API does not send in them, or for a value that outgrows a
+// pooled buffer.
 //
-// As in encoding/json, a member given more than once takes its last value;
-// the "usage" member replaces all four counts, and a count it lacks reads 0.
+// A body that is not a JSON object yields no usage, and scanning stops at
+// the first syntax error it notices or at the end of the top-level object.
+// A member value that is not valid JSON is ignored.
+//
+// Top-level keys match exactly, as map keys do in encoding/json; the
+// error's "type" matches case-insensitively, as a struct field does. As in
+// encoding/json, a member given more than once takes its last value; the
+// "usage" member replaces all four counts, and a count it lacks reads 0.
 type JSONScanner struct {
 	u Usage
 
@@ -38,7 +53,7 @@ type JSONScanner struct {
 	keyN int          // its length; more than maxKey means no member we read
 
 	member jsonMember // the top-level member whose value is being read
-	buf    []byte     // that value so far, if it is being kept
+	buf    *[]byte    // that value so far, if it is being kept: a pooled buffer, or nil
 	over   bool       // the value outgrew maxCapture
 }
 
@@ -162,7 +177,10 @@ func (s *JSONScanner) Write(p []byte) (changed bool) {
 			}
 			s.st = jsonValue
 		case jsonValue:
-			s.buf = s.buf[:0]
+			if c == ',' || c == '}' || c == ']' || c == ':' {
+				s.done = true
+				break
+			}
 			s.over = false
 			s.capture(one)
 			switch c {
@@ -172,8 +190,6 @@ func (s *JSONScanner) Write(p []byte) (changed bool) {
 			case '{', '[':
 				s.depth = 2
 				s.st = jsonNested
-			case ',', '}', ']', ':':
-				s.done = true
 			default:
 				s.st = jsonScalar
 			}
@@ -247,66 +263,73 @@ func (s *JSONScanner) appendKey(b []byte) {
 	s.keyN += len(b)
 }
 
-// endKey decides from the complete key which member, if any, follows.
+// topKeys are the top-level members a JSONScanner reads, in jsonMember
+// order from memberUsage.
+var topKeys = []string{"usage", "model", "error"}
+
+// endKey decides from the complete key which member, if any, follows. An
+// escaped key may still name a member, as it does for encoding/json, though
+// real responses never have one.
 func (s *JSONScanner) endKey() {
 	s.member = memberOther
-	if s.keyN > maxKey {
-		return
-	}
-	raw := s.key[:s.keyN]
-	name := raw[1 : len(raw)-1]
-	if bytes.IndexByte(name, '\\') >= 0 {
-		// An escaped key may still name a member, as it does for
-		// encoding/json. Real responses never have one.
-		var k string
-		if json.Unmarshal(raw, &k) != nil {
-			return
-		}
-		name = []byte(k)
-	}
-	switch string(name) {
-	case "usage":
-		s.member = memberUsage
-	case "model":
-		s.member = memberModel
-	case "error":
-		s.member = memberError
+	if s.keyN <= maxKey {
+		// Exact matching, as encoding/json matches map keys.
+		s.member = jsonMember(keyIndex(s.key[:s.keyN], topKeys, false) + 1)
 	}
 }
 
-// capture adds b to the value of the member being read, if it is kept.
+// capture adds b to the value of the member being read, if it is kept,
+// taking a pooled buffer at its first byte.
 func (s *JSONScanner) capture(b []byte) {
 	if s.member == memberOther || s.over {
 		return
 	}
+	if s.buf == nil {
+		s.buf = smallBufs.Get().(*[]byte)
+	}
 	var ok bool
-	if s.buf, ok = appendBounded(s.buf, b, maxCapture); !ok {
+	if *s.buf, ok = appendBounded(*s.buf, b, maxCapture); !ok {
 		s.over = true
-		s.buf = s.buf[:0]
+		s.releaseBuf()
 	}
 }
 
-// endValue is called when a top-level member's value is complete.
+// releaseBuf returns the buffer of the value being read to its pool.
+func (s *JSONScanner) releaseBuf() {
+	if b := s.buf; b != nil {
+		s.buf = nil
+		putBuf(b)
+	}
+}
+
+// endValue is called when a top-level member's value is complete. It reads
+// the value, if kept, as encoding/json decodes it: "usage" as applyUsage
+// does, "model" into a string and "error" into a *struct{ Type string }.
+// A value that is not valid JSON, or that encoding/json would fail to
+// decode, is ignored, and so is an empty error type.
 func (s *JSONScanner) endValue() {
 	m := s.member
 	s.member = memberOther
-	if m == memberOther || s.over {
+	if s.buf == nil {
+		// Not kept, or it outgrew maxCapture and was dropped.
 		return
 	}
+	v := *s.buf
 	switch m {
 	case memberUsage:
-		applyUsage(&s.u, s.buf, true)
+		applyUsage(&s.u, v, true)
 	case memberModel:
-		var model string
-		if s.buf[0] == '"' && json.Unmarshal(s.buf, &model) == nil {
-			s.u.Model = model
+		// null leaves the model alone; "" sets it.
+		if v[0] == '"' && json.Valid(v) {
+			if model, ok := unquote(v); ok {
+				s.u.Model = intern(model, s.u.Model)
+			}
 		}
 	case memberError:
-		var e struct {
-			Type string `json:"type"`
-		}
-		if json.Unmarshal(s.buf, &e) == nil && e.Type != "" {
-			s.u.ErrorType = e.Type
+		var ev eventData
+		if json.Valid(v) && decodeError(v, &ev) && len(ev.errorType) > 0 {
+			s.u.ErrorType = intern(ev.errorType, s.u.ErrorType)
 		}
 	}
+	s.releaseBuf()
 }

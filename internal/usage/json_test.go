@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 )
 
 const messageBody = `{"id":"msg_01XFDUDYJgAACzvnptvVoYEL","type":"message","role":"assistant","model":"claude-opus-4-1-20250805",` +
@@ -68,6 +69,7 @@ func TestJSONScanner(t *testing.T) {
 				}
 			}
 			checkJSONScanner(t, []byte(tt.body))
+			checkJSONScannerStrings(t, []byte(tt.body))
 		})
 	}
 }
@@ -102,7 +104,7 @@ func TestJSONScannerMemory(t *testing.T) {
 	chunk := bytes.Repeat(block, 32<<10/len(block))
 	for fed := 0; fed < 50<<20; fed += len(chunk) {
 		s.Write(chunk)
-		if c := cap(s.buf); c > maxCapture {
+		if c := s.bufCap(); c > maxCapture {
 			t.Fatalf("cap(buf) = %d > %d", c, maxCapture)
 		}
 	}
@@ -121,8 +123,130 @@ func TestJSONScannerMemory(t *testing.T) {
 	for range 100 {
 		s.Write(chunk)
 	}
-	if c := cap(s.buf); c > maxCapture {
+	if c := s.bufCap(); c > maxCapture {
 		t.Errorf("cap(buf) = %d > %d after a huge usage value", c, maxCapture)
+	}
+	if s.buf != nil {
+		t.Errorf("holds a buffer of %d bytes after dropping a huge usage value", s.bufCap())
+	}
+}
+
+// bufCap returns the capacity of the buffer s holds, or 0.
+func (s *JSONScanner) bufCap() int {
+	if s.buf == nil {
+		return 0
+	}
+	return cap(*s.buf)
+}
+
+// TestJSONScannerResponseAllocs checks that a response allocates nothing
+// but a model name new to the process, and that after it the scanner holds
+// no buffer.
+func TestJSONScannerResponseAllocs(t *testing.T) {
+	// Under the race detector sync.Pool drops a random quarter of what is
+	// put back, so each of the values a response keeps (model and usage,
+	// or error) may allocate a buffer (a slice and its pointer), as may
+	// encoding/json's pooled validity scanner, and the detector's own
+	// bookkeeping allocates: there the single response's count is not
+	// checked and the average, 0 to 4 (mostly 1 or 2) in thousands of
+	// runs, is bounded loosely.
+	slack := 0
+	if raceEnabled {
+		slack = 6
+	}
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1)) // one P, so one pool shard
+	for _, tc := range []struct {
+		name string
+		body string
+		want Usage
+	}{
+		{"message", messageBody, messageUsage},
+		{"pretty printed message", prettyJSON(messageBody), messageUsage},
+		{"error", errorBody, Usage{ErrorType: "overloaded_error"}},
+	} {
+		for _, chunk := range []int{1, 7, 64, 500, 4 << 10} {
+			t.Run(fmt.Sprintf("%s/%dB writes", tc.name, chunk), func(t *testing.T) {
+				// Warm the buffer pool and the interned strings, as
+				// earlier responses would have.
+				var s JSONScanner
+				writeJSONChunks(&s, []byte(tc.body), chunk)
+
+				body, want := []byte(tc.body), tc.want
+				if want.Model != "" {
+					model := fmt.Sprintf("claude-test-%d-%d", chunk, time.Now().UnixNano())
+					body = []byte(strings.Replace(tc.body, want.Model, model, 1))
+					want.Model = model
+					var before, after runtime.MemStats
+					runtime.ReadMemStats(&before)
+					s = JSONScanner{}
+					writeJSONChunks(&s, body, chunk)
+					runtime.ReadMemStats(&after)
+					if n := after.Mallocs - before.Mallocs; n > 1 && !raceEnabled {
+						t.Errorf("a response naming a new model allocates %d times, want at most 1", n)
+					}
+					if s.Usage() != want {
+						t.Errorf("usage = %+v, want %+v", s.Usage(), want)
+					}
+				}
+				if s.buf != nil {
+					t.Errorf("holds a buffer of %d bytes after the response", s.bufCap())
+				}
+
+				allocs := testing.AllocsPerRun(20, func() {
+					s = JSONScanner{}
+					writeJSONChunks(&s, body, chunk)
+				})
+				if allocs > float64(slack) {
+					t.Errorf("a response allocates %v times, want at most %d", allocs, slack)
+				}
+				if s.Usage() != want {
+					t.Errorf("usage = %+v, want %+v", s.Usage(), want)
+				}
+				if s.buf != nil {
+					t.Errorf("holds a buffer of %d bytes after the response", s.bufCap())
+				}
+			})
+		}
+	}
+}
+
+// TestJSONScannerHoldsBufferOnlyInValue feeds bodies a byte at a time and
+// checks that the scanner holds a buffer only while in the value of a
+// member it reads.
+func TestJSONScannerHoldsBufferOnlyInValue(t *testing.T) {
+	for _, tt := range jsonTests {
+		var s JSONScanner
+		held := 0
+		for i := range len(tt.body) {
+			s.Write([]byte(tt.body[i : i+1]))
+			checkHeldBuffer(t, &s)
+			if s.buf != nil {
+				held++
+			}
+		}
+		if tt.name == "message" {
+			// The model and usage values, but for their last bytes.
+			usage := messageBody[strings.LastIndex(messageBody, `"usage":`)+len(`"usage":`) : len(messageBody)-1]
+			want := len(`"claude-opus-4-1-20250805"`) - 1 + len(usage) - 1
+			if held != want {
+				t.Errorf("%s: held a buffer for %d bytes, want %d", tt.name, held, want)
+			}
+		}
+	}
+}
+
+// checkHeldBuffer checks that s holds a buffer only while in the value of
+// a member it reads.
+func checkHeldBuffer(t testing.TB, s *JSONScanner) {
+	t.Helper()
+	if s.buf == nil {
+		return
+	}
+	if s.member == memberOther || s.over || s.done || (s.st != jsonString && s.st != jsonNested && s.st != jsonScalar) {
+		t.Fatalf("holds a buffer in state %+v", *s)
+	}
+	if cap(*s.buf) > maxCapture {
+		t.Fatalf("cap(buf) = %d > %d", cap(*s.buf), maxCapture)
 	}
 }
 
@@ -202,6 +326,48 @@ func BenchmarkJSONScanner(b *testing.B) {
 		}
 		if s.Usage().OutputTokens != 25000 {
 			b.Fatal("wrong usage")
+		}
+	}
+}
+
+// errorBody is an error response as the Messages API sends it.
+const errorBody = `{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"},"request_id":"req_011CSHoEeqs5C35K2UUqR7Fy"}`
+
+// writeJSONChunks writes body to s in chunks of n bytes.
+func writeJSONChunks(s *JSONScanner, body []byte, n int) {
+	for p := body; len(p) > 0; {
+		k := min(len(p), n)
+		s.Write(p[:k])
+		p = p[k:]
+	}
+}
+
+// BenchmarkJSONScannerResponse measures the cost per response of a short
+// message body and of an error body, which is dominated by the members the
+// scanner reads.
+func BenchmarkJSONScannerResponse(b *testing.B) {
+	for _, body := range []struct {
+		name string
+		body string
+		want Usage
+	}{
+		{"message", messageBody, messageUsage},
+		{"error", errorBody, Usage{ErrorType: "overloaded_error"}},
+	} {
+		data := []byte(body.body)
+		for _, chunk := range []int{64, 1 << 10, len(data)} {
+			b.Run(fmt.Sprintf("%s/%dB writes", body.name, chunk), func(b *testing.B) {
+				b.SetBytes(int64(len(data)))
+				b.ReportAllocs()
+				var s JSONScanner
+				for b.Loop() {
+					s = JSONScanner{}
+					writeJSONChunks(&s, data, chunk)
+				}
+				if s.Usage() != body.want {
+					b.Fatalf("usage = %+v", s.Usage())
+				}
+			})
 		}
 	}
 }

@@ -326,11 +326,15 @@ func (s *SSEScanner) kept() []byte {
 
 // releaseData returns the current event's buffer to its pool.
 func (s *SSEScanner) releaseData() {
-	b := s.data
-	if b == nil {
-		return
+	if b := s.data; b != nil {
+		s.data = nil
+		putBuf(b)
 	}
-	s.data = nil
+}
+
+// putBuf empties b, a buffer from smallBufs or largeBufs, and returns it to
+// the pool its capacity belongs to, or drops it if it fits neither.
+func putBuf(b *[]byte) {
 	*b = (*b)[:0]
 	switch c := cap(*b); {
 	case c == maxEventData:

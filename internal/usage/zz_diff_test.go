@@ -179,3 +179,100 @@ func FuzzApplyEventDiff(f *testing.F) {
 		}
 	})
 }
+
+// refJSONEndValue is JSONScanner.endValue as it was, with encoding/json:
+// the oracle for FuzzJSONValueDiff.
+func refJSONEndValue(u *Usage, m jsonMember, v []byte) {
+	switch m {
+	case memberUsage:
+		refApply(u, v, true)
+	case memberModel:
+		var model string
+		if v[0] == '"' && json.Unmarshal(v, &model) == nil {
+			u.Model = model
+		}
+	case memberError:
+		var e struct {
+			Type string `json:"type"`
+		}
+		if json.Unmarshal(v, &e) == nil && e.Type != "" {
+			u.ErrorType = e.Type
+		}
+	}
+}
+
+// FuzzJSONValueDiff checks how a JSONScanner reads the value of a member
+// it keeps against encoding/json.
+func FuzzJSONValueDiff(f *testing.F) {
+	for _, s := range []string{
+		`{"input_tokens":12,"output_tokens":3}`, `{"input_tokens":1,"input_tokens":"x"}`, `{"INPUT_TOKENS":1}`, `[1]`,
+		`"claude-opus-4-1-20250805"`, `""`, `null`, `7`, `true`, `"m\u00e9"`, `"\ud800"`, "\"\xff\xfe\"", `"a`, `"a\q"`,
+		"\"\x01\"", `"cl\"aude\\\/"`, `"a"x`, `"a"}`, `"a"""`,
+		`{"type":"overloaded_error","message":"Overloaded"}`, `{"TYPE":"x"}`, `{"ty\u0070e":"x"}`, `{"Type":"a","type":null}`,
+		`{"type":"a","type":""}`, `{"type":1}`, `{"type":"a","type":1}`, `{"type":"a","message":1}`, `{}`, `[]`, `"s"`,
+		`{"type":"a",}`, `{"type":"a"}}`, "{\"type\":\"\xff\"}", `{"type":"\u0000"}`,
+	} {
+		for m := range 3 {
+			f.Add([]byte(s), uint8(m))
+		}
+	}
+	f.Fuzz(func(t *testing.T, v []byte, which uint8) {
+		if len(v) == 0 || len(v) > maxCapture || isSpace(v[0]) || isSpace(v[len(v)-1]) {
+			// A kept value has from 1 to maxCapture bytes, and starts
+			// and ends with a byte that is not white space.
+			return
+		}
+		m := memberUsage + jsonMember(which%3)
+		start := Usage{InputTokens: 1, OutputTokens: 2, Model: "m0", ErrorType: "e0", HaveInput: true}
+		s := JSONScanner{u: start, member: m}
+		s.capture(v)
+		s.endValue()
+		want := start
+		refJSONEndValue(&want, m, v)
+		if s.Usage() != want {
+			t.Fatalf("member %d value %q:\n got %+v\nwant %+v", m, v, s.Usage(), want)
+		}
+		if s.buf != nil {
+			t.Fatalf("holds a buffer after the value")
+		}
+	})
+}
+
+// checkJSONScannerStrings checks the model and error type a scan of body
+// reports against encoding/json reading each top-level member in turn, as
+// JSONScanner did with it, when body is valid JSON.
+func checkJSONScannerStrings(t testing.TB, body []byte) {
+	t.Helper()
+	if !json.Valid(body) {
+		return
+	}
+	var s JSONScanner
+	s.Write(body)
+	var want Usage
+	d := json.NewDecoder(bytes.NewReader(body))
+	if tok, err := d.Token(); err != nil || tok != json.Delim('{') {
+		return
+	}
+	for d.More() {
+		tok, err := d.Token()
+		if err != nil {
+			t.Fatalf("%q: %v", body, err)
+		}
+		var raw json.RawMessage
+		if err := d.Decode(&raw); err != nil {
+			t.Fatalf("%q: %v", body, err)
+		}
+		if len(raw) > maxCapture {
+			continue
+		}
+		switch tok.(string) {
+		case "model":
+			refJSONEndValue(&want, memberModel, raw)
+		case "error":
+			refJSONEndValue(&want, memberError, raw)
+		}
+	}
+	if got := s.Usage(); got.Model != want.Model || got.ErrorType != want.ErrorType {
+		t.Fatalf("scan of %q: model %q, error type %q; want %q, %q (encoding/json)", body, got.Model, got.ErrorType, want.Model, want.ErrorType)
+	}
+}
