@@ -67,28 +67,34 @@ func serialRequests(b *testing.B, s selector.Strategy, n int, settle bool) {
 	}
 }
 
+// parallelRequests is serialRequests from GOMAXPROCS goroutines sharing
+// one pool, each with its own request and reservation.
+func parallelRequests(b *testing.B, s selector.Strategy, n int, settle bool) {
+	p := benchPool(b, n, s)
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		ctx := context.Background()
+		req := Request{Model: "claude-sonnet-4-5-20250929", Bytes: 120000}
+		var res Reservation
+		for pb.Next() {
+			if err := p.Acquire(ctx, &req, &res); err != nil {
+				b.Error(err)
+				return
+			}
+			if settle {
+				res.Settle(benchResult)
+			}
+		}
+	})
+}
+
 // BenchmarkAcquireSettle is one request's whole life in the pool: Acquire
 // then Settle with usage.
 func BenchmarkAcquireSettle(b *testing.B) {
 	for _, s := range benchStrategies {
 		for _, n := range []int{1, 10, 100, 1000} {
 			b.Run(fmt.Sprintf("%v/keys=%d/serial", s, n), func(b *testing.B) { serialRequests(b, s, n, true) })
-			b.Run(fmt.Sprintf("%v/keys=%d/parallel", s, n), func(b *testing.B) {
-				p := benchPool(b, n, s)
-				b.ReportAllocs()
-				b.RunParallel(func(pb *testing.PB) {
-					ctx := context.Background()
-					req := Request{Model: "claude-sonnet-4-5-20250929", Bytes: 120000}
-					var res Reservation
-					for pb.Next() {
-						if err := p.Acquire(ctx, &req, &res); err != nil {
-							b.Error(err)
-							return
-						}
-						res.Settle(benchResult)
-					}
-				})
-			})
+			b.Run(fmt.Sprintf("%v/keys=%d/parallel", s, n), func(b *testing.B) { parallelRequests(b, s, n, true) })
 		}
 	}
 }
@@ -144,7 +150,8 @@ func BenchmarkAcquireSettleTickClock(b *testing.B) {
 func BenchmarkAcquire(b *testing.B) {
 	for _, s := range benchStrategies {
 		for _, n := range []int{1, 10, 100, 1000} {
-			b.Run(fmt.Sprintf("%v/keys=%d", s, n), func(b *testing.B) { serialRequests(b, s, n, false) })
+			b.Run(fmt.Sprintf("%v/keys=%d/serial", s, n), func(b *testing.B) { serialRequests(b, s, n, false) })
+			b.Run(fmt.Sprintf("%v/keys=%d/parallel", s, n), func(b *testing.B) { parallelRequests(b, s, n, false) })
 		}
 	}
 }

@@ -49,10 +49,25 @@ func (e *estimator) whole(bytes int, ratio float64) float64 {
 	return max(1, float64(bytes)*e.perByte)
 }
 
+// weight is the share a new observation gets after n of them (n >= 1):
+// an average of the first ones, then alpha. The steady state takes no
+// division (Settle runs it for every request): 1/n <= alpha exactly when
+// n >= warm, since 1/warm rounds to the same float as alpha.
+func weight(n int64) float64 {
+	if n >= warm {
+		return alpha
+	}
+	return math.Max(alpha, 1/float64(n))
+}
+
+// warm is the observation count from which weight is alpha. It does not
+// compile if 1/alpha is not a whole number; TestWeight checks the rest.
+const warm = int64(1 / alpha)
+
 // observeOutput learns a successful response's output length.
 func (e *estimator) observeOutput(n float64) {
 	e.nOut++
-	e.outMean += math.Max(alpha, 1/float64(e.nOut)) * (n - e.outMean)
+	e.outMean += weight(e.nOut) * (n - e.outMean)
 }
 
 // margin is the share by which admission pads the estimate: three times
@@ -65,7 +80,7 @@ func (e *estimator) margin() float64 {
 	return min(3*e.errCalibrated, 0.5)
 }
 
-func (e *estimator) observe(bytes int, u Usage, reserved float64) {
+func (e *estimator) observe(bytes int, u Usage) {
 	if bytes <= 0 {
 		return
 	}
@@ -82,10 +97,14 @@ func (e *estimator) observe(bytes int, u Usage, reserved float64) {
 		cal = float64(bytes) * e.perByte
 	}
 	// The first observations average; later ones follow with weight alpha.
-	a := math.Max(alpha, 1/float64(e.n+1))
 	e.n++
+	a := weight(e.n)
 	e.perByte += a * (perByte - e.perByte)
 	e.chargeable += a * (charge - e.chargeable)
-	e.errFixed += a * (math.Abs(fixed-total)/total - e.errFixed)
-	e.errCalibrated += a * (math.Abs(cal-total)/total - e.errCalibrated)
+	// One division for both relative errors (Settle runs this for every
+	// request under the pool's lock); they are means of errors, an ulp
+	// either way is nothing.
+	inv := 1 / total
+	e.errFixed += a * (math.Abs(fixed-total)*inv - e.errFixed)
+	e.errCalibrated += a * (math.Abs(cal-total)*inv - e.errCalibrated)
 }

@@ -71,9 +71,18 @@ func TestEstimatorLearnsChargeableShare(t *testing.T) {
 	}
 	// Usage without any prompt tokens teaches nothing.
 	var e estimator
-	e.observe(1000, Usage{HaveInput: true}, 1)
-	e.observe(0, Usage{InputTokens: 5, HaveInput: true}, 1)
+	e.observe(1000, Usage{HaveInput: true})
+	e.observe(0, Usage{InputTokens: 5, HaveInput: true})
 	if e.n != 0 {
 		t.Fatalf("empty observations counted: %+v", e)
+	}
+}
+
+// weight skips the division once warm; it must give what the division gave.
+func TestWeight(t *testing.T) {
+	for n := int64(1); n <= 10*warm; n++ {
+		if got, want := weight(n), math.Max(alpha, 1/float64(n)); got != want {
+			t.Fatalf("weight(%d) = %v, want %v", n, got, want)
+		}
 	}
 }

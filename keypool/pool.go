@@ -437,11 +437,9 @@ func ModelFamily(model string) string {
 }
 
 func (p *Pool) capsOf(i int, b *budget) [numKinds]float64 {
-	c := p.members[i].caps
+	var c [numKinds]float64
 	for k := range c {
-		if c[k] == 0 {
-			c[k] = b.b[k].learned
-		}
+		c[k] = capOf(p.members[i].caps[k], &b.b[k])
 	}
 	return c
 }
@@ -460,34 +458,63 @@ func (v *view) Len() int { return len(v.p.members) }
 
 func (v *view) Load(i int) (bool, float64, int) {
 	m := &v.p.members[i]
-	if m.ks.disabled != "" || v.exclude.excludes(m.ks) {
+	ks := m.ks
+	if ks.disabled != "" || v.exclude != nil && v.exclude.excludes(ks) {
 		return false, 0, 0
 	}
-	o := m.ks.org.resolve()
-	if o.parkUntil > v.now {
+	o := ks.org
+	if o.into != nil {
+		o = o.resolve()
+	}
+	now := v.now
+	if o.parkUntil > now {
 		return false, 0, 0
 	}
 	b := o.budget(v.class)
-	if b.coolUntil > v.now {
+	if b.coolUntil > now {
 		return false, 0, 0
 	}
-	caps := v.p.capsOf(i, b)
+	// Load runs for every candidate a strategy looks at (every key of a
+	// pool of up to 16 under least_loaded), so the three kinds are written
+	// out rather than looped over with capsOf's array: same order, same
+	// arithmetic, without the stack copies. A bucket of unknown capacity
+	// is left alone, admits and has headroom 1 (see bucket).
 	h := 1.0
-	need := [numKinds]float64{1, v.est, 0}
-	for k := range b.b {
-		bk := &b.b[k]
-		bk.refill(v.now, caps[k])
-		if k == kindOutput {
-			// Output is charged as it is produced: admission needs
-			// positive headroom, not max_tokens of it, once what the
-			// requests in flight are still producing is counted.
-			if caps[k] > 0 && bk.init && bk.level-max(0, b.pendingOut) <= 0 {
-				return false, 0, 0
-			}
-		} else if !bk.admits(caps[k], need[k]) {
+	bk := &b.b[kindRequests]
+	if c := capOf(m.caps[kindRequests], bk); c > 0 {
+		bk.refill(now, c)
+		if !bk.admits(c, 1) {
 			return false, 0, 0
 		}
-		h = min(h, bk.headroom(caps[k]))
+		h = min(h, bk.headroom(c))
 	}
-	return true, h, m.ks.inFlight
+	bk = &b.b[kindInput]
+	if c := capOf(m.caps[kindInput], bk); c > 0 {
+		bk.refill(now, c)
+		if !bk.admits(c, v.est) {
+			return false, 0, 0
+		}
+		h = min(h, bk.headroom(c))
+	}
+	bk = &b.b[kindOutput]
+	if c := capOf(m.caps[kindOutput], bk); c > 0 {
+		bk.refill(now, c)
+		// Output is charged as it is produced: admission needs positive
+		// headroom, not max_tokens of it, once what the requests in
+		// flight are still producing is counted.
+		if bk.init && bk.level-max(0, b.pendingOut) <= 0 {
+			return false, 0, 0
+		}
+		h = min(h, bk.headroom(c))
+	}
+	return true, h, ks.inFlight
+}
+
+// capOf is one kind's capacity: the configured org-wide cap, else what
+// the bucket learned (0: unknown).
+func capOf(cfg float64, bk *bucket) float64 {
+	if cfg == 0 {
+		return bk.learned
+	}
+	return cfg
 }
