@@ -206,7 +206,13 @@ func (p *caddyProc) memstats() (memStats, error) {
 
 // gc forces a collection in the Caddy process (the heap profile handler
 // runs one with gc=1).
+// gc collects twice: sync.Pools (Caddy's buffers, the module's request
+// bodies) keep their items through one collection as a victim cache, and
+// what an idle pool holds is not memory a stream keeps.
 func (p *caddyProc) gc() error {
+	if _, err := p.get("/debug/pprof/heap?gc=1"); err != nil {
+		return err
+	}
 	_, err := p.get("/debug/pprof/heap?gc=1")
 	return err
 }

@@ -115,3 +115,28 @@ func (r *interResult) pairedMedian(x, y string) float64 {
 }
 
 func (r *interResult) p(site string, q float64) float64 { return pctOf(r.sorted(site), q) }
+
+// blockP99 splits the steps into nb consecutive blocks and returns, per
+// block, site x's 99th percentile minus site y's (µs), each taken over that
+// block's successful requests. A burst of machine noise lands in one block
+// and moves that block's figure only; the median over blocks is robust to it
+// where the whole run's p99 is not.
+func (r *interResult) blockP99(x, y string, nb int) []float64 {
+	nb = max(1, min(nb, r.n))
+	var d []float64
+	for k := 0; k < nb; k++ {
+		lo, hi := k*r.n/nb, (k+1)*r.n/nb
+		p := func(site string) float64 {
+			var v []time.Duration
+			for _, l := range r.lat[site][lo:hi] {
+				if l >= 0 {
+					v = append(v, l)
+				}
+			}
+			sort.Slice(v, func(i, j int) bool { return v[i] < v[j] })
+			return pctOf(v, 0.99)
+		}
+		d = append(d, p(x)-p(y))
+	}
+	return d
+}

@@ -65,6 +65,8 @@ type roundResult struct {
 	cpuNS    int64           // Caddy CPU time during the round
 	mallocs  uint64          // Caddy heap objects allocated during the round
 	allocB   uint64          // Caddy heap bytes allocated during the round
+	lag99    time.Duration   // paced rounds: 99th percentile of send time − scheduled time
+	foreign  float64         // cores used by other processes during the round (see foreignNS)
 	firstErr string
 }
 

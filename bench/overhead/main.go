@@ -3,9 +3,11 @@
 // process and upstream — A: bare reverse_proxy, B: cc_relay + reverse_proxy —
 // and compares them in alternating rounds (A B B A A B …) so that machine
 // drift cancels: throughput and latency of non-streaming requests, time to
-// the first SSE event, Caddy CPU time and heap allocations per request,
-// memory per open stream, a CPU and allocation profile of B, the pool and
-// selector micro-benchmarks, and optionally a fault-injecting soak.
+// the first SSE event (closed loop at -conc, which saturates the machine;
+// paced below saturation at the same concurrency; and one request at a
+// time, interleaved A, A2, B), Caddy CPU time and heap allocations per
+// request, memory per open stream, a CPU and allocation profile of B, the
+// pool and selector micro-benchmarks, and optionally a fault-injecting soak.
 //
 //	go build -o /tmp/caddy ./cmd/caddy
 //	go run ./bench/overhead -caddy /tmp/caddy [-quick] [-soak 10m]
@@ -45,6 +47,13 @@ type options struct {
 	microAll            bool
 	soak                time.Duration
 	soakWorkers         int
+	blocks              int
+	pacedFrac           float64
+	pacedRate           string
+	pacedRates          [3]float64
+	pacedSec            float64
+	maxOther            float64
+	reruns              int
 }
 
 func main() {
@@ -53,17 +62,23 @@ func main() {
 	flag.StringVar(&o.root, "root", ".", "repository root (for the go test micro-benchmarks)")
 	flag.StringVar(&o.out, "out", "", "directory for the report, profiles and Caddy logs (default: a new temp dir)")
 	flag.BoolVar(&o.quick, "quick", false, "a ~2 minute run: fewer rounds, shorter profile, default strategy only in micro-benchmarks")
-	flag.StringVar(&o.phases, "phases", "load,stream,profile,allocs,mem,micro", "comma-separated phases to run (load, stream, profile, allocs, mem, micro; soak runs when -soak > 0)")
+	flag.StringVar(&o.phases, "phases", "load,stream,paced,profile,allocs,mem,micro", "comma-separated phases to run (load, stream, paced, profile, allocs, mem, micro; soak runs when -soak > 0)")
 	flag.IntVar(&o.pairs, "pairs", 0, "A/B round pairs per loaded measurement (default 16, quick 5)")
 	flag.IntVar(&o.conc, "conc", 32, "concurrency of the non-streaming load")
 	flag.IntVar(&o.n4k, "n4k", 0, "requests per round with 4 KB bodies (default 2000, quick 1200)")
 	flag.IntVar(&o.n200k, "n200k", 0, "requests per round with 200 KB bodies (default 500, quick 300)")
 	flag.IntVar(&o.nSerial, "nserial", 0, "interleaved steps at concurrency 1 with 4 KB bodies (200 KB: half) (default 3000, quick 800)")
-	flag.IntVar(&o.streamN, "streamn", 0, "interleaved streaming steps at concurrency 1 (default 3000, quick 800)")
+	flag.IntVar(&o.streamN, "streamn", 0, "interleaved streaming steps at concurrency 1 (default 5000, quick 2000)")
+	flag.IntVar(&o.blocks, "blocks", 5, "consecutive blocks the interleaved steps are split into for the p99 block estimate")
+	flag.Float64Var(&o.pacedFrac, "paced-frac", 0.25, "paced rounds: total rate as a fraction of site A's median closed-loop throughput for the same load, measured in this run (at 0.5 on 2 shared cores queueing already dominates the latency)")
+	flag.StringVar(&o.pacedRate, "paced-rate", "", "paced rounds: fixed total rate in req/s instead of -paced-frac; one rate, or three for 4 KB JSON, 200 KB JSON, 4 KB stream")
+	flag.Float64Var(&o.maxOther, "max-other", 0.25, "run a pair of A/B rounds again when other processes on the machine used more than this many cores during either round (0: never)")
+	flag.IntVar(&o.reruns, "reruns", -1, "at most this many re-run pairs per measurement (default: -pairs)")
+	flag.Float64Var(&o.pacedSec, "paced-sec", 0, "paced rounds: seconds per round (requests per round = rate × this) (default 1.5, quick 0.5)")
 	flag.IntVar(&o.streamNLoaded, "streamn-loaded", 0, "streams per round at -conc (default 2000, quick 800)")
 	flag.IntVar(&o.streamConc, "stream-conc", 0, "concurrency of the loaded streaming rounds (default -conc)")
 	flag.IntVar(&o.streams, "streams", 1000, "concurrent open streams in the memory test")
-	flag.IntVar(&o.memRounds, "mem-rounds", 0, "fresh-process rounds per site in the memory test (default 3, quick 1)")
+	flag.IntVar(&o.memRounds, "mem-rounds", 0, "fresh-process rounds per site in the memory test, A and B back to back (default 3, quick too: the B−A check is the median over these pairs)")
 	flag.BoolVar(&o.mem200k, "mem-200k", false, "also measure memory per stream with 200 KB bodies (default on unless quick)")
 	flag.BoolVar(&o.profile200k, "profile-200k", false, "also profile with 200 KB bodies (default on unless quick)")
 	flag.IntVar(&o.profileSec, "profile", 0, "seconds of CPU profile per site (default 15, quick 5)")
@@ -79,6 +94,10 @@ func main() {
 		log.Fatal("-caddy is required")
 	}
 	o.defaults()
+	var err error
+	if o.pacedRates, err = pacedRates(o.pacedRate); err != nil {
+		log.Fatal(err)
+	}
 	if o.out == "" {
 		d, err := os.MkdirTemp("", "cc-relay-bench-")
 		if err != nil {
@@ -99,7 +118,7 @@ func main() {
 		phase[strings.TrimSpace(p)] = true
 	}
 	start := time.Now()
-	if phase["load"] || phase["stream"] || phase["profile"] {
+	if phase["load"] || phase["stream"] || phase["paced"] || phase["profile"] {
 		if err := runProxyPhases(&o, rep, phase); err != nil {
 			log.Printf("proxy phases: %v", err)
 			rep.notes = append(rep.notes, "proxy phases failed: "+err.Error())
@@ -150,12 +169,21 @@ func (o *options) defaults() {
 	pick(&o.n4k, 2000, 1200)
 	pick(&o.n200k, 500, 300)
 	pick(&o.nSerial, 3000, 800)
-	pick(&o.streamN, 3000, 800)
+	pick(&o.streamN, 5000, 2000)
 	pick(&o.streamNLoaded, 2000, 800)
 	pick(&o.streamConc, o.conc, o.conc)
-	pick(&o.memRounds, 3, 1)
+	pick(&o.memRounds, 3, 3)
+	if o.reruns < 0 {
+		o.reruns = o.pairs
+	}
 	pick(&o.profileSec, 15, 5)
 	pick(&o.microCount, 3, 1)
+	if o.pacedSec <= 0 {
+		o.pacedSec = 1.5
+		if o.quick {
+			o.pacedSec = 0.5
+		}
+	}
 	if o.benchtime == "" {
 		o.benchtime = "500ms"
 		if o.quick {

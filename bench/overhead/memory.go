@@ -11,6 +11,7 @@ import (
 // memRound is one fresh Caddy process holding n streams through one site.
 type memRound struct {
 	site        string
+	round       int // rounds with the same index are a pair: A and B back to back
 	bodySize    int
 	streams     int
 	failed      int
@@ -64,7 +65,7 @@ func runMemory(o *options, rep *report) error {
 				if err != nil {
 					return err
 				}
-				m.bodySize = len(bs.bodies[0])
+				m.bodySize, m.round = len(bs.bodies[0]), r
 				rep.mem = append(rep.mem, m)
 				log.Printf("  memory %s %dB body: %d streams, RSS +%.0f B/stream, heap+stack +%.0f B/stream, +%.2f goroutines/stream",
 					site, m.bodySize, m.streams, m.perStreamRSS(), m.perStreamLive(), m.perStreamG())

@@ -75,3 +75,57 @@ func BenchmarkPoolAcquireSettle(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkPoolAcquire is selection plus reservation alone through the
+// exported API (no sticky sessions, nothing settled inside the timed loop:
+// the limits are far above what a run can reserve). The run command uses it
+// when keypool has no BenchmarkAcquire, or with -micro-own.
+func BenchmarkPoolAcquire(b *testing.B) {
+	strategies := []selector.Strategy{selector.LeastLoaded, selector.RoundRobin, selector.Weighted, selector.Priority, selector.Random}
+	for _, s := range strategies {
+		for _, n := range []int{1, 10, 100, 1000} {
+			newPool := func(b *testing.B) *keypool.Pool {
+				ks := make([]keypool.KeyConfig, n)
+				for i := range ks {
+					ks[i] = keypool.KeyConfig{
+						Name:   fmt.Sprintf("bench-%04d", i),
+						Limits: keypool.Limits{RPM: benchRPM, ITPM: benchITPM, OTPM: benchOTPM},
+						Weight: 1 + i%3, Priority: i % 2,
+					}
+				}
+				p, err := keypool.NewState(clock.Real{}).NewPool(keypool.Config{Keys: ks, Strategy: s, Seed: 1})
+				if err != nil {
+					b.Fatal(err)
+				}
+				return p
+			}
+			b.Run(fmt.Sprintf("%v/keys=%d/serial", s, n), func(b *testing.B) {
+				p := newPool(b)
+				ctx := context.Background()
+				req := keypool.Request{Model: "claude-sonnet-4-5-20250929", Bytes: 4096}
+				var res keypool.Reservation
+				b.ReportAllocs()
+				for b.Loop() {
+					if err := p.Acquire(ctx, &req, &res); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+			b.Run(fmt.Sprintf("%v/keys=%d/parallel", s, n), func(b *testing.B) {
+				p := newPool(b)
+				b.ReportAllocs()
+				b.RunParallel(func(pb *testing.PB) {
+					ctx := context.Background()
+					req := keypool.Request{Model: "claude-sonnet-4-5-20250929", Bytes: 4096}
+					var res keypool.Reservation
+					for pb.Next() {
+						if err := p.Acquire(ctx, &req, &res); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				})
+			})
+		}
+	}
+}

@@ -41,21 +41,28 @@ func newSites(o *options, name string, u *upstream, maxConns int, env ...string)
 // happened meanwhile.
 func measure(p *caddyProc, f func() *roundResult) *roundResult {
 	m0, _ := p.memstats()
+	f0 := foreignNS(p)
 	c0 := p.cpuNS()
 	r := f()
 	c1 := p.cpuNS()
+	f1 := foreignNS(p)
 	m1, _ := p.memstats()
 	r.cpuNS = c1 - c0
+	r.foreign = max(0, float64(f1-f0)/float64(r.elapsed))
 	r.mallocs = m1.Mallocs - m0.Mallocs
 	r.allocB = m1.TotalAlloc - m0.TotalAlloc
 	return r
 }
 
-// alternate runs pairs of rounds in the order A B, B A, A B, … and
-// returns their statistics.
-func alternate(p *caddyProc, a, b *target, label string, pairs, conc, n int, run func(t *target) *roundResult) *pairStats {
+// alternate runs -pairs pairs of rounds in the order A B, B A, A B, … and
+// returns their statistics. A pair during either round of which other
+// processes used more than -max-other cores is run again, both rounds, at
+// most -reruns times per measurement: the decision does not look at A or B.
+// logf describes a finished pair for the log.
+func alternate(o *options, p *caddyProc, a, b *target, label string, conc, n int, run func(t *target) *roundResult,
+	logf func(ra, rb *roundResult) string) *pairStats {
 	s := &pairStats{label: label, conc: conc, n: n}
-	for i := 0; i < pairs; i++ {
+	for i := 0; i < o.pairs; {
 		var ra, rb *roundResult
 		if i%2 == 0 {
 			ra = measure(p, func() *roundResult { return run(a) })
@@ -64,11 +71,28 @@ func alternate(p *caddyProc, a, b *target, label string, pairs, conc, n int, run
 			rb = measure(p, func() *roundResult { return run(b) })
 			ra = measure(p, func() *roundResult { return run(a) })
 		}
+		other := max(ra.foreign, rb.foreign)
+		disturbed := o.maxOther > 0 && other > o.maxOther
+		if disturbed && s.reruns < o.reruns {
+			s.reruns++
+			log.Printf("  %s pair %d/%d: other processes used %.2f/%.2f cores (> %.2f): running the pair again (%d/%d)", label, i+1, o.pairs,
+				ra.foreign, rb.foreign, o.maxOther, s.reruns, o.reruns)
+			continue
+		}
+		if disturbed {
+			s.disturbed++
+		}
 		s.add(ra, rb)
-		log.Printf("  %s pair %d/%d: A %.0f req/s p50 %.0fµs | B %.0f req/s p50 %.0fµs (errors %d/%d)", label, i+1, pairs,
-			ra.rps(), us(ra.pct(.5)), rb.rps(), us(rb.pct(.5)), ra.errors, rb.errors)
+		s.other = append(s.other, other)
+		log.Printf("  %s pair %d/%d: %s (errors %d/%d, other processes %.2f/%.2f cores)", label, i+1, o.pairs, logf(ra, rb),
+			ra.errors, rb.errors, ra.foreign, rb.foreign)
+		i++
 	}
 	return s
+}
+
+func logClosed(ra, rb *roundResult) string {
+	return fmt.Sprintf("A %.0f req/s p50 %.0fµs | B %.0f req/s p50 %.0fµs", ra.rps(), us(ra.pct(.5)), rb.rps(), us(rb.pct(.5)))
 }
 
 func runProxyPhases(o *options, rep *report, phase map[string]bool) error {
@@ -106,8 +130,8 @@ func runProxyPhases(o *options, rep *report, phase map[string]bool) error {
 	if phase["load"] {
 		log.Printf("non-streaming rounds")
 		rep.load = append(rep.load,
-			alternate(p, a, b, "4 KB", o.pairs, o.conc, o.n4k, func(t *target) *roundResult { return closedLoop(t, b4, o.n4k, o.conc) }),
-			alternate(p, a, b, "200 KB", o.pairs, o.conc, o.n200k, func(t *target) *roundResult { return closedLoop(t, b200, o.n200k, o.conc) }),
+			alternate(o, p, a, b, "4 KB", o.conc, o.n4k, func(t *target) *roundResult { return closedLoop(t, b4, o.n4k, o.conc) }, logClosed),
+			alternate(o, p, a, b, "200 KB", o.conc, o.n200k, func(t *target) *roundResult { return closedLoop(t, b200, o.n200k, o.conc) }, logClosed),
 		)
 		log.Printf("interleaved requests at concurrency 1")
 		ts := []*target{a, ss.a2, b}
@@ -119,12 +143,36 @@ func runProxyPhases(o *options, rep *report, phase map[string]bool) error {
 	if phase["stream"] {
 		log.Printf("streaming rounds")
 		rep.stream = append(rep.stream,
-			alternate(p, a, b, "4 KB", o.pairs, o.streamConc, o.streamNLoaded, func(t *target) *roundResult {
+			alternate(o, p, a, b, "4 KB", o.streamConc, o.streamNLoaded, func(t *target) *roundResult {
 				return streamLoop(t, s4, o.streamNLoaded, o.streamConc)
-			}),
+			}, logClosed),
 		)
 		log.Printf("interleaved streams at concurrency 1")
 		rep.serial = append(rep.serial, interleaved("4 KB stream: first event", []*target{a, ss.a2, b}, o.streamN, streamOnce(s4)))
+	}
+	if phase["paced"] {
+		// Site A's closed-loop throughput for each load, from the rounds
+		// above (or three short calibration rounds when they did not run).
+		sat := func(rounds []*pairStats, label, what string, run func() *roundResult) (float64, string) {
+			for _, s := range rounds {
+				if s.label == label {
+					return median(s.rpsA), fmt.Sprintf("median of %d closed-loop rounds at conc %d", len(s.rpsA), s.conc)
+				}
+			}
+			if o.pacedRates[0] > 0 {
+				return 0, ""
+			}
+			log.Printf("calibrating site A's closed-loop throughput, %s", what)
+			return calibrate(run), fmt.Sprintf("median of 3 calibration rounds at conc %d", o.conc)
+		}
+		s4k, from4k := sat(rep.load, "4 KB", "4 KB JSON", func() *roundResult { return closedLoop(a, b4, o.n4k, o.conc) })
+		s200k, from200k := sat(rep.load, "200 KB", "200 KB JSON", func() *roundResult { return closedLoop(a, b200, o.n200k, o.conc) })
+		sst, fromst := sat(rep.stream, "4 KB", "4 KB stream", func() *roundResult { return streamLoop(a, s4, o.streamNLoaded, o.streamConc) })
+		rep.paced = append(rep.paced,
+			runPaced(o, p, a, b, "4 KB JSON", false, o.pacedRates[0], s4k, from4k, jsonOnce(b4)),
+			runPaced(o, p, a, b, "200 KB JSON", false, o.pacedRates[1], s200k, from200k, jsonOnce(b200)),
+			runPaced(o, p, a, b, "4 KB stream: first event", true, o.pacedRates[2], sst, fromst, streamOnce(s4)),
+		)
 	}
 	if phase["profile"] {
 		sets := []*bodySet{b4}

@@ -44,6 +44,9 @@ type pairStats struct {
 	bytesA, bytesB, dbytes []float64 // bytes per request
 	errorsA, errorsB       int
 	firstErr               string
+	other                  []float64 // cores used by other processes, the more of the pair's two rounds
+	reruns                 int       // pairs run again because other processes were busy
+	disturbed              int       // pairs kept although other processes were busy (re-runs used up)
 }
 
 func (s *pairStats) add(a, b *roundResult) {
@@ -71,4 +74,20 @@ func (s *pairStats) add(a, b *roundResult) {
 func rng(v []float64, format string) string {
 	lo, hi := minmax(v)
 	return fmt.Sprintf(format+" ["+format+" … "+format+"]", median(v), lo, hi)
+}
+
+// reran counts the pairs run again, and those kept although disturbed.
+func (s *pairStats) reran() string {
+	if s.disturbed > 0 {
+		return fmt.Sprintf("%d (%d)", s.reruns, s.disturbed)
+	}
+	return fmt.Sprint(s.reruns)
+}
+
+// disturbedNote flags figures from pairs that other processes disturbed.
+func (s *pairStats) disturbedNote() string {
+	if s.disturbed == 0 {
+		return ""
+	}
+	return fmt.Sprintf("; %d of %d pairs disturbed by other processes", s.disturbed, s.pairs)
 }
