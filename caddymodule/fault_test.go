@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
 	"github.com/cc-relay/caddy-cc-relay/internal/clock"
@@ -963,5 +964,54 @@ func TestHeaderSnapshotRestore(t *testing.T) {
 				t.Fatalf("%d headers, round %d: restored %v, want %v", n, round, h, want)
 			}
 		}
+	}
+}
+
+// flushProbe records, at the first flush, how many attempts the pool still
+// had in flight.
+type flushProbe struct {
+	http.ResponseWriter
+	p        *keypool.Pool
+	inFlight int
+	flushed  bool
+}
+
+func (f *flushProbe) Flush() {
+	if !f.flushed {
+		f.flushed = true
+		f.inFlight = f.p.Snapshot().Keys[0].InFlight
+	}
+}
+
+// TestCompleteAnswerFlushedBeforeSettle: a complete JSON answer goes to the
+// client before the attempt is settled, so the client does not wait for
+// the relay's bookkeeping.
+func TestCompleteAnswerFlushedBeforeSettle(t *testing.T) {
+	h := &Handler{clk: clock.NewFake(clockT0)}
+	st := keypool.NewState(h.clk)
+	p, err := st.NewPool(keypool.Config{Keys: []keypool.KeyConfig{{Name: "k"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.pool, h.logger = p, zap.NewNop()
+	fw := &flushProbe{ResponseWriter: httptest.NewRecorder(), p: p}
+	o := &observer{w: fw, h: h, metered: true}
+	if err := p.Acquire(context.Background(), &keypool.Request{Model: "claude-sonnet-4-5", Bytes: 10}, &o.res); err != nil {
+		t.Fatal(err)
+	}
+	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(200)
+		_, err := io.WriteString(w, `{"type":"message","usage":{"input_tokens":3,"output_tokens":4}}`)
+		return err
+	})
+	if err := h.attempt(o, httptest.NewRequest("POST", "/v1/messages", nil), next); err != nil {
+		t.Fatal(err)
+	}
+	if !fw.flushed || fw.inFlight != 1 {
+		t.Fatalf("flushed %v with %d attempts in flight, want a flush before the attempt settled", fw.flushed, fw.inFlight)
+	}
+	if n := p.Snapshot().Keys[0].InFlight; n != 0 {
+		t.Fatalf("%d attempts in flight after the attempt", n)
 	}
 }
