@@ -2,7 +2,18 @@ package caddymodule
 
 import (
 	"io"
+	"net/http"
+	"net/http/httptest"
+	"runtime"
+	"strings"
 	"testing"
+	"weak"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/cc-relay/caddy-cc-relay/internal/clock"
+	"github.com/cc-relay/caddy-cc-relay/keypool"
 )
 
 // TestBodyClass: every pooled size gets a buffer that holds it with at most
@@ -104,5 +115,49 @@ func BenchmarkBodyBuf(b *testing.B) {
 			}
 		}
 		bb.done()
+	}
+}
+
+// TestStreamDoesNotKeepBody: once a stream is committed nothing of the
+// request keeps its body alive (not the handler's locals, not the scan of
+// the body), so a long stream costs no body memory.
+func TestStreamDoesNotKeepBody(t *testing.T) {
+	h := &Handler{ClientAuth: "off", MaxBody: 1 << 20, clk: clock.NewFake(clockT0), logger: zap.NewNop(),
+		secrets: []keySecret{{value: "sk-test-body"}}}
+	st := keypool.NewState(h.clk)
+	p, err := st.NewPool(keypool.Config{Keys: []keypool.KeyConfig{{Name: "k"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.pool = p
+	// No session id: the relay falls back to hashing the conversation's
+	// start, which reads the body through the scan's result.
+	body := `{"model":"claude-sonnet-4-5","max_tokens":10,"stream":true,"system":"` + strings.Repeat("s", 8<<10) +
+		`","messages":[{"role":"user","content":"hi"}]}`
+	var collected bool
+	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		rr, ok := r.Body.(*replayReader)
+		if !ok || len(rr.b) == 0 {
+			t.Fatalf("upstream body %T", r.Body)
+		}
+		wp := weak.Make(&rr.b[0])
+		if _, err := io.Copy(io.Discard, r.Body); err != nil {
+			t.Fatal(err)
+		}
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.WriteHeader(200)
+		// Twice: a buffer given back to its pool survives one collection.
+		runtime.GC()
+		runtime.GC()
+		collected = wp.Value() == nil
+		_, err := io.WriteString(w, "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n")
+		return err
+	})
+	req := httptest.NewRequest("POST", "/v1/messages", strings.NewReader(body))
+	if err := h.ServeHTTP(httptest.NewRecorder(), req, next); err != nil {
+		t.Fatal(err)
+	}
+	if !collected {
+		t.Fatal("the request body was still reachable while the stream was open")
 	}
 }

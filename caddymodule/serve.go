@@ -108,7 +108,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	var held *heldResponse
 	// The access log gets the relay's fields however the request ends,
 	// also while a panic (reverse_proxy aborting a broken stream) unwinds.
-	defer func() { h.finish(rw, held, extra, attempts.N(), client, session, info.Model) }()
+	// Not info: it aliases the body, which a committed stream lets go.
+	defer func() { h.finish(rw, held, extra, attempts.N(), client, session, ex.model) }()
 	start := h.clk.Now()
 	var lastErr error
 	for {
