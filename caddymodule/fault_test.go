@@ -360,13 +360,7 @@ func TestFaultHeldResponseNeverLeaks(t *testing.T) {
 // call) must return nil and neither flush nor write the real writer.
 func TestFaultFlushOfHeldAttemptIsNoop(t *testing.T) {
 	rec := httptest.NewRecorder()
-	h := &Handler{clk: clock.NewFake(clockT0)}
-	st := keypool.NewState(h.clk)
-	p, err := st.NewPool(keypool.Config{Keys: []keypool.KeyConfig{{Name: "k"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.pool, h.logger = p, zap.NewNop()
+	h, p := oneKeyHandler(t)
 	o := &observer{w: rec, h: h, metered: true, canRetry: true}
 	if err := p.Acquire(context.Background(), &keypool.Request{Model: "claude-sonnet-4-5", Bytes: 10}, &o.res); err != nil {
 		t.Fatal(err)
@@ -967,6 +961,19 @@ func TestHeaderSnapshotRestore(t *testing.T) {
 	}
 }
 
+// oneKeyHandler is a handler with a one-key pool and a fake clock, for
+// driving an observer directly.
+func oneKeyHandler(t *testing.T) (*Handler, *keypool.Pool) {
+	t.Helper()
+	h := &Handler{clk: clock.NewFake(clockT0)}
+	p, err := keypool.NewState(h.clk).NewPool(keypool.Config{Keys: []keypool.KeyConfig{{Name: "k"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.pool, h.logger = p, zap.NewNop()
+	return h, p
+}
+
 // flushProbe records, at the first flush, how many attempts the pool still
 // had in flight.
 type flushProbe struct {
@@ -987,13 +994,7 @@ func (f *flushProbe) Flush() {
 // client before the attempt is settled, so the client does not wait for
 // the relay's bookkeeping.
 func TestCompleteAnswerFlushedBeforeSettle(t *testing.T) {
-	h := &Handler{clk: clock.NewFake(clockT0)}
-	st := keypool.NewState(h.clk)
-	p, err := st.NewPool(keypool.Config{Keys: []keypool.KeyConfig{{Name: "k"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.pool, h.logger = p, zap.NewNop()
+	h, p := oneKeyHandler(t)
 	fw := &flushProbe{ResponseWriter: httptest.NewRecorder(), p: p}
 	o := &observer{w: fw, h: h, metered: true}
 	if err := p.Acquire(context.Background(), &keypool.Request{Model: "claude-sonnet-4-5", Bytes: 10}, &o.res); err != nil {

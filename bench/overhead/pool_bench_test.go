@@ -16,64 +16,18 @@ import (
 // The run command uses it when keypool has no BenchmarkAcquireSettle, or
 // with -micro-own.
 func BenchmarkPoolAcquireSettle(b *testing.B) {
-	strategies := []selector.Strategy{selector.LeastLoaded, selector.RoundRobin, selector.Weighted, selector.Priority, selector.Random}
 	result := keypool.Result{Status: 200, Usage: keypool.Usage{
 		InputTokens: 1203, CacheReadInputTokens: 31250, OutputTokens: 28, HaveInput: true, HaveOutput: true,
 	}}
-	for _, s := range strategies {
-		for _, n := range []int{1, 10, 100, 1000} {
-			newPool := func(b *testing.B) *keypool.Pool {
-				ks := make([]keypool.KeyConfig, n)
-				for i := range ks {
-					ks[i] = keypool.KeyConfig{
-						Name:   fmt.Sprintf("bench-%04d", i),
-						Limits: keypool.Limits{RPM: benchRPM, ITPM: benchITPM, OTPM: benchOTPM},
-						Weight: 1 + i%3, Priority: i % 2,
-					}
-				}
-				p, err := keypool.NewState(clock.Real{}).NewPool(keypool.Config{Keys: ks, Strategy: s, Sticky: true, Seed: 1})
-				if err != nil {
-					b.Fatal(err)
-				}
-				return p
-			}
-			b.Run(fmt.Sprintf("%v/keys=%d/serial", s, n), func(b *testing.B) {
-				p := newPool(b)
-				ctx := context.Background()
-				req := keypool.Request{Model: "claude-sonnet-4-5-20250929", Bytes: 4096}
-				var res keypool.Reservation
-				b.ReportAllocs()
-				i := uint64(0)
-				for b.Loop() {
-					i++
-					req.Session = 1 + i%32
-					if err := p.Acquire(ctx, &req, &res); err != nil {
-						b.Fatal(err)
-					}
-					res.Settle(result)
-				}
-			})
-			b.Run(fmt.Sprintf("%v/keys=%d/parallel", s, n), func(b *testing.B) {
-				p := newPool(b)
-				b.ReportAllocs()
-				b.RunParallel(func(pb *testing.PB) {
-					ctx := context.Background()
-					req := keypool.Request{Model: "claude-sonnet-4-5-20250929", Bytes: 4096}
-					var res keypool.Reservation
-					i := uint64(0)
-					for pb.Next() {
-						i++
-						req.Session = 1 + i%32
-						if err := p.Acquire(ctx, &req, &res); err != nil {
-							b.Error(err)
-							return
-						}
-						res.Settle(result)
-					}
-				})
-			})
+	poolBench(b, true, func(b testing.TB, p *keypool.Pool, req *keypool.Request, res *keypool.Reservation, i uint64) bool {
+		req.Session = 1 + i%32
+		if err := p.Acquire(context.Background(), req, res); err != nil {
+			b.Error(err)
+			return false
 		}
-	}
+		res.Settle(result)
+		return true
+	})
 }
 
 // BenchmarkPoolAcquire is selection plus reservation alone through the
@@ -81,46 +35,45 @@ func BenchmarkPoolAcquireSettle(b *testing.B) {
 // the limits are far above what a run can reserve). The run command uses it
 // when keypool has no BenchmarkAcquire, or with -micro-own.
 func BenchmarkPoolAcquire(b *testing.B) {
+	poolBench(b, false, func(b testing.TB, p *keypool.Pool, req *keypool.Request, res *keypool.Reservation, _ uint64) bool {
+		if err := p.Acquire(context.Background(), req, res); err != nil {
+			b.Error(err)
+			return false
+		}
+		return true
+	})
+}
+
+// poolBench runs step for every strategy at 1, 10, 100 and 1000 keys,
+// serial and parallel (each goroutine with its own request and
+// reservation, on one shared pool).
+func poolBench(b *testing.B, sticky bool, step func(b testing.TB, p *keypool.Pool, req *keypool.Request, res *keypool.Reservation, i uint64) bool) {
 	strategies := []selector.Strategy{selector.LeastLoaded, selector.RoundRobin, selector.Weighted, selector.Priority, selector.Random}
 	for _, s := range strategies {
 		for _, n := range []int{1, 10, 100, 1000} {
-			newPool := func(b *testing.B) *keypool.Pool {
-				ks := make([]keypool.KeyConfig, n)
-				for i := range ks {
-					ks[i] = keypool.KeyConfig{
-						Name:   fmt.Sprintf("bench-%04d", i),
-						Limits: keypool.Limits{RPM: benchRPM, ITPM: benchITPM, OTPM: benchOTPM},
-						Weight: 1 + i%3, Priority: i % 2,
-					}
-				}
-				p, err := keypool.NewState(clock.Real{}).NewPool(keypool.Config{Keys: ks, Strategy: s, Seed: 1})
-				if err != nil {
-					b.Fatal(err)
-				}
-				return p
-			}
 			b.Run(fmt.Sprintf("%v/keys=%d/serial", s, n), func(b *testing.B) {
-				p := newPool(b)
-				ctx := context.Background()
+				p := benchPool(b, s, n, sticky)
 				req := keypool.Request{Model: "claude-sonnet-4-5-20250929", Bytes: 4096}
 				var res keypool.Reservation
 				b.ReportAllocs()
+				i := uint64(0)
 				for b.Loop() {
-					if err := p.Acquire(ctx, &req, &res); err != nil {
-						b.Fatal(err)
+					i++
+					if !step(b, p, &req, &res, i) {
+						return
 					}
 				}
 			})
 			b.Run(fmt.Sprintf("%v/keys=%d/parallel", s, n), func(b *testing.B) {
-				p := newPool(b)
+				p := benchPool(b, s, n, sticky)
 				b.ReportAllocs()
 				b.RunParallel(func(pb *testing.PB) {
-					ctx := context.Background()
 					req := keypool.Request{Model: "claude-sonnet-4-5-20250929", Bytes: 4096}
 					var res keypool.Reservation
+					i := uint64(0)
 					for pb.Next() {
-						if err := p.Acquire(ctx, &req, &res); err != nil {
-							b.Error(err)
+						i++
+						if !step(b, p, &req, &res, i) {
 							return
 						}
 					}
@@ -128,4 +81,21 @@ func BenchmarkPoolAcquire(b *testing.B) {
 			})
 		}
 	}
+}
+
+// benchPool is a pool of n keys with limits far above what a run uses.
+func benchPool(b *testing.B, s selector.Strategy, n int, sticky bool) *keypool.Pool {
+	ks := make([]keypool.KeyConfig, n)
+	for i := range ks {
+		ks[i] = keypool.KeyConfig{
+			Name:   fmt.Sprintf("bench-%04d", i),
+			Limits: keypool.Limits{RPM: benchRPM, ITPM: benchITPM, OTPM: benchOTPM},
+			Weight: 1 + i%3, Priority: i % 2,
+		}
+	}
+	p, err := keypool.NewState(clock.Real{}).NewPool(keypool.Config{Keys: ks, Strategy: s, Sticky: sticky, Seed: 1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return p
 }

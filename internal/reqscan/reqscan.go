@@ -10,8 +10,10 @@ package reqscan
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"hash/maphash"
+	"math/bits"
 	"strconv"
 	"strings"
 )
@@ -494,6 +496,11 @@ func (s *scanner) key() (field, error) {
 // colon reads optional whitespace, a colon and more optional whitespace,
 // leaving pos at the start of a value.
 func (s *scanner) colon() error {
+	// Compact JSON: a colon directly followed by the value.
+	if p := s.pos; p+1 < len(s.data) && s.data[p] == ':' && s.data[p+1] > ' ' {
+		s.pos = p + 1
+		return nil
+	}
 	s.skipWS()
 	if err := s.need(); err != nil {
 		return err
@@ -615,14 +622,21 @@ func (s *scanner) arrayFirst() ([]byte, error) {
 
 // skipWS advances past JSON whitespace.
 func (s *scanner) skipWS() {
-	for s.pos < len(s.data) {
-		switch s.data[s.pos] {
+	s.pos = skipWS(s.data, s.pos)
+}
+
+// skipWS returns the offset of the first byte at or after pos that is not
+// JSON whitespace.
+func skipWS(data []byte, pos int) int {
+	for pos < len(data) {
+		switch data[pos] {
 		case ' ', '\t', '\n', '\r':
-			s.pos++
+			pos++
 		default:
-			return
+			return pos
 		}
 	}
+	return pos
 }
 
 // need returns an error if the input ends at pos.
@@ -683,119 +697,231 @@ func (s *scanner) skipLiteral(lit string) error {
 }
 
 // skipString advances past the string whose opening quote is at pos.
-//
-// Rather than stepping through the string a byte at a time, it jumps from
-// quote to quote with bytes.IndexByte, which is vectorised, and decides
-// whether each quote is escaped by counting the backslashes before it.
-// Escapes are otherwise not validated.
+// Escapes are not validated.
 func (s *scanner) skipString() error {
-	start := s.pos
-	i := s.pos + 1
-	// Most strings are short keys and values, for which a plain loop is
-	// cheaper than the call overhead of IndexByte.
-	for n := min(len(s.data), i+16); i < n; i++ {
-		if c := s.data[i]; c == '"' {
-			s.pos = i + 1
-			return nil
-		} else if c == '\\' {
-			break
-		}
+	e := stringEnd(s.data, s.pos+1)
+	if e < 0 {
+		return s.errAt(s.pos, "unterminated string")
 	}
+	s.pos = e
+	return nil
+}
+
+const (
+	ones  = 0x0101010101010101
+	highs = 0x8080808080808080
+)
+
+// quoteOrBackslash returns a word with the high bit set in the lowest byte
+// of w that is '"' or '\\' (and possibly in bytes above it), or 0 if there
+// is none. The usual has-zero-byte trick can only report false positives
+// above a true match, so the lowest set bit is always exact.
+func quoteOrBackslash(w uint64) uint64 {
+	q := w ^ ('"' * ones)
+	b := w ^ ('\\' * ones)
+	return ((q-ones)&^q | (b-ones)&^b) & highs
+}
+
+// stringEnd returns the offset just past the closing quote of the string
+// whose contents start at i, or -1 if the string is unterminated.
+//
+// Most strings are short keys and values, so it first looks at the string
+// eight bytes at a time; past 32 bytes, or at the first backslash, it jumps
+// from quote to quote with bytes.IndexByte, which is vectorised, and decides
+// whether each quote is escaped by counting the backslashes before it.
+func stringEnd(data []byte, i int) int {
+	for n := 0; n < 4 && i+8 <= len(data); n++ {
+		if m := quoteOrBackslash(binary.LittleEndian.Uint64(data[i:])); m != 0 {
+			i += bits.TrailingZeros64(m) / 8
+			if data[i] == '"' {
+				return i + 1
+			}
+			return stringEndEscaped(data, i)
+		}
+		i += 8
+	}
+	if i+8 > len(data) {
+		for ; i < len(data); i++ {
+			switch data[i] {
+			case '"':
+				return i + 1
+			case '\\':
+				return stringEndEscaped(data, i)
+			}
+		}
+		return -1
+	}
+	return stringEndEscaped(data, i)
+}
+
+// stringEndEscaped is stringEnd for a string whose contents continue at i,
+// where data[i-1] is neither a backslash nor an escaped quote.
+func stringEndEscaped(data []byte, i int) int {
 	for {
-		j := bytes.IndexByte(s.data[i:], '"')
+		j := bytes.IndexByte(data[i:], '"')
 		if j < 0 {
-			return s.errAt(start, "unterminated string")
+			return -1
 		}
 		j += i
 		// A backslash run cannot extend before i: data[i-1] is the
-		// opening quote, a byte the loop above found to be neither a
-		// quote nor a backslash, or a quote found to be escaped.
+		// opening quote, a byte found to be neither a quote nor a
+		// backslash, or a quote found to be escaped.
 		k := j
-		for k > i && s.data[k-1] == '\\' {
+		for k > i && data[k-1] == '\\' {
 			k--
 		}
 		i = j + 1
 		if (j-k)%2 == 0 {
-			s.pos = i
-			return nil
+			return i
 		}
 	}
+}
+
+// numberByte reports the bytes that can continue a number.
+var numberByte = [256]bool{
+	'0': true, '1': true, '2': true, '3': true, '4': true,
+	'5': true, '6': true, '7': true, '8': true, '9': true,
+	'.': true, 'e': true, 'E': true, '+': true, '-': true,
 }
 
 // skipNested advances past the object or array that starts at pos. It is
 // iterative, with the kind of each open container kept in a bit set, so
 // deep nesting costs neither stack growth nor allocation.
+//
+// It is the hot loop of Scan, so it works on local copies of the input and
+// offset and handles compact JSON (no whitespace between tokens) inline,
+// deferring to skipWS only when the next byte could be whitespace. Errors
+// are reported as skipValue's helpers report them.
 func (s *scanner) skipNested() error {
+	data := s.data
+	pos := s.pos
 	base := s.depth
 	d := base
 	for {
 		// A value starts at pos.
-		if err := s.need(); err != nil {
-			return err
+		if pos >= len(data) {
+			return s.errAt(pos, "unexpected end of input")
 		}
-		switch c := s.data[s.pos]; c {
+		switch c := data[pos]; c {
+		case '"':
+			e := stringEnd(data, pos+1)
+			if e < 0 {
+				return s.errAt(pos, "unterminated string")
+			}
+			pos = e
 		case '{', '[':
 			d++
 			if d > maxDepth {
-				return s.errAt(s.pos, "exceeded max depth")
+				return s.errAt(pos, "exceeded max depth")
 			}
-			w, bit := d/64, uint64(1)<<(d%64)
+			w, bit := uint(d)/64, uint64(1)<<(uint(d)%64)
 			if c == '{' {
 				s.isObject[w] |= bit
 			} else {
 				s.isObject[w] &^= bit
 			}
-			s.pos++
-			s.skipWS()
-			if err := s.need(); err != nil {
-				return err
+			pos++
+			if pos >= len(data) || data[pos] <= ' ' {
+				pos = skipWS(data, pos)
+				if pos >= len(data) {
+					return s.errAt(pos, "unexpected end of input")
+				}
 			}
-			if s.data[s.pos] == c+2 { // '{'+2 == '}', '['+2 == ']'
-				s.pos++
+			if data[pos] == c+2 { // '{'+2 == '}', '['+2 == ']'
+				pos++
 				d--
 				break
 			}
 			if c == '{' {
-				if err := s.objectKey(); err != nil {
+				var err error
+				if pos, err = s.keyAt(pos); err != nil {
 					return err
 				}
 			}
 			continue
-		default:
-			if err := s.skipScalar(); err != nil {
-				return err
+		case 't':
+			if len(data)-pos < 4 || string(data[pos:pos+4]) != "true" {
+				s.pos = pos
+				return s.errUnexpected("in literal true")
 			}
+			pos += 4
+		case 'f':
+			if len(data)-pos < 5 || string(data[pos:pos+5]) != "false" {
+				s.pos = pos
+				return s.errUnexpected("in literal false")
+			}
+			pos += 5
+		case 'n':
+			if len(data)-pos < 4 || string(data[pos:pos+4]) != "null" {
+				s.pos = pos
+				return s.errUnexpected("in literal null")
+			}
+			pos += 4
+		case '-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9':
+			// Number grammar is not checked; see skipScalar.
+			pos++
+			for pos < len(data) && numberByte[data[pos]] {
+				pos++
+			}
+		default:
+			s.pos = pos
+			return s.errUnexpected("looking for beginning of value")
 		}
 
 		// A value has ended; close containers until one continues.
 		for d > base {
-			s.skipWS()
-			if err := s.need(); err != nil {
-				return err
+			if pos >= len(data) || data[pos] <= ' ' {
+				pos = skipWS(data, pos)
+				if pos >= len(data) {
+					return s.errAt(pos, "unexpected end of input")
+				}
 			}
-			obj := s.isObject[d/64]&(1<<(d%64)) != 0
-			c := s.data[s.pos]
+			obj := s.isObject[uint(d)/64]&(1<<(uint(d)%64)) != 0
+			c := data[pos]
 			if c == ',' {
-				s.pos++
-				s.skipWS()
+				pos++
 				if obj {
-					if err := s.objectKey(); err != nil {
+					var err error
+					if pos, err = s.keyAt(pos); err != nil {
 						return err
 					}
+				} else if pos < len(data) && data[pos] <= ' ' {
+					pos = skipWS(data, pos)
 				}
 				break
 			}
 			if obj && c == '}' || !obj && c == ']' {
-				s.pos++
+				pos++
 				d--
 				continue
 			}
+			s.pos = pos
 			return s.errUnexpected("after value")
 		}
 		if d == base {
+			s.pos = pos
 			return nil
 		}
 	}
+}
+
+// keyAt advances past optional whitespace, an object key and its colon
+// starting at pos without interpreting the key, and returns the offset of
+// the value.
+func (s *scanner) keyAt(pos int) (int, error) {
+	data := s.data
+	if pos < len(data) && data[pos] == '"' {
+		// Compact JSON: "key":value.
+		if e := stringEnd(data, pos+1); e >= 0 && e+1 < len(data) && data[e] == ':' && data[e+1] > ' ' {
+			return e + 1, nil
+		}
+	}
+	s.pos = pos
+	s.skipWS()
+	if err := s.objectKey(); err != nil {
+		return 0, err
+	}
+	return s.pos, nil
 }
 
 // objectKey advances past an object key and its colon without interpreting
