@@ -212,7 +212,8 @@ func (o *observer) usage() usage.Usage {
 }
 
 // settle ends the attempt's reservation: usage read so far, or a refund
-// when the upstream never answered.
+// when the upstream never answered; then it flushes a complete answer and
+// records the attempt's metrics.
 func (o *observer) settle(err error) {
 	if o.settled {
 		return
@@ -224,6 +225,13 @@ func (o *observer) settle(err error) {
 		status = 0 // reverse_proxy returned an error: no upstream answer
 	}
 	o.res.Settle(keypool.Result{Status: status, Usage: toPool(u)})
+	if err == nil && o.wroteHeader && !o.hold {
+		// The answer is complete and accounted for (a client's next
+		// request sees this one settled): let it reach the client now
+		// rather than after the metrics, the log fields and the
+		// request's clean-up, which it need not wait for.
+		_ = o.FlushError()
+	}
 	outcome := "ok"
 	switch {
 	case o.hold:

@@ -181,11 +181,6 @@ func (h *Handler) attempt(rw *observer, r *http.Request, next caddyhttp.Handler)
 		}
 	}()
 	err = next.ServeHTTP(rw, r)
-	if err == nil && rw.wroteHeader && !rw.hold {
-		// The answer is complete: let it reach the client now rather
-		// than after the bookkeeping below, which it need not wait for.
-		_ = rw.FlushError()
-	}
 	rw.settle(err)
 	return err
 }
