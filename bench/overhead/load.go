@@ -83,6 +83,12 @@ func (r *roundResult) perReq(v float64) float64 { return v / float64(max(r.n, 1)
 // closedLoop sends n requests with conc workers, each waiting for its
 // response (read to the end) before the next. Each worker is one session.
 func closedLoop(t *target, bs *bodySet, n, conc int) *roundResult {
+	return workerLoop(t, n, conc, jsonOnce(bs))
+}
+
+// workerLoop runs n requests, one(t, w) each, on conc workers; worker w
+// sends the body and session of index w. The latency is what one returns.
+func workerLoop(t *target, n, conc int, one func(t *target, w int) (time.Duration, error)) *roundResult {
 	var next atomic.Int64
 	lats := make([][]time.Duration, conc)
 	var errs atomic.Int64
@@ -93,24 +99,15 @@ func closedLoop(t *target, bs *bodySet, n, conc int) *roundResult {
 		wg.Add(1)
 		go func(w int) {
 			defer wg.Done()
-			body, sess := bs.bodies[w%len(bs.bodies)], bs.sessions[w%len(bs.sessions)]
 			l := make([]time.Duration, 0, n/conc+1)
 			for next.Add(1) <= int64(n) {
-				t0 := time.Now()
-				resp, err := t.client.Do(t.request(context.Background(), body, sess, modeJSON))
-				if err == nil {
-					_, err = io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
-					if err == nil && resp.StatusCode != 200 {
-						err = fmt.Errorf("status %d", resp.StatusCode)
-					}
-				}
+				d, err := one(t, w)
 				if err != nil {
 					errs.Add(1)
 					firstErr.CompareAndSwap(nil, err.Error())
 					continue
 				}
-				l = append(l, time.Since(t0))
+				l = append(l, d)
 			}
 			lats[w] = l
 		}(w)
@@ -137,46 +134,7 @@ func readFirstEvent(resp *http.Response) (*bufio.Reader, error) {
 // streamLoop sends n streaming requests with conc workers and records the
 // time from sending the request to having read the first complete SSE event.
 func streamLoop(t *target, bs *bodySet, n, conc int) *roundResult {
-	var next atomic.Int64
-	lats := make([][]time.Duration, conc)
-	var errs atomic.Int64
-	var firstErr atomic.Value
-	var wg sync.WaitGroup
-	start := time.Now()
-	for w := 0; w < conc; w++ {
-		wg.Add(1)
-		go func(w int) {
-			defer wg.Done()
-			body, sess := bs.bodies[w%len(bs.bodies)], bs.sessions[w%len(bs.sessions)]
-			var l []time.Duration
-			for next.Add(1) <= int64(n) {
-				t0 := time.Now()
-				resp, err := t.client.Do(t.request(context.Background(), body, sess, modeStream))
-				var ttfe time.Duration
-				if err == nil {
-					var br *bufio.Reader
-					br, err = readFirstEvent(resp)
-					ttfe = time.Since(t0)
-					if err == nil {
-						_, err = io.Copy(io.Discard, br)
-					}
-					resp.Body.Close()
-					if err == nil && resp.StatusCode != 200 {
-						err = fmt.Errorf("status %d", resp.StatusCode)
-					}
-				}
-				if err != nil {
-					errs.Add(1)
-					firstErr.CompareAndSwap(nil, err.Error())
-					continue
-				}
-				l = append(l, ttfe)
-			}
-			lats[w] = l
-		}(w)
-	}
-	wg.Wait()
-	return newRoundResult(t.name, n, int(errs.Load()), time.Since(start), lats, firstErr.Load())
+	return workerLoop(t, n, conc, streamOnce(bs))
 }
 
 // holdStreams opens n streams in hold mode and returns once every one has
