@@ -172,11 +172,12 @@ func registered[T prometheus.Collector](reg *prometheus.Registry, c T) T {
 	return c
 }
 
-func (m *metrics) request(pool, key, outcome string) {
+// answered counts a request the relay answered itself (key "").
+func (m *metrics) answered(outcome string) {
 	if m == nil {
 		return
 	}
-	m.requestsVec.WithLabelValues(pool, key, outcome).Inc()
+	m.requestsVec.WithLabelValues(m.pool, "", outcome).Inc()
 }
 
 // attempt counts an attempt on the key at index idx, whose name is key.
@@ -222,32 +223,32 @@ func (m *metrics) waited(d time.Duration) {
 	m.wait.Observe(max(d, 0).Seconds())
 }
 
-func (m *metrics) retry(pool string) {
+func (m *metrics) retry() {
 	if m == nil {
 		return
 	}
-	m.retriesVec.WithLabelValues(pool).Inc()
+	m.retriesVec.WithLabelValues(m.pool).Inc()
 }
 
-func (m *metrics) shortCircuit(pool string) {
+func (m *metrics) shortCircuit() {
 	if m == nil {
 		return
 	}
-	m.shortCircuitsVec.WithLabelValues(pool).Inc()
+	m.shortCircuitsVec.WithLabelValues(m.pool).Inc()
 }
 
-func (m *metrics) cooldown(pool, key string) {
+func (m *metrics) cooldown(key string) {
 	if m == nil {
 		return
 	}
-	m.cooldownsVec.WithLabelValues(pool, key).Inc()
+	m.cooldownsVec.WithLabelValues(m.pool, key).Inc()
 }
 
-func (m *metrics) disabled(pool, key string) {
+func (m *metrics) disabled(key string) {
 	if m == nil {
 		return
 	}
-	m.disablesVec.WithLabelValues(pool, key).Inc()
+	m.disablesVec.WithLabelValues(m.pool, key).Inc()
 }
 
 // poolCollector reports the state of the live pools at scrape time.

@@ -280,18 +280,19 @@ func (hr *heldResponse) replay(w http.ResponseWriter, retryAfter int) {
 }
 
 // finish records the request in the access log's fields.
-func (h *Handler) finish(o *observer, held *heldResponse, extra *caddyhttp.ExtraLogFields, attempts int, client, session, model string) {
+func (h *Handler) finish(ex *exchange, held *heldResponse, extra *caddyhttp.ExtraLogFields, attempts int) {
 	if extra == nil {
 		return
 	}
+	o := &ex.obs
 	key := o.res.KeyName()
 	if key == "" && held != nil {
 		key = held.key // a refused retry: the answer replayed is held's
 	}
 	extra.Set(zap.String("cc_relay_key", key))
-	extra.Set(zap.String("cc_relay_client", client))
-	extra.Set(zap.String("cc_relay_model", model))
-	extra.Set(zap.String("cc_relay_session", session))
+	extra.Set(zap.String("cc_relay_client", ex.client))
+	extra.Set(zap.String("cc_relay_model", ex.model))
+	extra.Set(zap.String("cc_relay_session", ex.session))
 	extra.Set(zap.Int("cc_relay_attempts", attempts))
 	extra.Set(zap.String("cc_relay_sticky", o.res.Sticky.String()))
 	if u := o.usage(); u.HaveInput || u.HaveOutput {

@@ -39,7 +39,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		r.Header.Del("Authorization")
 	}()
 	if !ok {
-		h.metrics.request(h.poolName, "", "unauthorized")
+		h.metrics.answered("unauthorized")
 		closeUnread(w, r)
 		writeError(w, http.StatusUnauthorized, "authentication_error", "invalid or missing client token for this relay", 0)
 		return nil
@@ -58,7 +58,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			typ = "request_too_large"
 		}
 		closeUnread(w, r)
-		h.metrics.request(h.poolName, "", "bad_request")
+		h.metrics.answered("bad_request")
 		writeError(w, status, typ, msg, 0)
 		return nil
 	}
@@ -67,17 +67,18 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	body := bb.b
 	req := keypool.Request{Bytes: len(body)}
 	metered := r.Method == http.MethodPost && strings.TrimSuffix(r.URL.Path, "/") == "/v1/messages"
+	session := r.Header.Get("X-Claude-Code-Session-Id")
 	var info reqscan.Info
 	if metered {
 		var err error
 		info, err = reqscan.Scan(body)
 		if err != nil {
-			h.metrics.request(h.poolName, "", "bad_request")
+			h.metrics.answered("bad_request")
 			writeError(w, http.StatusBadRequest, "invalid_request_error", "request body: "+err.Error(), 0)
 			return nil
 		}
 		req.Model = info.Model
-		req.Session = sessionHash(client, r.Header.Get("X-Claude-Code-Session-Id"), &info)
+		req.Session = sessionHash(client, session, &info)
 	} else {
 		// Other endpoints (count_tokens, models) get a key but are not
 		// charged to the Messages budgets.
@@ -89,7 +90,6 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if srv, ok := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok && srv.Logs == nil {
 		extra = nil // only the access log reads the fields, and this server has none
 	}
-	session := r.Header.Get("X-Claude-Code-Session-Id")
 	if session == "" {
 		session = info.SessionID
 	}
@@ -109,14 +109,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// The access log gets the relay's fields however the request ends,
 	// also while a panic (reverse_proxy aborting a broken stream) unwinds.
 	// Not info: it aliases the body, which a committed stream lets go.
-	defer func() { h.finish(rw, held, extra, attempts.N(), client, session, ex.model) }()
+	defer func() { h.finish(ex, held, extra, attempts.N()) }()
 	start := h.clk.Now()
 	var lastErr error
 	for {
 		rw.reset()
 		if attempts.N() > 0 && r.Context().Err() != nil {
 			// The client left while an attempt was refused: no retry.
-			h.metrics.request(h.poolName, "", "client_gone")
+			h.metrics.answered("client_gone")
 			return nil
 		}
 		err := h.pool.Acquire(r.Context(), &req, &rw.res)
@@ -127,7 +127,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			var nc *keypool.NoCapacityError
 			if !errors.As(err, &nc) {
 				// The client went away while waiting for capacity.
-				h.metrics.request(h.poolName, "", "client_gone")
+				h.metrics.answered("client_gone")
 				return nil
 			}
 			h.refuse(w, held, nc)
@@ -151,7 +151,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			h.answerHeld(w, held, after)
 			break
 		}
-		h.metrics.retry(h.poolName)
+		h.metrics.retry()
 		lastErr = nil
 	}
 	return lastErr
@@ -193,7 +193,7 @@ func (h *Handler) judge(res *keypool.Reservation, held *heldResponse, attempts *
 	case code == http.StatusUnauthorized || code == http.StatusForbidden:
 		res.Disable(h.redact("upstream " + strconv.Itoa(code) + ": " + errorMessage(held.body.Bytes())))
 		attempts.ExcludeKey(res)
-		h.metrics.disabled(h.poolName, res.KeyName())
+		h.metrics.disabled(res.KeyName())
 		h.logger.Warn("upstream rejected key; disabled until reload or enable",
 			zap.String("key", res.KeyName()), zap.Int("status", code))
 	case code == http.StatusTooManyRequests:
@@ -203,7 +203,7 @@ func (h *Handler) judge(res *keypool.Reservation, held *heldResponse, attempts *
 				zap.String("key", res.KeyName()), zap.Time("until", until))
 		}
 		attempts.ExcludeOrg(res)
-		h.metrics.cooldown(h.poolName, res.KeyName())
+		h.metrics.cooldown(res.KeyName())
 	default:
 		attempts.ExcludeKey(res)
 	}
@@ -222,12 +222,12 @@ func (h *Handler) refuse(w http.ResponseWriter, held *heldResponse, nc *keypool.
 		return
 	}
 	if nc.NoKeys {
-		h.metrics.request(h.poolName, "", "no_keys")
+		h.metrics.answered("no_keys")
 		writeError(w, http.StatusServiceUnavailable, "api_error", "no upstream key is available: all keys are disabled", 0)
 		return
 	}
-	h.metrics.shortCircuit(h.poolName)
-	h.metrics.request(h.poolName, "", "rate_limited")
+	h.metrics.shortCircuit()
+	h.metrics.answered("rate_limited")
 	writeError(w, http.StatusTooManyRequests, "rate_limit_error",
 		"all upstream keys of this relay are at their rate limits; retry after "+strconv.Itoa(after)+"s", after)
 }
@@ -251,7 +251,7 @@ func closeUnread(w http.ResponseWriter, r *http.Request) {
 func (h *Handler) answerHeld(w http.ResponseWriter, held *heldResponse, retryAfter int) {
 	if held.status == http.StatusUnauthorized || held.status == http.StatusForbidden {
 		w.Header().Set("X-Cc-Relay-Key", held.key)
-		h.metrics.request(h.poolName, "", "no_keys")
+		h.metrics.answered("no_keys")
 		writeError(w, http.StatusServiceUnavailable, "api_error",
 			"the relay's upstream key was rejected by the upstream and no other key is available", 0)
 		return
