@@ -17,6 +17,10 @@ type Request struct {
 	Bytes int
 	// Session is a hash of the client and its conversation, 0 for none.
 	Session uint64
+	// MaxTokens is the request's max_tokens, 0 when unknown. The upstream
+	// never writes more output than this, so no usage report can charge
+	// more.
+	MaxTokens int
 	// Passive requests (endpoints other than Messages) get a key but are
 	// charged to no budget.
 	Passive bool
@@ -92,25 +96,28 @@ func (s StickyOutcome) String() string { return stickyNames[s] }
 // Reservation is one attempt's hold on a key. The zero value is unused;
 // Acquire fills it in. Exactly one Settle ends it.
 type Reservation struct {
-	p       *Pool
-	idx     int
-	ks      *keyState
-	o       *org
-	bud     *budget
-	class   int
-	bytes   int
-	est     float64
-	mark    [numKinds]float64
-	input   float64  // input charged for real, once usage said it
-	output  float64  // output charged so far
-	seen    [3]int64 // input, cache creation, cache read tokens counted in totals
-	synced  bool     // headers set the levels; they include our input
-	inKept  bool     // ...except input: the sync left the estimate in the level
-	outRes  float64  // output expected, counted in the budget's pendingOut until produced
-	haveIn  bool
-	passive bool
-	settled bool
-	status  int
+	p     *Pool
+	idx   int
+	ks    *keyState
+	o     *org
+	bud   *budget
+	class int
+	bytes int
+	// maxTokens is the request's max_tokens (0: unknown), which bounds
+	// the output it can be charged.
+	maxTokens int
+	est       float64
+	mark      [numKinds]float64
+	input     float64  // input charged for real, once usage said it
+	output    float64  // output charged so far
+	seen      [3]int64 // input, cache creation, cache read tokens counted in totals
+	synced    bool     // headers set the levels; they include our input
+	inKept    bool     // ...except input: the sync left the estimate in the level
+	outRes    float64  // output expected, counted in the budget's pendingOut until produced
+	haveIn    bool
+	passive   bool
+	settled   bool
+	status    int
 	// refunded: the upstream refused the request and its reservation was
 	// given back when the headers arrived.
 	refunded bool
@@ -289,7 +296,7 @@ func (p *Pool) reserve(i int, now int64, class int, est float64, req *Request, r
 	// narrow stores stall store forwarding (a tenth of an Acquire).
 	*res = Reservation{}
 	res.p, res.idx, res.ks, res.o, res.bud = p, i, m.ks, o, b
-	res.class, res.bytes, res.est = class, req.Bytes, est
+	res.class, res.bytes, res.est, res.maxTokens = class, req.Bytes, est, req.MaxTokens
 	res.Sticky, res.passive = so, req.Passive
 	for k := range b.b {
 		res.mark[k] = b.b[k].charged
@@ -420,7 +427,7 @@ func (r *Reservation) ObserveHeaders(status int, h RateLimitHeaders) {
 	synced := false
 	for k, l := range lims {
 		if l.Limit > 0 {
-			b.b[k].learned = float64(l.Limit)
+			b.b[k].learned = learnedLimit(k, l.Limit)
 		}
 		caps := p.capsOf(r.idx, b)
 		b.b[k].refill(now, caps[k])
@@ -443,6 +450,7 @@ func (r *Reservation) ObserveHeaders(status int, h RateLimitHeaders) {
 		cfg := p.members[r.idx].caps[k]
 		raise := marksValid && (cfg == 0 || cfg == float64(l.Limit))
 		moved := b.b[k].sync(caps[k], l.Remaining, later, gran, raise)
+		b.b[k].floor(caps[k])
 		if k == kindInput {
 			synced = true
 			r.inKept = !moved
@@ -457,8 +465,8 @@ func (r *Reservation) ObserveHeaders(status int, h RateLimitHeaders) {
 	// continuously; cooling until a full refill would idle the organization
 	// for up to a minute whenever under 1000 tokens (the rounding) are left.
 	// Only when tokens-* is all an older response says is it a cooldown.
-	if h.Tokens.Remaining == 0 && h.Tokens.Reset.UnixNano() > now && !h.InputTokens.Present() && !h.OutputTokens.Present() {
-		b.coolUntil = max(b.coolUntil, h.Tokens.Reset.UnixNano())
+	if reset := capUntil(now, h.Tokens.Reset, MaxCooldown); h.Tokens.Remaining == 0 && reset > now && !h.InputTokens.Present() && !h.OutputTokens.Present() {
+		b.coolUntil = max(b.coolUntil, reset)
 		b.coolReason = "token limit exhausted"
 	}
 	if status == 429 {
@@ -466,11 +474,11 @@ func (r *Reservation) ObserveHeaders(status int, h RateLimitHeaders) {
 		var until int64
 		switch {
 		case h.HasRetryAfter:
-			until = now + int64(max(h.RetryAfter, time.Second))
+			until = now + int64(min(max(h.RetryAfter, time.Second), MaxCooldown))
 		default:
 			for _, l := range lims {
-				if l.Remaining == 0 && l.Reset.UnixNano() > until {
-					until = l.Reset.UnixNano()
+				if reset := capUntil(now, l.Reset, MaxCooldown); l.Remaining == 0 && reset > until {
+					until = reset
 				}
 			}
 			if until <= now {
@@ -494,18 +502,23 @@ func (r *Reservation) Disable(reason string) {
 }
 
 // Park takes the reserved key's organization out of rotation until the
-// given time, or for the pool's SpendCapPark when until is zero.
+// given time, or for the pool's SpendCapPark when until is zero or past;
+// never longer than MaxPark.
 func (r *Reservation) Park(until time.Time, reason string) {
 	st := r.p.st
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	now := st.clock.Now()
-	if until.IsZero() || !until.After(now) {
-		until = now.Add(r.p.cfg.SpendCapPark)
+	now := st.clock.Now().UnixNano()
+	at := capUntil(now, until, MaxPark)
+	if at <= now {
+		at = now + int64(r.p.cfg.SpendCapPark)
 	}
 	o, _ := r.current()
-	o.parkUntil = max(o.parkUntil, until.UnixNano())
-	o.parkReason = reason
+	// A longer park already in place stays (capped too: it was set here),
+	// with its own reason.
+	if at >= o.parkUntil {
+		o.parkUntil, o.parkReason = at, reason
+	}
 }
 
 // ExcludeOrg makes later attempts of the request avoid the reserved key's
@@ -540,8 +553,10 @@ func (r *Reservation) charge(u Usage) {
 		return
 	}
 	_, b := r.current()
+	u = capUsage(u)
+	caps := r.p.capsOf(r.idx, b)
 	if u.HaveInput {
-		in := float64(u.InputTokens + u.CacheCreationInputTokens)
+		in := math.Min(float64(u.InputTokens+u.CacheCreationInputTokens), inputBound(r.bytes, caps[kindInput]))
 		if !r.haveIn {
 			r.haveIn = true
 			r.input = in
@@ -571,13 +586,15 @@ func (r *Reservation) charge(u Usage) {
 			}
 		}
 	}
-	if u.HaveOutput && float64(u.OutputTokens) > r.output {
-		d := float64(u.OutputTokens) - r.output
-		b.pendingOut -= max(0, r.outRes-r.output) - max(0, r.outRes-float64(u.OutputTokens))
+	if out := math.Min(float64(u.OutputTokens), outputBound(r.maxTokens, caps[kindOutput])); u.HaveOutput && out > r.output {
+		d := out - r.output
+		b.pendingOut -= max(0, r.outRes-r.output) - max(0, r.outRes-out)
 		b.b[kindOutput].charge(d)
 		r.ks.totals.OutputTokens += int64(d)
-		r.output = float64(u.OutputTokens)
+		r.output = out
 	}
+	b.b[kindInput].floor(caps[kindInput])
+	b.b[kindOutput].floor(caps[kindOutput])
 }
 
 // Result is how an attempt ended.

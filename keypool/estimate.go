@@ -85,7 +85,10 @@ func (e *estimator) observe(bytes int, u Usage) {
 		return
 	}
 	total := float64(u.InputTokens + u.CacheCreationInputTokens + u.CacheReadInputTokens)
-	if total <= 0 {
+	if total <= 0 || total > float64(bytes)+inputSlack {
+		// More prompt tokens than the body could hold is not a figure to
+		// learn from (a broken upstream, or a document referenced by id):
+		// one such report would skew every organization's estimate.
 		return
 	}
 	perByte := total / float64(bytes)

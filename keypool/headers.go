@@ -1,6 +1,7 @@
 package keypool
 
 import (
+	"errors"
 	"net/http"
 	"strconv"
 	"strings"
@@ -50,14 +51,26 @@ func ParseHeaders(h http.Header, now time.Time) RateLimitHeaders {
 		out.OrganizationID = out.OrganizationID[:128]
 	}
 	if ra := strings.TrimSpace(h.Get("Retry-After")); ra != "" {
-		if secs, err := strconv.ParseFloat(ra, 64); err == nil {
-			if secs >= 0 && secs < 1e7 {
-				out.RetryAfter = time.Duration(secs * float64(time.Second))
+		// Both forms are capped at MaxCooldown rather than dropped when
+		// they lie far ahead: a far date still means "not now".
+		if secs, err := strconv.ParseFloat(ra, 64); err == nil || errors.Is(err, strconv.ErrRange) {
+			if secs >= 0 { // NaN and negative numbers are no delay at all
+				out.RetryAfter = MaxCooldown
+				if secs < MaxCooldown.Seconds() {
+					out.RetryAfter = time.Duration(secs * float64(time.Second))
+				}
 				out.HasRetryAfter = true
 			}
 		} else if t, err := http.ParseTime(ra); err == nil {
-			out.RetryAfter = max(t.Sub(now), 0)
+			out.RetryAfter = min(max(t.Sub(now), 0), MaxCooldown)
 			out.HasRetryAfter = true
+		}
+	}
+	for _, l := range []*Limit{&out.Requests, &out.InputTokens, &out.OutputTokens, &out.Tokens} {
+		// A reset beyond the cooldown cap is capped: its UnixNano would
+		// not even fit an int64 past the year 2262.
+		if horizon := now.Add(MaxCooldown); l.Reset.After(horizon) {
+			l.Reset = horizon
 		}
 	}
 	return out

@@ -50,7 +50,12 @@ func TestParseHeaders(t *testing.T) {
 		{now.Add(90 * time.Second).Format(http.TimeFormat), true, 90 * time.Second},
 		{now.Add(-time.Hour).Format(http.TimeFormat), true, 0},
 		{"-3", false, 0},
-		{"1e12", false, 0},
+		// Far delays are capped, not ignored, and never overflow.
+		{"1e12", true, MaxCooldown},
+		{"1e400", true, MaxCooldown},
+		{"86401", true, MaxCooldown},
+		{"NaN", false, 0},
+		{"Thu, 31 Dec 9999 23:59:59 GMT", true, MaxCooldown},
 		{"tomorrow", false, 0},
 		{"", false, 0},
 	} {

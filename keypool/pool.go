@@ -345,6 +345,8 @@ func (st *State) NewPool(cfg Config) (*Pool, error) {
 	if cfg.SpendCapPark <= 0 {
 		cfg.SpendCapPark = time.Hour
 	}
+	cfg.DefaultCooldown = min(cfg.DefaultCooldown, MaxCooldown)
+	cfg.SpendCapPark = min(cfg.SpendCapPark, MaxPark)
 
 	st.mu.Lock()
 	defer st.mu.Unlock()
@@ -379,6 +381,20 @@ func (st *State) NewPool(cfg Config) (*Pool, error) {
 		p.byKey[ks] = i
 		weights[i] = max(k.Weight, 1)
 		prios[i] = k.Priority
+	}
+	// Configured limits may have shrunk since the budgets were last used:
+	// a budget keeps its level, but within the new capacity (and at most
+	// one capacity in debt), or a lowered limit would leave it in debt
+	// far longer than a period.
+	for i := range p.members {
+		for _, b := range p.members[i].ks.org.resolve().budgets {
+			if b == nil {
+				continue
+			}
+			for k, c := range p.members[i].caps {
+				b.b[k].clampTo(c)
+			}
+		}
 	}
 	p.sel = selector.NewState(weights, prios, cfg.Seed)
 	p.view.p = p

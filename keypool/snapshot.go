@@ -127,13 +127,16 @@ func (p *Pool) Snapshot() Snapshot {
 	return s
 }
 
-// Enable clears a key's disabled state, its organization's park and every
-// cooldown of its organization's budgets. It reports false for an unknown
-// key.
+// Enable clears a key's disabled state, its organization's park, every
+// cooldown of its organization's budgets and any debt they carry (levels
+// below zero are raised to zero, to refill from there): after it the key
+// can take requests as soon as a budget refills. It reports false for an
+// unknown key.
 func (p *Pool) Enable(name string) bool {
 	st := p.st
 	st.mu.Lock()
 	defer st.mu.Unlock()
+	now := st.clock.Now().UnixNano()
 	for i := range p.members {
 		m := &p.members[i]
 		if m.cfg.Name != name {
@@ -143,8 +146,16 @@ func (p *Pool) Enable(name string) bool {
 		o := m.ks.org.resolve()
 		o.parkUntil, o.parkReason = 0, ""
 		for _, b := range o.budgets {
-			if b != nil {
-				b.coolUntil, b.coolReason = 0, ""
+			if b == nil {
+				continue
+			}
+			b.coolUntil, b.coolReason = 0, ""
+			caps := p.capsOf(i, b)
+			for k := range b.b {
+				b.b[k].refill(now, caps[k])
+				if bk := &b.b[k]; bk.init && bk.level < 0 {
+					bk.level = 0
+				}
 			}
 		}
 		st.waitq.wakeAll()
