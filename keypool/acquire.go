@@ -363,7 +363,7 @@ func (p *Pool) RetryAfter(model string, bytes int) (time.Duration, bool) {
 	st := p.st
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	class := st.classIndex(p.classify(model))
+	class := p.classIndexOf(model)
 	e := &st.est[class]
 	return p.retryAfter(st.clock.Now().UnixNano(), class, e.estimate(bytes, p.cfg.TokenEstimateRatio)*(1+e.margin()))
 }
@@ -639,15 +639,4 @@ func (r *Reservation) Settle(res Result) {
 		r.ks.totals.Failed++
 	}
 	st.waitq.wake(r.class)
-}
-
-// classOf is st.classIndex(p.classify(model)), remembering the last model:
-// a relay sees few model names, and classify scans the name. st.mu is held.
-func (p *Pool) classOf(model string) int {
-	if p.lastOK && model == p.lastModel {
-		return p.lastClass
-	}
-	c := p.st.classIndex(p.classify(model))
-	p.lastModel, p.lastClass, p.lastOK = model, c, true
-	return c
 }

@@ -18,7 +18,7 @@ func setLevel(t testing.TB, p *Pool, name, model string, kind int, v float64) {
 	st := p.st
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	b := p.members[i].ks.org.resolve().budget(st.classIndex(p.classify(model)))
+	b := p.members[i].ks.org.resolve().budget(p.classIndexOf(model))
 	caps := p.capsOf(i, b)
 	if caps[kind] <= 0 {
 		t.Fatalf("setLevel: %s has no %s limit", name, kindNames[kind])
@@ -33,7 +33,7 @@ func estimates(p *Pool, model string, bytes int) (est, whole, margin float64) {
 	st := p.st
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	e := &st.est[st.classIndex(p.classify(model))]
+	e := &st.est[p.classIndexOf(model)]
 	r := p.cfg.TokenEstimateRatio
 	return e.estimate(bytes, r), e.whole(bytes, r), e.margin()
 }
@@ -46,7 +46,7 @@ func pendingOut(t testing.TB, p *Pool, name, model string) float64 {
 	st := p.st
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	return p.members[i].ks.org.resolve().budget(st.classIndex(p.classify(model))).pendingOut
+	return p.members[i].ks.org.resolve().budget(p.classIndexOf(model)).pendingOut
 }
 
 func reserved(r *Reservation) float64 {

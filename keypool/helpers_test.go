@@ -114,7 +114,7 @@ func level(t testing.TB, p *Pool, name, model string, kind int) float64 {
 	st := p.st
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	b := p.members[i].ks.org.resolve().budget(st.classIndex(p.classify(model)))
+	b := p.members[i].ks.org.resolve().budget(p.classIndexOf(model))
 	caps := p.capsOf(i, b)
 	b.b[kind].refill(st.clock.Now().UnixNano(), caps[kind])
 	if caps[kind] <= 0 || !b.b[kind].init {

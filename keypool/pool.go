@@ -86,6 +86,7 @@ type State struct {
 	orgs    map[string]*org
 	classes map[string]int
 	cnames  []string
+	derived int // classes named after a model family, not a rule
 	est     []estimator
 	sticky  *stickyTable
 	waitq   waitQueue
@@ -183,17 +184,6 @@ func (st *State) orgNamed(name string) *org {
 		st.orgs[name] = o
 	}
 	return o
-}
-
-func (st *State) classIndex(name string) int {
-	if i, ok := st.classes[name]; ok {
-		return i
-	}
-	i := len(st.cnames)
-	st.classes[name] = i
-	st.cnames = append(st.cnames, name)
-	st.est = append(st.est, estimator{})
-	return i
 }
 
 // learnOrg records that ks belongs to the upstream organization id and
@@ -425,32 +415,6 @@ func (p *Pool) Len() int { return len(p.members) }
 
 // Name is the name of the i'th key.
 func (p *Pool) Name(i int) string { return p.members[i].cfg.Name }
-
-// classify maps a model name to its class: configured rules first, then
-// the model family, because the upstream keeps separate limits for Opus,
-// Sonnet and Haiku models.
-func (p *Pool) classify(model string) string {
-	for _, r := range p.cfg.ModelClasses {
-		if ok, _ := path.Match(r.Pattern, model); ok {
-			return r.Class
-		}
-	}
-	return ModelFamily(model)
-}
-
-// ModelFamily returns "opus", "sonnet" or "haiku" for Claude model names
-// and "default" for anything else.
-func ModelFamily(model string) string {
-	switch {
-	case strings.Contains(model, "opus"):
-		return "opus"
-	case strings.Contains(model, "sonnet"):
-		return "sonnet"
-	case strings.Contains(model, "haiku"):
-		return "haiku"
-	}
-	return "default"
-}
 
 func (p *Pool) capsOf(i int, b *budget) [numKinds]float64 {
 	var c [numKinds]float64
