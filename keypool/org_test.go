@@ -1,6 +1,7 @@
 package keypool
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -268,4 +269,62 @@ func TestModelClassRulesOverride(t *testing.T) {
 	refused(t, p, Request{Model: "claude-sonnet-4"})
 	refused(t, p, Request{Model: "my-finetune-v3"})
 	acquire(t, p, Request{Model: "claude-3-7-sonnet-latest"})
+}
+
+// A key whose organization id changes keeps what it knows of its budget:
+// the new id does not hand out a full bucket.
+func TestOrgIDChangeKeepsBudget(t *testing.T) {
+	p, clk := newPool(t, Config{Keys: []KeyConfig{{Name: "a", Limits: Limits{RPM: 10}}}})
+	var rs []*Reservation
+	for range 10 {
+		rs = append(rs, acquire(t, p, Request{Model: sonnet}))
+	}
+	observe(rs[0], clk, 200, "anthropic-organization-id", "org-1")
+	observe(rs[1], clk, 200, "anthropic-organization-id", "org-2")
+	for _, r := range rs {
+		r.Settle(ok200())
+	}
+	if k := p.Snapshot().Keys[0]; k.Org != "org-2" {
+		t.Fatalf("org %q, want org-2", k.Org)
+	}
+	refused(t, p, Request{Model: sonnet})
+	wantLevel(t, p, "a", sonnet, kindRequests, 0, 1e-9)
+}
+
+// Organizations learned from responses are bounded and freed: an upstream
+// naming a new id on every response, and keys leaving the configuration,
+// leave no trail of organizations behind.
+func TestLearnedOrgsAreBounded(t *testing.T) {
+	clk := clock.NewFake(t0)
+	st := NewState(clk)
+	p, err := st.NewPool(Config{Keys: keys("a", "b")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 1000 {
+		r := acquire(t, p, Request{Model: sonnet})
+		observe(r, clk, 200, "anthropic-organization-id", fmt.Sprintf("org-%d", i))
+		r.Settle(ok200())
+	}
+	st.mu.Lock()
+	n := len(st.orgs)
+	st.mu.Unlock()
+	// Each key: its own "key:" org plus the id it settled on, twice over.
+	if n > 6 {
+		t.Fatalf("%d organizations after 1000 ids, want a handful", n)
+	}
+	// A reload without b, then closing the old pool, forgets b's.
+	p2, err := st.NewPool(Config{Keys: keys("a")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Close()
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	for name, o := range st.orgs {
+		if o != st.keys["a"].org && o != st.keys["a"].org.resolve() {
+			t.Errorf("organization %q outlived every key that used it", name)
+		}
+	}
+	_ = p2
 }

@@ -87,6 +87,8 @@ type State struct {
 	classes map[string]int
 	cnames  []string
 	derived int // classes named after a model family, not a rule
+	// learnedOrgs counts the "id:" organizations in orgs.
+	learnedOrgs int
 	est     []estimator
 	sticky  *stickyTable
 	waitq   waitQueue
@@ -114,6 +116,7 @@ type keyState struct {
 	refs     int // pools that list this key
 	org      *org
 	cfgOrg   string
+	orgMoves int // organization id changes followed
 	disabled string
 	inFlight int
 	sticky   int
@@ -186,6 +189,17 @@ func (st *State) orgNamed(name string) *org {
 	return o
 }
 
+// Learned organizations are bounded: a key follows at most
+// maxOrgMovesPerKey changes of its organization id (a key really moves
+// rarely; an upstream that names a new id on every response must not make
+// the pool track each), at most maxLearnedOrgs ids are known at once, and
+// an organization no key refers to any more is forgotten. An id beyond a
+// bound is ignored: the key keeps the budget it has.
+const (
+	maxOrgMovesPerKey = 8
+	maxLearnedOrgs    = 4096
+)
+
 // learnOrg records that ks belongs to the upstream organization id and
 // merges its budgets with every other key seen in that organization. caps
 // are the key's configured limits (0: use what was learned); now is when
@@ -195,9 +209,17 @@ func (st *State) learnOrg(ks *keyState, id string, now int64, caps [numKinds]flo
 	if cur.id == id {
 		return
 	}
+	moving := cur.id != ""
+	if moving && ks.orgMoves >= maxOrgMovesPerKey {
+		return
+	}
 	target := st.orgs["id:"+id]
 	if target == nil {
-		if cur.id == "" {
+		if st.learnedOrgs >= maxLearnedOrgs {
+			return
+		}
+		st.learnedOrgs++
+		if !moving {
 			// First sighting: this organization simply gets its name.
 			cur.id = id
 			st.orgs["id:"+id] = cur
@@ -210,48 +232,77 @@ func (st *State) learnOrg(ks *keyState, id string, now int64, caps [numKinds]flo
 	if target == cur {
 		return
 	}
-	if cur.id != "" {
-		// The key moved to another organization: it leaves the old one.
+	// Both describe the key's budget: keep the more pessimistic view.
+	mergeBudgets(target, cur, now, caps)
+	if moving {
+		// The key moved to another organization: it leaves the old one,
+		// taking what it knows of its budget along (a new id must not
+		// hand out a full budget), and the old one may now be unused.
+		ks.orgMoves++
 		ks.org = target
+		st.sweepOrgs()
 		return
 	}
-	// Both describe the same upstream budget: keep the more pessimistic view,
-	// comparing the two levels at the same moment (a budget drained long
-	// ago has refilled since).
-	for c, b := range cur.budgets {
+	cur.into = target
+}
+
+// mergeBudgets lowers dst's budgets to src's where src's are lower,
+// comparing the two levels at the same moment (a budget drained long ago
+// has refilled since), and keeps the later cooldowns and park.
+func mergeBudgets(dst, src *org, now int64, caps [numKinds]float64) {
+	for c, b := range src.budgets {
 		if b == nil {
 			continue
 		}
-		tb := target.budget(c)
+		tb := dst.budget(c)
 		for k := range b.b {
-			src, dst := &b.b[k], &tb.b[k]
+			from, to := &b.b[k], &tb.b[k]
 			capacity := caps[k]
 			if capacity <= 0 {
-				capacity = math.Max(src.learned, dst.learned)
+				capacity = math.Max(from.learned, to.learned)
 			}
 			switch {
-			case !src.init:
-			case !dst.init:
-				// Keep dst's running total: marks of reservations on
-				// the target refer to it.
-				charged := dst.charged
-				*dst = *src
-				dst.charged = charged
+			case !from.init:
+			case !to.init:
+				// Keep the running total: marks of reservations on the
+				// target refer to it.
+				charged := to.charged
+				*to = *from
+				to.charged = charged
 			default:
-				src.refill(now, capacity)
-				dst.refill(now, capacity)
-				dst.level = math.Min(dst.level, src.level)
-				dst.learned = math.Max(dst.learned, src.learned)
+				from.refill(now, capacity)
+				to.refill(now, capacity)
+				to.level = math.Min(to.level, from.level)
+				to.learned = math.Max(to.learned, from.learned)
 			}
 		}
 		if b.coolUntil > tb.coolUntil {
 			tb.coolUntil, tb.coolReason = b.coolUntil, b.coolReason
 		}
 	}
-	if cur.parkUntil > target.parkUntil {
-		target.parkUntil, target.parkReason = cur.parkUntil, cur.parkReason
+	if src.parkUntil > dst.parkUntil {
+		dst.parkUntil, dst.parkReason = src.parkUntil, src.parkReason
 	}
-	cur.into = target
+}
+
+// sweepOrgs forgets organizations no key refers to, directly or through a
+// merge. Reservations in flight keep their own pointer and settle on it.
+func (st *State) sweepOrgs() {
+	live := make(map[*org]bool, len(st.keys))
+	for _, ks := range st.keys {
+		for o := ks.org; o != nil && !live[o]; o = o.into {
+			live[o] = true
+		}
+	}
+	st.learnedOrgs = 0
+	for name, o := range st.orgs {
+		switch {
+		case !live[o]:
+			delete(st.orgs, name)
+		case strings.HasPrefix(name, "id:"):
+			st.learnedOrgs++
+		}
+	}
 }
 
 // member is a key as one configuration sees it.
@@ -341,6 +392,7 @@ func (st *State) NewPool(cfg Config) (*Pool, error) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	p := &Pool{st: st, cfg: cfg, byKey: map[*keyState]int{}, ttl: int64(cfg.StickyTTL)}
+	moved := false // some key left the organization it had
 	weights := make([]int, len(cfg.Keys))
 	prios := make([]int, len(cfg.Keys))
 	for i, k := range cfg.Keys {
@@ -357,6 +409,7 @@ func (st *State) NewPool(cfg Config) (*Pool, error) {
 		// A key whose configured org changed starts over in the new one;
 		// otherwise it keeps what it learned (including a merge).
 		if ks.org == nil || ks.cfgOrg != k.Org {
+			moved = moved || ks.org != nil
 			ks.org, ks.cfgOrg = st.orgNamed(orgName), k.Org
 		}
 		m := member{ks: ks, cfg: k, label: k.Org}
@@ -386,6 +439,9 @@ func (st *State) NewPool(cfg Config) (*Pool, error) {
 			}
 		}
 	}
+	if moved {
+		st.sweepOrgs()
+	}
 	p.sel = selector.NewState(weights, prios, cfg.Seed)
 	p.view.p = p
 	return p, nil
@@ -401,12 +457,17 @@ func (p *Pool) Close() {
 		return
 	}
 	p.closed = true
+	dropped := false
 	for _, m := range p.members {
 		m.ks.refs--
 		if m.ks.refs == 0 {
 			st.sticky.dropKey(m.ks)
 			delete(st.keys, m.ks.name)
+			dropped = true
 		}
+	}
+	if dropped {
+		st.sweepOrgs()
 	}
 }
 
