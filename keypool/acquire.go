@@ -27,6 +27,12 @@ type Request struct {
 	// Attempts carries the keys and organizations a retry must avoid; nil
 	// for a first attempt.
 	Attempts *Attempts
+	// Client names who sent the request, for fair shares under
+	// contention; "" is one anonymous client.
+	Client string
+	// ClientWeight is the client's share under contention relative to
+	// others; 0 means 1.
+	ClientWeight int
 }
 
 // Attempts remembers what earlier attempts of one request ruled out.
@@ -68,11 +74,18 @@ type NoCapacityError struct {
 	RetryAfter time.Duration
 	// NoKeys is set when every key is disabled: waiting will not help.
 	NoKeys bool
+	// OverShare is set when capacity is short and the request's client
+	// has used more than its weighted share of it lately: others are
+	// served first.
+	OverShare bool
 }
 
 func (e *NoCapacityError) Error() string {
 	if e.NoKeys {
 		return "no enabled upstream key"
+	}
+	if e.OverShare {
+		return fmt.Sprintf("capacity is short and this client has used more than its share; retry in %s", e.RetryAfter)
 	}
 	return fmt.Sprintf("all upstream keys are at their rate limits; retry in %s", e.RetryAfter)
 }
@@ -121,7 +134,11 @@ type Reservation struct {
 	// refunded: the upstream refused the request and its reservation was
 	// given back when the headers arrived.
 	refunded bool
-	Sticky   StickyOutcome
+	// cu is the client's usage record and cuCost what was added to it at
+	// admission; Settle corrects it to what was charged.
+	cu     *clientUse
+	cuCost float64
+	Sticky StickyOutcome
 }
 
 // KeyIndex is the reserved key's index in its pool.
@@ -149,9 +166,11 @@ func (r *Reservation) Class() string {
 
 // Acquire picks a key for req and reserves one request and the estimated
 // input tokens on its organization's budget for req's model class. When no
-// key can take it, it waits up to the pool's MaxWait in arrival order (a
-// retry never waits), then returns a *NoCapacityError. A cancelled ctx
-// leaves the queue at once.
+// key can take it, it waits up to the pool's MaxWait in weighted fair order
+// among clients (see waitQueue; a retry never waits), then returns a
+// *NoCapacityError. Without MaxWait, when the chosen budget is short (see
+// shortHeadroom), a client above its weighted share of recent use is
+// refused. A cancelled ctx leaves the queue at once.
 func (p *Pool) Acquire(ctx context.Context, req *Request, res *Reservation) error {
 	st := p.st
 	// The clock is read before the lock: on a VM a read costs about as
@@ -168,62 +187,92 @@ func (p *Pool) Acquire(ctx context.Context, req *Request, res *Reservation) erro
 	// the upstream then refuses; the reservation is the estimate.
 	margin := st.est[class].margin()
 	need := est * (1 + margin)
-	var w *waiter
-	var deadline int64
-	for {
-		if st.waitq.first(class) == w || req.Attempts.N() > 0 {
-			i, so, e := p.pick(now, class, est, margin, req)
-			if i >= 0 {
-				p.reserve(i, now, class, e, req, res, so)
-				if w != nil {
-					st.waitq.remove(w)
+	retry := req.Attempts.N() > 0
+	mayWait := p.cfg.MaxWait > 0 && !retry
+	if !mayWait || !st.waitq.waiting(class) {
+		// Nobody waits for this class (or this request will not wait):
+		// take what is free, beyond what waiters hold.
+		i, so, e := p.pick(now, class, est, margin, req)
+		if i >= 0 {
+			if req.Client != "" && !mayWait && !retry {
+				if after, over := p.overShare(i, now, class, e*(1+margin), req); over {
+					st.mu.Unlock()
+					return &NoCapacityError{RetryAfter: after, OverShare: true}
 				}
-				st.mu.Unlock()
-				return nil
 			}
-			// A session leaving its cache scope (or starting one) was
-			// priced whole: the retry hint must wait for that price, or
-			// clients (and waiters) come back before any key can take it.
-			need = max(need, e*(1+margin))
+			p.reserve(i, now, class, e, req, res, so)
+			st.mu.Unlock()
+			return nil
 		}
-		after, noKeys := p.retryAfter(now, class, need)
-		if noKeys || p.cfg.MaxWait <= 0 || req.Attempts.N() > 0 {
-			if w != nil {
-				st.waitq.remove(w)
-			}
+		// A session leaving its cache scope (or starting one) was priced
+		// whole: the retry hint must wait for that price, or clients (and
+		// waiters) come back before any key can take it.
+		need = max(need, e*(1+margin))
+	}
+	after, noKeys := p.retryAfter(now, class, need)
+	if noKeys || !mayWait || ctx.Err() != nil {
+		st.mu.Unlock()
+		if err := ctx.Err(); err != nil && !noKeys && mayWait {
+			return err
+		}
+		return &NoCapacityError{RetryAfter: after, NoKeys: noKeys}
+	}
+	return p.wait(ctx, now, class, est, margin, need, req, res)
+}
+
+// wait queues the request and blocks until a pass admits it, its deadline
+// passes or ctx ends. st.mu is held on entry and released on return.
+func (p *Pool) wait(ctx context.Context, now int64, class int, est, margin, need float64, req *Request, res *Reservation) error {
+	st := p.st
+	w := &waiter{
+		ch: make(chan struct{}, 1), p: p, req: req, res: res, class: class, client: req.Client,
+		est: est, margin: margin, need: need, deadline: now + int64(p.cfg.MaxWait),
+	}
+	st.waitq.push(w, req.ClientWeight, need+st.est[class].outMean)
+	st.dispatch(class, now)
+	for {
+		if w.done {
+			st.mu.Unlock()
+			return nil
+		}
+		if now >= w.deadline || w.noKeys {
+			st.waitq.remove(w, false)
+			after, noKeys := p.retryAfter(now, class, w.need)
+			st.dispatch(class, now) // what it held is free for the others
 			st.mu.Unlock()
 			return &NoCapacityError{RetryAfter: after, NoKeys: noKeys}
 		}
-		if w == nil {
-			w = st.waitq.push(class)
-			deadline = now + int64(p.cfg.MaxWait)
-		}
-		if now >= deadline {
-			st.waitq.remove(w)
-			st.mu.Unlock()
-			return &NoCapacityError{RetryAfter: after}
-		}
-		sleep := time.Duration(deadline - now)
-		if st.waitq.first(class) == w {
-			// Only the head can be admitted next; it wakes when refill
-			// should let it in. Others wake when the head leaves.
-			sleep = min(sleep, max(after, time.Millisecond))
-		}
+		w.armed = min(w.wakeAt, w.deadline)
+		sleep := time.Duration(max(w.armed-now, minSleep))
 		st.mu.Unlock()
 		t := st.clock.NewTimer(sleep)
+		fired := false
 		select {
 		case <-w.ch:
 		case <-t.C():
+			fired = true
 		case <-ctx.Done():
 			t.Stop()
 			st.mu.Lock()
-			st.waitq.remove(w)
+			if w.done {
+				// Admitted as it left: the caller settles it as any
+				// request whose client went away.
+				st.mu.Unlock()
+				return nil
+			}
+			st.waitq.remove(w, false)
+			st.dispatch(class, st.clock.Now().UnixNano())
 			st.mu.Unlock()
 			return ctx.Err()
 		}
 		t.Stop()
 		st.mu.Lock()
 		now = st.clock.Now().UnixNano()
+		if fired && !w.done {
+			// Its refill time (or deadline) came: a pass decides, so
+			// that the order holds whoever's timer fires first.
+			st.dispatch(class, now)
+		}
 	}
 }
 
@@ -309,6 +358,12 @@ func (p *Pool) reserve(i int, now int64, class int, est float64, req *Request, r
 		res.outRes = p.st.est[class].outMean
 		b.pendingOut += res.outRes
 	}
+	if req.Client != "" && !req.Passive {
+		if cu := p.st.clientUse(req.Client, req.ClientWeight, now); cu != nil {
+			res.cu, res.cuCost = cu, est+res.outRes
+			cu.add(now, res.cuCost)
+		}
+	}
 	m.ks.inFlight++
 	m.ks.totals.Requests++
 	if a := req.Attempts; a != nil {
@@ -320,10 +375,22 @@ func (p *Pool) reserve(i int, now int64, class int, est float64, req *Request, r
 }
 
 // retryAfter is how long until some enabled key could admit the request,
-// counting every budget and every cooldown. noKeys reports that every key
-// is disabled.
+// counting every budget, every cooldown and what waiters hold. noKeys
+// reports that every key is disabled.
 func (p *Pool) retryAfter(now int64, class int, est float64) (time.Duration, bool) {
+	at, _, _, noKeys := p.earliest(now, class, est)
+	if noKeys {
+		return p.cfg.DefaultCooldown, true
+	}
+	return time.Duration(at - now), false
+}
+
+// earliest is when some enabled key could admit a request of est input
+// tokens, with the budget that would and its input capacity (0: unknown).
+func (p *Pool) earliest(now int64, class int, est float64) (int64, *budget, float64, bool) {
 	best := int64(math.MaxInt64)
+	var bestB *budget
+	var bestIn float64
 	for i := range p.members {
 		m := &p.members[i]
 		if m.ks.disabled != "" {
@@ -334,6 +401,7 @@ func (p *Pool) retryAfter(now int64, class int, est float64) (time.Duration, boo
 		caps := p.capsOf(i, b)
 		at := max(now, o.parkUntil, b.coolUntil)
 		need := [numKinds]float64{1, est, 0}
+		held := [numKinds]float64{b.holdReq, b.holdIn, 0}
 		for k := range b.b {
 			bk := &b.b[k]
 			bk.refill(now, caps[k])
@@ -345,16 +413,15 @@ func (p *Pool) retryAfter(now int64, class int, est float64) (time.Duration, boo
 					w = max(0, max(0, b.pendingOut)+math.Min(1, caps[k])-bk.level) / caps[k] * nanosPerMinute
 				}
 			} else {
-				w = bk.wait(caps[k], need[k])
+				w = bk.wait(caps[k], need[k], held[k])
 			}
-			at = max(at, now+int64(w))
+			at = max(at, now+int64(min(w, float64(MaxCooldown))))
 		}
-		best = min(best, at)
+		if at < best {
+			best, bestB, bestIn = at, b, caps[kindInput]
+		}
 	}
-	if best == math.MaxInt64 {
-		return p.cfg.DefaultCooldown, true
-	}
-	return time.Duration(best - now), false
+	return best, bestB, bestIn, bestB == nil
 }
 
 // RetryAfter is how long until some key could admit a request for model
@@ -638,5 +705,14 @@ func (r *Reservation) Settle(res Result) {
 	} else {
 		r.ks.totals.Failed++
 	}
-	st.waitq.wake(r.class)
+	var now int64
+	if r.cu != nil || st.waitq.waiting(r.class) {
+		now = st.clock.Now().UnixNano()
+	}
+	if r.cu != nil {
+		r.cu.add(now, r.input+r.output-r.cuCost)
+	}
+	if st.waitq.waiting(r.class) {
+		st.dispatch(r.class, now)
+	}
 }

@@ -61,23 +61,36 @@ func (b *bucket) admits(capacity, n float64) bool {
 	return b.level >= min(n, capacity)
 }
 
-// wait is how long until admits(capacity, n) becomes true by refill alone.
-func (b *bucket) wait(capacity, n float64) float64 {
+// admitsBeyond is admits once held (what waiters hold ahead) is set
+// aside.
+func (b *bucket) admitsBeyond(capacity, n, held float64) bool {
+	if capacity <= 0 || !b.init {
+		return true
+	}
+	return b.level-held >= min(n, capacity)
+}
+
+// wait is how long until admitsBeyond(capacity, n, held) becomes true by
+// refill alone.
+func (b *bucket) wait(capacity, n, held float64) float64 {
 	if capacity <= 0 || !b.init {
 		return 0
 	}
-	need := min(n, capacity) - b.level
+	need := held + min(n, capacity) - b.level
 	if need <= 0 {
 		return 0
 	}
 	return need / capacity * nanosPerMinute
 }
 
-func (b *bucket) headroom(capacity float64) float64 {
+func (b *bucket) headroom(capacity float64) float64 { return b.headroomBeyond(capacity, 0) }
+
+// headroomBeyond is the share of capacity left beyond held.
+func (b *bucket) headroomBeyond(capacity, held float64) float64 {
 	if capacity <= 0 || !b.init {
 		return 1
 	}
-	return max(0, b.level/capacity)
+	return max(0, (b.level-held)/capacity)
 }
 
 func (b *bucket) charge(n float64) {

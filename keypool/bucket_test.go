@@ -42,7 +42,7 @@ func TestBucketContinuousRefill(t *testing.T) {
 	// An unknown capacity leaves everything alone and admits.
 	var u bucket
 	u.refill(now, 0)
-	if u.init || !u.admits(0, 1e9) || u.wait(0, 1e9) != 0 || u.headroom(0) != 1 {
+	if u.init || !u.admits(0, 1e9) || u.wait(0, 1e9, 0) != 0 || u.headroom(0) != 1 {
 		t.Fatalf("a bucket without a limit must admit: %+v", u)
 	}
 }
@@ -55,7 +55,7 @@ func TestBucketOversizedRequestLeavesDebt(t *testing.T) {
 	if b.admits(100, 250) {
 		t.Fatal("a request larger than the bucket was admitted while it was not full")
 	}
-	if w := time.Duration(b.wait(100, 250)); w != 600*time.Millisecond {
+	if w := time.Duration(b.wait(100, 250, 0)); w != 600*time.Millisecond {
 		t.Fatalf("wait for full %v, want 600ms", w)
 	}
 	now += int64(600 * time.Millisecond)
@@ -71,7 +71,7 @@ func TestBucketOversizedRequestLeavesDebt(t *testing.T) {
 		t.Fatal("a bucket in debt admitted a request")
 	}
 	// Paying the debt back and refilling to 1 takes 151 tokens at 100/min.
-	if w := time.Duration(b.wait(100, 1)); w != 90600*time.Millisecond {
+	if w := time.Duration(b.wait(100, 1, 0)); w != 90600*time.Millisecond {
 		t.Fatalf("wait %v, want 90.6s", w)
 	}
 	if h := b.headroom(100); h != 0 {

@@ -89,9 +89,10 @@ type State struct {
 	derived int // classes named after a model family, not a rule
 	// learnedOrgs counts the "id:" organizations in orgs.
 	learnedOrgs int
-	est     []estimator
-	sticky  *stickyTable
-	waitq   waitQueue
+	usage       map[string]*clientUse // recent use by client (fairshare.go)
+	est         []estimator
+	sticky      *stickyTable
+	waitq       waitQueue
 }
 
 // NewState returns an empty state that reads time from c.
@@ -178,6 +179,9 @@ type budget struct {
 	// produce and have not reported yet: the upstream charges output as
 	// it is generated, a stream reports it only at its end.
 	pendingOut float64
+	// holdReq and holdIn are what waiters hold ahead on this budget
+	// (requests, input tokens): others are admitted only beyond them.
+	holdReq, holdIn float64
 }
 
 func (st *State) orgNamed(name string) *org {
@@ -520,22 +524,24 @@ func (v *view) Load(i int) (bool, float64, int) {
 	// out rather than looped over with capsOf's array: same order, same
 	// arithmetic, without the stack copies. A bucket of unknown capacity
 	// is left alone, admits and has headroom 1 (see bucket).
+	// What waiters hold ahead (see waitQueue) is not there to take; both
+	// holds are zero unless someone waits.
 	h := 1.0
 	bk := &b.b[kindRequests]
 	if c := capOf(m.caps[kindRequests], bk); c > 0 {
 		bk.refill(now, c)
-		if !bk.admits(c, 1) {
+		if !bk.admitsBeyond(c, 1, b.holdReq) {
 			return false, 0, 0
 		}
-		h = min(h, bk.headroom(c))
+		h = min(h, bk.headroomBeyond(c, b.holdReq))
 	}
 	bk = &b.b[kindInput]
 	if c := capOf(m.caps[kindInput], bk); c > 0 {
 		bk.refill(now, c)
-		if !bk.admits(c, v.est) {
+		if !bk.admitsBeyond(c, v.est, b.holdIn) {
 			return false, 0, 0
 		}
-		h = min(h, bk.headroom(c))
+		h = min(h, bk.headroomBeyond(c, b.holdIn))
 	}
 	bk = &b.b[kindOutput]
 	if c := capOf(m.caps[kindOutput], bk); c > 0 {

@@ -158,7 +158,7 @@ func (p *Pool) Enable(name string) bool {
 				}
 			}
 		}
-		st.waitq.wakeAll()
+		st.dispatchAll(now)
 		return true
 	}
 	return false
