@@ -255,10 +255,11 @@ func (p *Pool) wait(ctx context.Context, now int64, class int, est, margin, need
 			t.Stop()
 			st.mu.Lock()
 			if w.done {
-				// Admitted as it left: the caller settles it as any
-				// request whose client went away.
+				// Admitted as it left: give the reservation back, the
+				// caller sees only that its client went away.
 				st.mu.Unlock()
-				return nil
+				res.Settle(Result{})
+				return ctx.Err()
 			}
 			st.waitq.remove(w, false)
 			st.dispatch(class, st.clock.Now().UnixNano())
