@@ -68,6 +68,13 @@ func (a *Attempts) excludes(ks *keyState) bool {
 	return false
 }
 
+// ExcludeOrg makes later attempts of the request avoid the reserved key's
+// organization (it answered 429 for the whole organization).
+func (a *Attempts) ExcludeOrg(r *Reservation) { a.orgs = append(a.orgs, r.ks.org) }
+
+// ExcludeKey makes later attempts avoid the reserved key.
+func (a *Attempts) ExcludeKey(r *Reservation) { a.keys = append(a.keys, r.ks) }
+
 // NoCapacityError is returned by Acquire when no key can take the request.
 type NoCapacityError struct {
 	// RetryAfter is when the earliest key will be able to take it.
@@ -105,64 +112,6 @@ const (
 var stickyNames = [...]string{"none", "new", "hit", "scope", "moved"}
 
 func (s StickyOutcome) String() string { return stickyNames[s] }
-
-// Reservation is one attempt's hold on a key. The zero value is unused;
-// Acquire fills it in. Exactly one Settle ends it.
-type Reservation struct {
-	p     *Pool
-	idx   int
-	ks    *keyState
-	o     *org
-	bud   *budget
-	class int
-	bytes int
-	// maxTokens is the request's max_tokens (0: unknown), which bounds
-	// the output it can be charged.
-	maxTokens int
-	est       float64
-	mark      [numKinds]float64
-	input     float64  // input charged for real, once usage said it
-	output    float64  // output charged so far
-	seen      [3]int64 // input, cache creation, cache read tokens counted in totals
-	synced    bool     // headers set the levels; they include our input
-	inKept    bool     // ...except input: the sync left the estimate in the level
-	outRes    float64  // output expected, counted in the budget's pendingOut until produced
-	haveIn    bool
-	passive   bool
-	settled   bool
-	status    int
-	// refunded: the upstream refused the request and its reservation was
-	// given back when the headers arrived.
-	refunded bool
-	// cu is the client's usage record and cuCost what was added to it at
-	// admission; Settle corrects it to what was charged.
-	cu     *clientUse
-	cuCost float64
-	Sticky StickyOutcome
-}
-
-// KeyIndex is the reserved key's index in its pool.
-func (r *Reservation) KeyIndex() int { return r.idx }
-
-// KeyName is the reserved key's name; "" when nothing was reserved.
-func (r *Reservation) KeyName() string {
-	if r.ks == nil {
-		return ""
-	}
-	return r.ks.name
-}
-
-// Estimate is the input tokens reserved up front.
-func (r *Reservation) Estimate() int64 { return int64(r.est) }
-
-// Class is the request's model class.
-func (r *Reservation) Class() string {
-	// The class table grows under the lock as new classes appear.
-	st := r.p.st
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	return st.cnames[r.class]
-}
 
 // Acquire picks a key for req and reserves one request and the estimated
 // input tokens on its organization's budget for req's model class. When no
@@ -347,12 +296,12 @@ func (p *Pool) reserve(i int, now int64, class int, est float64, req *Request, r
 	*res = Reservation{}
 	res.p, res.idx, res.ks, res.o, res.bud = p, i, m.ks, o, b
 	res.class, res.bytes, res.est, res.maxTokens = class, req.Bytes, est, req.MaxTokens
-	res.Sticky, res.passive = so, req.Passive
+	res.Sticky = so
 	for k := range b.b {
 		res.mark[k] = b.b[k].charged
 	}
 	if req.Passive {
-		res.est = 0
+		res.est, res.input = 0, inputPassive
 	} else {
 		b.b[kindRequests].charge(1)
 		b.b[kindInput].charge(est)
@@ -434,286 +383,4 @@ func (p *Pool) RetryAfter(model string, bytes int) (time.Duration, bool) {
 	class := p.classIndexOf(model)
 	e := &st.est[class]
 	return p.retryAfter(st.clock.Now().UnixNano(), class, e.estimate(bytes, p.cfg.TokenEstimateRatio)*(1+e.margin()))
-}
-
-// current returns the reservation's budget now, following an organization
-// merge learned since it was made.
-func (r *Reservation) current() (*org, *budget) {
-	o := r.ks.org.resolve()
-	if o != r.o {
-		nb := o.budget(r.class)
-		if !r.settled {
-			pend := max(0, r.outRes-r.output)
-			r.bud.pendingOut -= pend
-			nb.pendingOut += pend
-		}
-		r.o, r.bud = o, nb
-		r.synced = true // the marks no longer describe this budget
-	}
-	return r.o, r.bud
-}
-
-// ObserveHeaders learns from an upstream response's headers: its
-// organization, its limits and remaining counts, and on a 429 a cooldown of
-// the organization's budget for this model class.
-func (r *Reservation) ObserveHeaders(status int, h RateLimitHeaders) {
-	p := r.p
-	st := p.st
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	now := st.clock.Now().UnixNano()
-	r.status = status
-	if h.OrganizationID != "" {
-		st.learnOrg(r.ks, h.OrganizationID, now, p.members[r.idx].caps)
-	}
-	if r.passive {
-		// count_tokens and models have their own upstream limits: their
-		// headers say nothing about the Messages budgets.
-		return
-	}
-	marksValid := r.ks.org.resolve() == r.o && !r.synced
-	_, b := r.current()
-	if status >= 500 && !r.passive && !r.haveIn && !r.refunded {
-		// 5xx and 529: the upstream took neither the request nor its
-		// input. Give them back before syncing, which otherwise takes
-		// them as counted and leaves the estimate charged whenever the
-		// level lies within the headers' rounding: no penalty.
-		b.b[kindRequests].charge(-1)
-		b.b[kindInput].charge(-r.est)
-		r.refunded = true
-	}
-	in := h.InputTokens
-	if !in.Present() {
-		// Older responses carry only the combined token limit.
-		in = h.Tokens
-	}
-	lims := [numKinds]Limit{h.Requests, in, h.OutputTokens}
-	own := [numKinds]float64{1, r.est, r.output}
-	if r.passive {
-		own[kindRequests] = 0 // a passive reservation charged no request
-	}
-	synced := false
-	for k, l := range lims {
-		if l.Limit > 0 {
-			b.b[k].learned = learnedLimit(k, l.Limit)
-		}
-		caps := p.capsOf(r.idx, b)
-		b.b[k].refill(now, caps[k])
-		if l.Remaining < 0 || caps[k] <= 0 {
-			continue
-		}
-		later := 0.0
-		if marksValid {
-			later = math.Max(0, b.b[k].charged-r.mark[k]-own[k])
-		}
-		gran := 1.0
-		if k != kindRequests && l.Remaining%1000 == 0 {
-			gran = 1000 // the upstream rounds token counts down to thousands
-		}
-		// Raise the level only when what was charged since this request
-		// was admitted is known, and the bucket is the upstream's own: a
-		// configured limit other than the upstream's (the operator's share
-		// of the organization) must not be refilled by the upstream having
-		// more left.
-		cfg := p.members[r.idx].caps[k]
-		raise := marksValid && (cfg == 0 || cfg == float64(l.Limit))
-		moved := b.b[k].sync(caps[k], l.Remaining, later, gran, raise)
-		b.b[k].floor(caps[k])
-		if k == kindInput {
-			synced = true
-			r.inKept = !moved
-		}
-	}
-	if synced {
-		r.synced = true
-	}
-	// tokens-* copies the tighter of input-tokens-* and output-tokens-*,
-	// and its reset is when that bucket is full again. When the per-kind
-	// triples are there the buckets already follow them and refill
-	// continuously; cooling until a full refill would idle the organization
-	// for up to a minute whenever under 1000 tokens (the rounding) are left.
-	// Only when tokens-* is all an older response says is it a cooldown.
-	if reset := capUntil(now, h.Tokens.Reset, MaxCooldown); h.Tokens.Remaining == 0 && reset > now && !h.InputTokens.Present() && !h.OutputTokens.Present() {
-		b.coolUntil = max(b.coolUntil, reset)
-		b.coolReason = "token limit exhausted"
-	}
-	if status == 429 {
-		r.ks.totals.RateLimited++
-		var until int64
-		switch {
-		case h.HasRetryAfter:
-			until = now + int64(min(max(h.RetryAfter, time.Second), MaxCooldown))
-		default:
-			for _, l := range lims {
-				if reset := capUntil(now, l.Reset, MaxCooldown); l.Remaining == 0 && reset > until {
-					until = reset
-				}
-			}
-			if until <= now {
-				until = now + int64(p.cfg.DefaultCooldown)
-			}
-		}
-		if until > b.coolUntil {
-			b.coolUntil = until
-			b.coolReason = "upstream 429"
-		}
-	}
-}
-
-// Disable takes the reserved key out of rotation (the upstream rejected it)
-// until a reload changes it or an operator enables it.
-func (r *Reservation) Disable(reason string) {
-	st := r.p.st
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	r.ks.disabled = reason
-}
-
-// Park takes the reserved key's organization out of rotation until the
-// given time, or for the pool's SpendCapPark when until is zero or past;
-// never longer than MaxPark.
-func (r *Reservation) Park(until time.Time, reason string) {
-	st := r.p.st
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	now := st.clock.Now().UnixNano()
-	at := capUntil(now, until, MaxPark)
-	if at <= now {
-		at = now + int64(r.p.cfg.SpendCapPark)
-	}
-	o, _ := r.current()
-	// A longer park already in place stays (capped too: it was set here),
-	// with its own reason.
-	if at >= o.parkUntil {
-		o.parkUntil, o.parkReason = at, reason
-	}
-}
-
-// ExcludeOrg makes later attempts of the request avoid the reserved key's
-// organization (it answered 429 for the whole organization).
-func (a *Attempts) ExcludeOrg(r *Reservation) { a.orgs = append(a.orgs, r.ks.org) }
-
-// ExcludeKey makes later attempts avoid the reserved key.
-func (a *Attempts) ExcludeKey(r *Reservation) { a.keys = append(a.keys, r.ks) }
-
-// Usage is token usage as the upstream reports it, cumulative.
-type Usage struct {
-	InputTokens              int64
-	CacheCreationInputTokens int64
-	CacheReadInputTokens     int64
-	OutputTokens             int64
-	HaveInput                bool
-	HaveOutput               bool
-}
-
-// Charge applies usage seen so far: the real input once (replacing the
-// estimate unless headers already synced the budget) and output as it
-// grows. Call it whenever the streamed usage changes.
-func (r *Reservation) Charge(u Usage) {
-	st := r.p.st
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	r.charge(u)
-}
-
-func (r *Reservation) charge(u Usage) {
-	if r.settled || r.passive {
-		return
-	}
-	_, b := r.current()
-	u = capUsage(u)
-	caps := r.p.capsOf(r.idx, b)
-	if u.HaveInput {
-		in := math.Min(float64(u.InputTokens+u.CacheCreationInputTokens), inputBound(r.bytes, caps[kindInput]))
-		if !r.haveIn {
-			r.haveIn = true
-			r.input = in
-			switch {
-			case r.refunded:
-				b.b[kindInput].charge(r.input)
-			case !r.synced, r.inKept:
-				// A sync that left the level alone (it was within the
-				// headers' rounding) did not replace the estimate by
-				// the real charge: without this the level drifts up to
-				// the rounding (999 tokens) above the upstream's.
-				b.b[kindInput].charge(r.input - r.est)
-			}
-			r.p.st.est[r.class].observe(r.bytes, u)
-		} else if in > r.input {
-			// Cumulative usage grew during the turn (server tools add
-			// input): the upstream charges that too, after any header.
-			b.b[kindInput].charge(in - r.input)
-			r.input = in
-		}
-		t := &r.ks.totals
-		cur := [3]int64{u.InputTokens, u.CacheCreationInputTokens, u.CacheReadInputTokens}
-		for i, dst := range [3]*int64{&t.InputTokens, &t.CacheCreationTokens, &t.CacheReadTokens} {
-			if cur[i] > r.seen[i] {
-				*dst += cur[i] - r.seen[i]
-				r.seen[i] = cur[i]
-			}
-		}
-	}
-	if out := math.Min(float64(u.OutputTokens), outputBound(r.maxTokens, caps[kindOutput])); u.HaveOutput && out > r.output {
-		d := out - r.output
-		b.pendingOut -= max(0, r.outRes-r.output) - max(0, r.outRes-out)
-		b.b[kindOutput].charge(d)
-		r.ks.totals.OutputTokens += int64(d)
-		r.output = out
-	}
-	b.b[kindInput].floor(caps[kindInput])
-	b.b[kindOutput].floor(caps[kindOutput])
-}
-
-// Result is how an attempt ended.
-type Result struct {
-	// Status is the upstream's status code; 0 when no response arrived.
-	Status int
-	Usage  Usage
-}
-
-// Settle ends the reservation exactly once (later calls do nothing): it
-// charges the final usage, or when the upstream did not take the request
-// (no response, 5xx, 529, or a rejection) gives the estimate back.
-func (r *Reservation) Settle(res Result) {
-	if r == nil || r.p == nil {
-		return
-	}
-	st := r.p.st
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	if r.settled {
-		return
-	}
-	r.charge(res.Usage)
-	_, b := r.current()
-	b.pendingOut -= max(0, r.outRes-r.output) // no more output comes
-	r.settled = true
-	r.ks.inFlight--
-	ok := res.Status >= 200 && res.Status < 300
-	if ok && r.output > 0 && !r.passive {
-		r.p.st.est[r.class].observeOutput(r.output)
-	}
-	if !r.haveIn && !r.synced && !ok && !r.passive && !r.refunded {
-		// The upstream did not count this request's input.
-		b.b[kindInput].charge(-r.est)
-		if res.Status == 0 || res.Status >= 500 {
-			b.b[kindRequests].charge(-1) // not the key's fault: no penalty
-		}
-	}
-	if ok {
-		r.ks.totals.Succeeded++
-	} else {
-		r.ks.totals.Failed++
-	}
-	var now int64
-	if r.cu != nil || st.waitq.waiting(r.class) {
-		now = st.clock.Now().UnixNano()
-	}
-	if r.cu != nil {
-		r.cu.add(now, r.input+r.output-r.cuCost)
-	}
-	if st.waitq.waiting(r.class) {
-		st.dispatch(r.class, now)
-	}
 }

@@ -475,6 +475,43 @@ func (p *Pool) Close() {
 	}
 }
 
+// Enable clears a key's disabled state, its organization's park, every
+// cooldown of its organization's budgets and any debt they carry (levels
+// below zero are raised to zero, to refill from there): after it the key
+// can take requests as soon as a budget refills. It reports false for an
+// unknown key.
+func (p *Pool) Enable(name string) bool {
+	st := p.st
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	now := st.clock.Now().UnixNano()
+	for i := range p.members {
+		m := &p.members[i]
+		if m.cfg.Name != name {
+			continue
+		}
+		m.ks.disabled = ""
+		o := m.ks.org.resolve()
+		o.parkUntil, o.parkReason = 0, ""
+		for _, b := range o.budgets {
+			if b == nil {
+				continue
+			}
+			b.coolUntil, b.coolReason = 0, ""
+			caps := p.capsOf(i, b)
+			for k := range b.b {
+				b.b[k].refill(now, caps[k])
+				if bk := &b.b[k]; bk.init && bk.level < 0 {
+					bk.level = 0
+				}
+			}
+		}
+		st.dispatchAll(now)
+		return true
+	}
+	return false
+}
+
 // Len is the number of keys in the pool.
 func (p *Pool) Len() int { return len(p.members) }
 
