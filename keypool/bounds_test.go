@@ -71,6 +71,16 @@ func TestLearnedLimitIsCapped(t *testing.T) {
 	if b.InputTokens.Learned != maxLearnedTPM || b.Requests.Learned != maxLearnedRPM {
 		t.Fatalf("learned limits %d, %d: not capped", b.InputTokens.Learned, b.Requests.Learned)
 	}
+	// A count beyond int64 is capped too, not taken as absent.
+	r = acquire(t, p, Request{Model: sonnet, Bytes: 4000})
+	observe(r, clk, 200, "anthropic-ratelimit-output-tokens-limit", "99999999999999999999999")
+	r.Settle(ok200())
+	if b := p.Snapshot().Keys[0].Budgets[0]; b.OutputTokens.Learned != maxLearnedTPM {
+		t.Fatalf("output limit beyond int64 learned as %d", b.OutputTokens.Learned)
+	}
+	if b.InputTokens.Learned != maxLearnedTPM || b.Requests.Learned != maxLearnedRPM {
+		t.Fatalf("learned limits %d, %d: not capped", b.InputTokens.Learned, b.Requests.Learned)
+	}
 	if b.InputTokens.Remaining > maxLearnedTPM || b.Requests.Remaining > maxLearnedRPM {
 		t.Fatalf("remaining beyond the cap: %+v", b)
 	}

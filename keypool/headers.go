@@ -2,6 +2,7 @@ package keypool
 
 import (
 	"errors"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
@@ -114,6 +115,11 @@ func parseCount(v string) int64 {
 		return -1
 	}
 	n, err := strconv.ParseInt(v, 10, 64)
+	if errors.Is(err, strconv.ErrRange) && n > 0 {
+		// Beyond int64: capped, then bounded like any large value (see
+		// learnedLimit), rather than taken as absent.
+		return math.MaxInt64
+	}
 	if err != nil || n < 0 {
 		return -1
 	}
