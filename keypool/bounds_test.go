@@ -200,3 +200,19 @@ func TestReloadClampsBudgetToNewLimits(t *testing.T) {
 	clk.Advance(2 * time.Minute)
 	wantLevel(t, p2, "a", sonnet, kindInput, 1000, 1e-6)
 }
+
+// A reload that drops a configured limit leaves the learned one: the
+// budget is clamped into that capacity.
+func TestReloadToLearnedLimitClamps(t *testing.T) {
+	p, clk := newPool(t, Config{Keys: []KeyConfig{{Name: "a", Limits: Limits{ITPM: 1000000}}}})
+	r := acquire(t, p, Request{Model: sonnet, Bytes: 4000000})
+	observe(r, clk, 200, "anthropic-ratelimit-input-tokens-limit", "1000")
+	r.Settle(Result{Status: 200, Usage: Usage{InputTokens: 2000000, HaveInput: true}})
+	wantLevel(t, p, "a", sonnet, kindInput, -1000000, 1e-6)
+	p2, err := p.st.NewPool(Config{Keys: keys("a")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Close()
+	wantLevel(t, p2, "a", sonnet, kindInput, -1000, 1e-6)
+}

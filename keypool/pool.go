@@ -438,7 +438,7 @@ func (st *State) NewPool(cfg Config) (*Pool, error) {
 			if b == nil {
 				continue
 			}
-			for k, c := range p.members[i].caps {
+			for k, c := range p.capsOf(i, b) {
 				b.b[k].clampTo(c)
 			}
 		}
