@@ -335,6 +335,16 @@ func (p *Pool) retryAfter(now int64, class int, est float64) (time.Duration, boo
 	return time.Duration(at - now), false
 }
 
+// noKeys reports whether every key of the pool is disabled.
+func (p *Pool) noKeys() bool {
+	for i := range p.members {
+		if p.members[i].ks.disabled == "" {
+			return false
+		}
+	}
+	return true
+}
+
 // earliest is when some enabled key could admit a request of est input
 // tokens, with the budget that would and its input capacity (0: unknown).
 func (p *Pool) earliest(now int64, class int, est float64) (int64, *budget, float64, bool) {

@@ -207,3 +207,20 @@ func TestShortCapacityRefusesTheClientOverItsShare(t *testing.T) {
 	// A weight that covers the use makes it the client's share.
 	acquire(t, p, Request{Model: sonnet, Client: "greedy", ClientWeight: 100})
 }
+
+// Past holdDepth blocked waiters nobody reserves ahead, but the order and
+// the admission of whatever fits still hold.
+func TestWaitBeyondHoldDepth(t *testing.T) {
+	p, clk := rpmPool(t)
+	out := make(chan labelled, 128)
+	n := holdDepth + 6
+	for i := range n {
+		queue(t, p, clk, out, fmt.Sprint(i), Request{Model: sonnet, Client: "c"}, i+1)
+	}
+	got := admitOneAtATime(t, clk, out, n, n)
+	for i, g := range got {
+		if g != fmt.Sprint(i) {
+			t.Fatalf("admission %d went to waiter %s: %v", i, g, got)
+		}
+	}
+}

@@ -1,6 +1,7 @@
 package keypool
 
 import (
+	"math"
 	"slices"
 	"time"
 )
@@ -176,6 +177,13 @@ func (w *waiter) signal() {
 // spinning.
 const minSleep = int64(time.Millisecond)
 
+// holdDepth bounds the work of a pass: only the first holdDepth waiters
+// that do not fit reserve ahead (computing where and when they could be
+// admitted is a walk over every key); those behind them hold nothing and
+// wait for a pass to reach them, which happens as those ahead are
+// admitted. They are still admitted whenever they fit.
+const holdDepth = 64
+
 // dispatch is one pass over class's waiters (see waitQueue): it admits
 // those that fit and places the holds of those that do not. st.mu is held.
 func (st *State) dispatch(class int, now int64) {
@@ -187,6 +195,13 @@ func (st *State) dispatch(class int, now int64) {
 	for _, w := range cq.order {
 		w.dropHold()
 	}
+	// Within a pass levels only fall and holds only grow, so a plain
+	// request (no session pin to follow) of a pool where one of need
+	// minNeed did not fit cannot fit with a need at least as large: its
+	// pick is skipped.
+	var minPool *Pool
+	minNeed := math.Inf(1)
+	blocked := 0
 	for i := 0; i < len(cq.order); {
 		w := cq.order[i]
 		if now >= w.deadline {
@@ -194,28 +209,41 @@ func (st *State) dispatch(class int, now int64) {
 			continue
 		}
 		p := w.p
-		k, so, e := p.pick(now, class, w.est, w.margin, w.req)
-		if k >= 0 {
-			p.reserve(k, now, class, e, w.req, w.res, so)
-			w.done = true
-			q.remove(w, true)
-			w.signal()
-			continue // the next waiter moved up to i
+		plain := !p.cfg.Sticky || w.req.Session == 0
+		k, e := -1, w.est
+		if !plain || p != minPool || w.need < minNeed {
+			var so StickyOutcome
+			k, so, e = p.pick(now, class, w.est, w.margin, w.req)
+			if k >= 0 {
+				p.reserve(k, now, class, e, w.req, w.res, so)
+				w.done = true
+				q.remove(w, true)
+				w.signal()
+				continue // the next waiter moved up to i
+			}
 		}
 		w.need = max(w.need, e*(1+w.margin))
-		at, b, capIn, noKeys := p.earliest(now, class, w.need)
-		w.noKeys = noKeys
-		w.wakeAt = w.deadline
-		if b != nil && at <= w.deadline {
-			w.hold, w.holdIn = b, w.need
-			if capIn > 0 {
-				w.holdIn = min(w.need, capIn)
-			}
-			b.holdReq++
-			b.holdIn += w.holdIn
-			w.wakeAt = max(at, now+minSleep)
+		if plain && (p != minPool || w.need < minNeed) {
+			minPool, minNeed = p, w.need
 		}
-		if w.wakeAt < w.armed || noKeys {
+		blocked++
+		w.wakeAt = w.deadline
+		if blocked > holdDepth {
+			w.noKeys = p.noKeys()
+		} else {
+			at, b, capIn, noKeys := p.earliest(now, class, w.need)
+			w.noKeys = noKeys
+			if b != nil && at <= w.deadline {
+				w.hold, w.holdIn = b, w.need
+				if capIn > 0 {
+					w.holdIn = min(w.need, capIn)
+				}
+				b.holdReq++
+				b.holdIn += w.holdIn
+				w.wakeAt = max(at, now+minSleep)
+			}
+		}
+		if w.wakeAt < w.armed || w.noKeys {
 			w.signal()
 		}
 		i++
