@@ -304,6 +304,16 @@ func (p *Pool) reserve(i int, now int64, class int, est float64, req *Request, r
 		res.est, res.input = 0, inputPassive
 	} else {
 		b.b[kindRequests].charge(1)
+		// A body larger than the bucket is admitted when it is full, as
+		// upstream; it still leaves at most one capacity of debt, and
+		// the reservation is what was charged, so that settling it
+		// corrects exactly that.
+		if bk := &b.b[kindInput]; bk.init && est > bk.level {
+			if c := capOf(m.caps[kindInput], bk); c > 0 && est > bk.level+c {
+				est = max(0, bk.level+c)
+				res.est = est
+			}
+		}
 		b.b[kindInput].charge(est)
 		res.outRes = p.st.est[class].outMean
 		b.pendingOut += res.outRes

@@ -216,3 +216,17 @@ func TestReloadToLearnedLimitClamps(t *testing.T) {
 	p.Close()
 	wantLevel(t, p2, "a", sonnet, kindInput, -1000, 1e-6)
 }
+
+// A request body far larger than the bucket is admitted at a full bucket
+// (as upstream) and leaves at most one capacity of debt.
+func TestHugeRequestDebtIsBounded(t *testing.T) {
+	p, _ := boundsPool(t)
+	r := acquire(t, p, Request{Model: sonnet, Bytes: 40_000_000}) // 10M tokens estimated
+	wantLevel(t, p, "a", sonnet, kindInput, -100000, 1e-6)
+	if r.Estimate() != 200000 {
+		t.Fatalf("reserved %d, want the 200000 that fit", r.Estimate())
+	}
+	// Settling corrects what was reserved to what was used.
+	r.Settle(Result{Status: 200, Usage: Usage{InputTokens: 50000, HaveInput: true}})
+	wantLevel(t, p, "a", sonnet, kindInput, 50000, 1e-6)
+}
