@@ -15,6 +15,7 @@ func FuzzParseHeaders(f *testing.F) {
 	f.Add("", "", "", "", "", "", "", "", "")
 	f.Add("-1", "x", "not a time", "1e9", "99999999999999999999", " 7 ", "0", "Wed, 21 Oct 2026 07:28:00 GMT", strings.Repeat("o", 300))
 	f.Add("10", "0", "2026-11-27T10:00:30+02:00", "0", "0", "0", "0", "1.5", "")
+	f.Add("1", "0", "9999-12-31T23:59:59Z", "99999999999999999999", "0", "1", "0", "Fri, 31 Dec 9999 23:59:59 GMT", "o")
 	now := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
 	f.Fuzz(func(t *testing.T, rl, rr, reset, il, ir, ol, orr, retry, org string) {
 		h := http.Header{}
@@ -40,6 +41,14 @@ func FuzzParseHeaders(f *testing.F) {
 		}
 		if p.RetryAfter < 0 || (!p.HasRetryAfter && p.RetryAfter != 0) {
 			t.Fatalf("retry-after %v (has %v)", p.RetryAfter, p.HasRetryAfter)
+		}
+		if p.RetryAfter > MaxCooldown {
+			t.Fatalf("retry-after %v beyond the cap", p.RetryAfter)
+		}
+		for _, l := range []Limit{p.Requests, p.InputTokens, p.OutputTokens, p.Tokens} {
+			if l.Reset.After(now.Add(MaxCooldown)) {
+				t.Fatalf("reset %v beyond the cap", l.Reset)
+			}
 		}
 		if len(p.OrganizationID) > 128 {
 			t.Fatalf("organization id not bounded: %d bytes", len(p.OrganizationID))
