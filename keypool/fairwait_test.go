@@ -224,3 +224,71 @@ func TestWaitBeyondHoldDepth(t *testing.T) {
 		}
 	}
 }
+
+// Issue 14's scenario in the pool: a greedy client keeps 16 requests
+// waiting (closed loop: each admitted one comes straight back) on a
+// saturated pool; a light client's requests, one every 5 s, are each
+// admitted within one admission interval (1 s), and every interval admits
+// someone: the pool stays fully used.
+func TestWaitLightClientBesideAGreedyClosedLoop(t *testing.T) {
+	p, clk := rpmPool(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	type admission struct {
+		who          string
+		asked, gotAt time.Time
+	}
+	out := make(chan admission, 64)
+	for range 16 {
+		go func() {
+			for ctx.Err() == nil {
+				r := new(Reservation)
+				asked := clk.Now()
+				if err := p.Acquire(ctx, &Request{Model: sonnet, Client: "greedy"}, r); err != nil {
+					return
+				}
+				r.Settle(ok200())
+				out <- admission{"greedy", asked, clk.Now()}
+			}
+		}()
+	}
+	clk.BlockUntil(16)
+	lightWaiting := 0
+	var lightWaits []time.Duration
+	for step := 1; step <= 50; step++ {
+		if step%5 == 0 {
+			go func() {
+				r := new(Reservation)
+				asked := clk.Now()
+				if err := p.Acquire(ctx, &Request{Model: sonnet, Client: "light"}, r); err != nil {
+					t.Error(err)
+					return
+				}
+				r.Settle(ok200())
+				out <- admission{"light", asked, clk.Now()}
+			}()
+			lightWaiting++
+			clk.BlockUntil(16 + lightWaiting)
+		}
+		clk.Advance(time.Second)
+		var a admission
+		select {
+		case a = <-out:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("second %d admitted nobody", step)
+		}
+		if a.who == "light" {
+			lightWaiting--
+			lightWaits = append(lightWaits, a.gotAt.Sub(a.asked))
+		}
+		clk.BlockUntil(16 + lightWaiting) // the greedy one is back in line
+	}
+	if len(lightWaits) != 10 {
+		t.Fatalf("%d of 10 light requests admitted", len(lightWaits))
+	}
+	for i, w := range lightWaits {
+		if w > time.Second {
+			t.Fatalf("light request %d waited %v, want at most one admission interval: %v", i, w, lightWaits)
+		}
+	}
+}
