@@ -3,8 +3,11 @@ module github.com/cc-relay/caddy-cc-relay/bench
 go 1.26.0
 
 require (
+	github.com/buger/jsonparser v1.6.1
 	github.com/caddyserver/caddy/v2 v2.11.9
 	github.com/cc-relay/caddy-cc-relay v0.0.0
+	github.com/go-json-experiment/json v1.27.2
+	github.com/tidwall/gjson v1.20.4
 )
 
 require (
@@ -113,6 +116,8 @@ require (
 	github.com/spf13/pflag v1.0.10 // indirect
 	github.com/tailscale/go-winio v0.0.0-20231025203758-c4f33415bf55 // indirect
 	github.com/tailscale/tscert v0.0.0-20251216020129-aea342f6d747 // indirect
+	github.com/tidwall/match v1.1.1 // indirect
+	github.com/tidwall/pretty v1.3.0 // indirect
 	github.com/urfave/cli v1.22.17 // indirect
 	github.com/x448/float16 v0.8.4 // indirect
 	github.com/yuin/goldmark v1.8.6 // indirect

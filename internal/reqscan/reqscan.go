@@ -6,6 +6,20 @@
 // handful of small top-level values. Scan walks the top-level object once,
 // skipping every other value with a fast structural scanner, and allocates
 // only the strings it returns.
+//
+// Why a scanner of its own rather than a JSON library: it runs on every
+// request, over the whole body, before the request can be forwarded, and it
+// does more than read four fields: it checks the body's structure (so a
+// garbled body gets a 400 here rather than a charge upstream), refuses
+// repeated fields that a library would silently resolve one way or the
+// other, and returns the raw system prompt and first message for the
+// conversation-prefix hash. Measured on a 200 KB Claude Code body
+// (bench/scanners, `cd bench && go test -run '^$' -bench . -benchmem
+// ./scanners/`, 2 shared cores, best of 3, 2026-12-02): Scan 308 µs and 2
+// allocations; github.com/buger/jsonparser 399 µs (3 allocations) and
+// github.com/tidwall/gjson 440 µs (8), which both read the four paths but
+// check nothing they skip; the encoding/json/v2 tokenizer (jsontext,
+// validating) 784 µs (55); encoding/json into a struct 2.97 ms (12).
 package reqscan
 
 import (
