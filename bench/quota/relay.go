@@ -185,12 +185,12 @@ func (s relaySpec) handler() map[string]any {
 		}
 	}
 	return map[string]any{
-		"handler":     "cc_relay",
-		"pool":        s.pool,
-		"strategy":    s.strategy,
-		"client_auth": "off",
-		"keys":        keys,
-		"sticky_off":  s.stickyOff,
+		"handler":             "cc_relay",
+		"pool":                s.pool,
+		"strategy":            s.strategy,
+		"disable_client_auth": true,
+		"keys":                keys,
+		"disable_sticky":      s.stickyOff,
 	}
 }
 
