@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -213,5 +214,19 @@ func TestJSONConfigMirrorsCaddyfile(t *testing.T) {
 	dec := json.NewDecoder(strings.NewReader(out[i:]))
 	if err := dec.Decode(&h); err != nil || h.Keys[0].RPM != 7 {
 		t.Fatalf("JSON does not decode into Handler: %v %+v", err, h)
+	}
+}
+
+// TestJSONOldSwitchNamesRejected checks that a JSON config still using the
+// names before disable_client_auth / disable_sticky fails to load, naming
+// the field, instead of silently turning client auth or affinity back on.
+func TestJSONOldSwitchNamesRejected(t *testing.T) {
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	for _, old := range []string{`"client_auth":"off"`, `"sticky_off":true`} {
+		_, err := ctx.LoadModuleByID("http.handlers.cc_relay", json.RawMessage(`{"pool":"json_old_names",`+old+`,"client_tokens":[{"token":"t"}],"keys":[{"key":"sk-json-old"}]}`))
+		if err == nil || !strings.Contains(err.Error(), strings.Split(old, `"`)[1]) {
+			t.Errorf("config with %s: error %v, want one naming the field", old, err)
+		}
 	}
 }
