@@ -122,7 +122,7 @@ func BenchmarkBodyBuf(b *testing.B) {
 // request keeps its body alive (not the handler's locals, not the scan of
 // the body), so a long stream costs no body memory.
 func TestStreamDoesNotKeepBody(t *testing.T) {
-	h := &Handler{ClientAuth: "off", MaxBody: 1 << 20, clk: clock.NewFake(clockT0), logger: zap.NewNop(),
+	h := &Handler{DisableClientAuth: true, MaxBody: 1 << 20, clk: clock.NewFake(clockT0), logger: zap.NewNop(),
 		secrets: []keySecret{{value: "sk-test-body"}}}
 	st := keypool.NewState(h.clk)
 	p, err := st.NewPool(keypool.Config{Keys: []keypool.KeyConfig{{Name: "k"}}})

@@ -90,7 +90,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if d.Val() != "off" {
 				return d.Errf("client_auth: only 'off' is accepted (client auth is on unless turned off), got %q", d.Val())
 			}
-			h.ClientAuth = "off"
+			h.DisableClientAuth = true
 			if d.NextArg() {
 				return d.ArgErr()
 			}
@@ -152,7 +152,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "sticky":
 			if d.NextArg() {
 				if d.Val() == "off" {
-					h.StickyOff = true
+					h.DisableSticky = true
 				} else {
 					dur, err := caddy.ParseDuration(d.Val())
 					if err != nil || dur <= 0 {
@@ -213,7 +213,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if len(h.Keys) == 0 {
 		return d.Err("cc_relay: no upstream keys: add at least one 'key <secret>'")
 	}
-	if len(h.ClientTokens) == 0 && h.ClientAuth != "off" {
+	if len(h.ClientTokens) == 0 && !h.DisableClientAuth {
 		return d.Err("cc_relay: no client_token: add one, or 'client_auth off' to let anyone use the relay")
 	}
 	return nil

@@ -1,6 +1,8 @@
 package caddymodule
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -66,8 +68,17 @@ func TestCaddyfileFullDirective(t *testing.T) {
 		t.Fatalf("parsed %+v", h)
 	}
 	h, err = parse("cc_relay {\nclient_auth off\nkey k\nsticky off\n}")
-	if err != nil || !h.StickyOff || h.ClientAuth != "off" || h.Pool != "" {
+	if err != nil || !h.DisableSticky || !h.DisableClientAuth || h.Pool != "" {
 		t.Fatalf("sticky off: %+v %v", h, err)
+	}
+	// The Caddyfile's "off" words become booleans named as Caddy names
+	// them in JSON.
+	b, err := json.Marshal(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(b, []byte(`"disable_client_auth":true`)) || !bytes.Contains(b, []byte(`"disable_sticky":true`)) {
+		t.Fatalf("JSON of client_auth off, sticky off: %s", b)
 	}
 }
 
@@ -141,7 +152,7 @@ func provision(t *testing.T, h *Handler) error {
 
 func TestProvisionResolvesSecretsAndRejectsUnset(t *testing.T) {
 	t.Setenv("CC_TEST_KEY_OK", "sk-ant-resolved")
-	h := &Handler{Pool: "prov_ok", ClientAuth: "off", Keys: []Key{{Key: "{env.CC_TEST_KEY_OK}"}}}
+	h := &Handler{Pool: "prov_ok", DisableClientAuth: true, Keys: []Key{{Key: "{env.CC_TEST_KEY_OK}"}}}
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: t.Context()})
 	defer cancel()
 	if err := h.Provision(ctx); err != nil {
@@ -153,13 +164,13 @@ func TestProvisionResolvesSecretsAndRejectsUnset(t *testing.T) {
 	_ = h.Cleanup()
 
 	for name, h := range map[string]*Handler{
-		"unset env": {Pool: "prov_bad1", ClientAuth: "off", Keys: []Key{{Key: "sk-a"}, {Key: "{env.CC_TEST_SURELY_UNSET}"}}},
-		"no keys":   {Pool: "prov_bad2", ClientAuth: "off"},
+		"unset env": {Pool: "prov_bad1", DisableClientAuth: true, Keys: []Key{{Key: "sk-a"}, {Key: "{env.CC_TEST_SURELY_UNSET}"}}},
+		"no keys":   {Pool: "prov_bad2", DisableClientAuth: true},
 		"no client": {Pool: "prov_bad3", Keys: []Key{{Key: "sk-a"}}},
-		"bad strat": {Pool: "prov_bad4", ClientAuth: "off", Strategy: "fastest", Keys: []Key{{Key: "sk-a"}}},
-		"org conflict": {Pool: "prov_bad5", ClientAuth: "off", Keys: []Key{
+		"bad strat": {Pool: "prov_bad4", DisableClientAuth: true, Strategy: "fastest", Keys: []Key{{Key: "sk-a"}}},
+		"org conflict": {Pool: "prov_bad5", DisableClientAuth: true, Keys: []Key{
 			{Key: "sk-a", Org: "o", RPM: 5}, {Key: "sk-b", Org: "o", RPM: 6}}},
-		"dup secret": {Pool: "prov_bad6", ClientAuth: "off", Keys: []Key{{Key: "sk-a"}, {Key: "sk-a"}}},
+		"dup secret": {Pool: "prov_bad6", DisableClientAuth: true, Keys: []Key{{Key: "sk-a"}, {Key: "sk-a"}}},
 	} {
 		err := provision(t, h)
 		if err == nil {
@@ -203,5 +214,19 @@ func TestJSONConfigMirrorsCaddyfile(t *testing.T) {
 	dec := json.NewDecoder(strings.NewReader(out[i:]))
 	if err := dec.Decode(&h); err != nil || h.Keys[0].RPM != 7 {
 		t.Fatalf("JSON does not decode into Handler: %v %+v", err, h)
+	}
+}
+
+// TestJSONOldSwitchNamesRejected checks that a JSON config still using the
+// names before disable_client_auth / disable_sticky fails to load, naming
+// the field, instead of silently turning client auth or affinity back on.
+func TestJSONOldSwitchNamesRejected(t *testing.T) {
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	for _, old := range []string{`"client_auth":"off"`, `"sticky_off":true`} {
+		_, err := ctx.LoadModuleByID("http.handlers.cc_relay", json.RawMessage(`{"pool":"json_old_names",`+old+`,"client_tokens":[{"token":"t"}],"keys":[{"key":"sk-json-old"}]}`))
+		if err == nil || !strings.Contains(err.Error(), strings.Split(old, `"`)[1]) {
+			t.Errorf("config with %s: error %v, want one naming the field", old, err)
+		}
 	}
 }

@@ -28,70 +28,109 @@ func init() {
 
 // Handler relays Anthropic Messages API requests through a pool of upstream
 // API keys, keeping every key's organization within its rate limits.
+//
+// It authenticates the client, reads the request body once (bounded by
+// MaxBody), picks and reserves a key, sets the key on the request and hands
+// it to the next handler, normally reverse_proxy; it replays the body for
+// each attempt and watches the response as it streams to learn the key's
+// limits and settle its budget.
+//
+// It answers these itself, without calling the next handler, in Anthropic's
+// error shape ({"type":"error","error":{"type":"...","message":"..."}}) so
+// that clients such as Claude Code handle them as they would the upstream's:
+//
+//   - 401 authentication_error: a missing or unknown client token
+//   - 400 invalid_request_error: a body that cannot be read or is not a
+//     Messages API request object
+//   - 413 request_too_large: a body larger than MaxBody
+//   - 429 rate_limit_error, with Retry-After: no key can take the request
+//     within MaxWait
+//   - 503 api_error: every key is disabled, or the upstream rejected the
+//     relay's key (401/403) and no other key could take the request
+//
+// This handler sets the following placeholders, which the access log also
+// carries as cc_relay_* fields:
+//
+//	Placeholder                | Description
+//	---------------------------|-------------
+//	`{http.cc_relay.client}`   | The client's name (its client_token name)
+//	`{http.cc_relay.model}`    | The requested model
+//	`{http.cc_relay.session}`  | The conversation's session id, if the request names one
+//	`{http.cc_relay.key}`      | The name (never the secret) of the key of the latest attempt
+//	`{http.cc_relay.attempts}` | How many keys the request tried
 type Handler struct {
 	// Pool names the state (budgets, learned limits, cooldowns, pinned
 	// sessions) that survives config reloads. Handlers with the same pool
-	// name share it. Default: "default".
+	// name share it. The default is "default".
 	Pool string `json:"pool,omitempty"`
 
 	// Strategy picks a key among those with capacity: least_loaded,
-	// round_robin, weighted, priority or random. Default: least_loaded.
+	// round_robin, weighted, priority or random. The default is
+	// least_loaded.
 	Strategy string `json:"strategy,omitempty"`
 
 	// ClientTokens are the credentials clients present as x-api-key or
-	// Authorization: Bearer. At least one is required unless ClientAuth is
-	// "off". Secrets may be {env.VAR} or {file./path} placeholders.
+	// Authorization: Bearer. At least one is required unless
+	// DisableClientAuth is set. Secrets may be {env.VAR} or {file./path}
+	// placeholders. There is no default.
 	ClientTokens []ClientToken `json:"client_tokens,omitempty"`
 
-	// ClientAuth "off" lets any client use the relay. Default: on.
-	ClientAuth string `json:"client_auth,omitempty"`
+	// DisableClientAuth lets any client use the relay without a client
+	// token, for a relay behind another layer of authentication. The
+	// default is false: every request must present a client token.
+	DisableClientAuth bool `json:"disable_client_auth,omitempty"`
 
-	// Keys are the upstream API keys. At least one is required.
+	// Keys are the upstream API keys. At least one is required; there is
+	// no default.
 	Keys []Key `json:"keys,omitempty"`
 
 	// MaxWait is how long a request may wait for capacity, in arrival
-	// order, before the relay answers 429. Default: 0 (answer at once).
+	// order, before the relay answers 429. The default is 0: answer at
+	// once.
 	MaxWait caddy.Duration `json:"max_wait,omitempty"`
 
 	// MaxBody bounds the request body in bytes; larger requests get 413.
-	// Default: 32 MiB, the upstream's own limit.
+	// The default is 32 MiB, the upstream's own limit.
 	MaxBody int64 `json:"max_body,omitempty"`
 
 	// Retries is how many more keys a request may try after an upstream
-	// 429, 401 or 403 that reached no client byte. Default: 2.
+	// 429, 401 or 403 that reached no client byte. The default is 2.
 	Retries *int `json:"retries,omitempty"`
 
 	// RetryOverloaded also retries 529 and 5xx answers on another key.
-	// They never cost the key quota or a cooldown. Default: false.
+	// They never cost the key quota or a cooldown. The default is false.
 	RetryOverloaded bool `json:"retry_overloaded,omitempty"`
 
-	// StickyOff disables session affinity. By default a conversation stays
-	// on the key that holds its prompt cache while that key's organization
+	// DisableSticky turns session affinity off, so that every request
+	// follows the strategy. The default is false: a conversation stays on
+	// the key that holds its prompt cache while that key's organization
 	// can take it.
-	StickyOff bool `json:"sticky_off,omitempty"`
+	DisableSticky bool `json:"disable_sticky,omitempty"`
 
 	// StickyTTL is how long a pinned session is remembered after its last
-	// request. Default: 1h.
+	// request. The default is 1h.
 	StickyTTL caddy.Duration `json:"sticky_ttl,omitempty"`
 
 	// StickyMaxSessions bounds the pinned sessions; the least recently
-	// used are forgotten first. Default: 100000.
+	// used are forgotten first. The default is 100000.
 	StickyMaxSessions int `json:"sticky_max_sessions,omitempty"`
 
 	// TokenEstimateRatio is request-body bytes per input token assumed
-	// until real usage has calibrated the estimator. Default: 4.
+	// until real usage has calibrated the estimator. The default is 4.
 	TokenEstimateRatio float64 `json:"token_estimate_ratio,omitempty"`
 
 	// ModelClasses map model names to budget classes, before the built-in
-	// opus / sonnet / haiku families. First match wins.
+	// opus / sonnet / haiku families; the first match wins. The default is
+	// none: only the built-in families.
 	ModelClasses []ModelClass `json:"model_classes,omitempty"`
 
-	// DefaultCooldown applies to an upstream 429 that names neither
-	// retry-after nor a reset time. Default: 10s.
+	// DefaultCooldown is the cooldown after an upstream 429 that names
+	// neither retry-after nor a reset time. The default is 10s.
 	DefaultCooldown caddy.Duration `json:"default_cooldown,omitempty"`
 
 	// SpendCapPark is how long an organization that reached its spend cap
-	// stays out of rotation when the upstream names no date. Default: 1h.
+	// stays out of rotation when the upstream names no date. The default
+	// is 1h.
 	SpendCapPark caddy.Duration `json:"spend_cap_park,omitempty"`
 
 	logger   *zap.Logger
@@ -110,48 +149,73 @@ type Handler struct {
 
 // ClientToken is one client credential.
 type ClientToken struct {
-	// Token is the secret the client presents.
+	// Token is the secret the client presents, literal or an {env.VAR} or
+	// {file./path} placeholder resolved at provision time. It is required.
 	Token string `json:"token"`
-	// Name identifies the client in logs and placeholders. Default:
+
+	// Name identifies the client in logs and placeholders. The default is
 	// "client-" + the first 8 hex digits of the token's SHA-256.
 	Name string `json:"name,omitempty"`
 }
 
 // Key is one upstream API key.
 type Key struct {
-	// Key is the upstream secret; {env.VAR} and {file./path} resolve at
-	// provision time so the JSON config need not hold it.
+	// Key is the upstream secret, literal or an {env.VAR} or {file./path}
+	// placeholder resolved at provision time, so that the JSON config need
+	// not hold it. It is required.
 	Key string `json:"key"`
-	// Name labels the key in headers, logs, metrics and the admin API.
-	// Default: "key-" + the first 8 hex digits of the secret's SHA-256.
+
+	// Name labels the key in headers, logs, metrics and the admin API. The
+	// default is "key-" + the first 8 hex digits of the secret's SHA-256.
 	Name string `json:"name,omitempty"`
-	// RPM, ITPM and OTPM are the organization's per-minute limits on
-	// requests, input tokens and output tokens. 0 (default): learn them
-	// from the upstream's anthropic-ratelimit-* headers.
-	RPM  int64 `json:"rpm,omitempty"`
+
+	// RPM is the organization's limit on requests per minute. The default,
+	// 0, learns it from the upstream's anthropic-ratelimit-requests-limit
+	// header.
+	RPM int64 `json:"rpm,omitempty"`
+
+	// ITPM is the organization's limit on input tokens per minute. The
+	// default, 0, learns it from the upstream's
+	// anthropic-ratelimit-input-tokens-limit header.
 	ITPM int64 `json:"itpm,omitempty"`
+
+	// OTPM is the organization's limit on output tokens per minute. The
+	// default, 0, learns it from the upstream's
+	// anthropic-ratelimit-output-tokens-limit header.
 	OTPM int64 `json:"otpm,omitempty"`
-	// Weight is the key's share under the weighted strategy. Default: 1.
+
+	// Weight is the key's share under the weighted strategy. The default
+	// is 1.
 	Weight int `json:"weight,omitempty"`
+
 	// Priority orders keys under the priority strategy; lower numbers are
-	// used first. Default: 0.
+	// used first. The default is 0.
 	Priority int `json:"priority,omitempty"`
+
 	// Org groups keys of one upstream organization: they share one budget.
-	// Default: the key's own, until a response names its organization.
+	// The default is the key's own organization, until a response names
+	// it (anthropic-organization-id).
 	Org string `json:"org,omitempty"`
+
 	// Workspace is the prompt-cache scope a session may move within
-	// before leaving its cache behind. Default: the organization.
+	// before leaving its cache behind. The default is the organization.
 	Workspace string `json:"workspace,omitempty"`
-	// Auth is how the key is sent upstream: "x-api-key" (default) or
-	// "bearer" (Authorization: Bearer).
+
+	// Auth is how the key is sent upstream: "x-api-key" or "bearer"
+	// (Authorization: Bearer). The default is "x-api-key".
 	Auth string `json:"auth,omitempty"`
 }
 
-// ModelClass maps model names matching Pattern (path.Match syntax, e.g.
-// "claude-3-7-*") to the budget class Class.
+// ModelClass maps model names to a budget class, ahead of the built-in
+// opus / sonnet / haiku families.
 type ModelClass struct {
+	// Pattern matches model names in path.Match syntax, e.g.
+	// "claude-3-7-*". It is required.
 	Pattern string `json:"pattern"`
-	Class   string `json:"class"`
+
+	// Class is the budget class the matching models share, such as
+	// "sonnet" or a class of its own. It is required.
+	Class string `json:"class"`
 }
 
 type keySecret struct {
@@ -217,7 +281,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.secrets = make([]keySecret, len(h.Keys))
 	cfg := keypool.Config{
 		Strategy:           h.strategy,
-		Sticky:             !h.StickyOff,
+		Sticky:             !h.DisableSticky,
 		StickyTTL:          time.Duration(h.StickyTTL),
 		StickyMaxSessions:  h.StickyMaxSessions,
 		MaxWait:            time.Duration(h.MaxWait),
@@ -300,14 +364,8 @@ func (h *Handler) validate() error {
 			return err
 		}
 	}
-	switch h.ClientAuth {
-	case "", "on":
-		if len(h.ClientTokens) == 0 {
-			return fmt.Errorf("no client_token configured: add one, or 'client_auth off' to let anyone use the relay")
-		}
-	case "off":
-	default:
-		return fmt.Errorf("client_auth must be 'off' or absent, got %q", h.ClientAuth)
+	if len(h.ClientTokens) == 0 && !h.DisableClientAuth {
+		return fmt.Errorf("no client_token configured: add one, or 'client_auth off' (JSON: disable_client_auth) to let anyone use the relay")
 	}
 	for i, c := range h.ClientTokens {
 		if c.Token == "" {

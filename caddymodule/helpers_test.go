@@ -9,7 +9,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/cc-relay/caddy-cc-relay/internal/clock"
 	"github.com/cc-relay/caddy-cc-relay/internal/mockanthropic"
+	"github.com/cc-relay/caddy-cc-relay/internal/relaytest"
 	"github.com/cc-relay/caddy-cc-relay/keypool"
 )
 
@@ -674,92 +674,22 @@ func checkLeaks(t *testing.T, clients ...*relayClient) {
 
 // --- metrics ---
 
-// metricSample is one line of the Prometheus text format.
-type metricSample struct {
-	name   string
-	labels map[string]string
-	value  float64
-}
+// metricSample is one sample of Caddy's /metrics.
+type metricSample = relaytest.Sample
 
 // scrapeMetrics reads the samples of the admin endpoint's /metrics.
 func scrapeMetrics(t *testing.T) []metricSample {
 	t.Helper()
-	return parseMetrics(t, adminGet(t, "/metrics"))
-}
-
-// parseMetrics reads the samples of the text exposition format (enough of
-// it for these tests: label values hold no escaped quotes).
-func parseMetrics(t *testing.T, text string) []metricSample {
-	t.Helper()
-	var out []metricSample
-	sc := bufio.NewScanner(strings.NewReader(text))
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		s := metricSample{labels: map[string]string{}}
-		rest := line
-		if i := strings.IndexByte(line, '{'); i >= 0 {
-			s.name = line[:i]
-			j := strings.LastIndexByte(line, '}')
-			for _, kv := range splitLabels(line[i+1 : j]) {
-				k, v, _ := strings.Cut(kv, "=")
-				s.labels[k] = strings.Trim(v, `"`)
-			}
-			rest = strings.TrimSpace(line[j+1:])
-		} else {
-			s.name, rest, _ = strings.Cut(line, " ")
-		}
-		if f := strings.Fields(rest); len(f) > 0 {
-			v, err := strconv.ParseFloat(f[0], 64)
-			if err != nil {
-				t.Fatalf("bad sample %q: %v", line, err)
-			}
-			s.value = v
-		}
-		out = append(out, s)
+	s, err := relaytest.ParseMetrics(strings.NewReader(adminGet(t, "/metrics")))
+	if err != nil {
+		t.Fatalf("parsing /metrics: %v", err)
 	}
-	return out
-}
-
-func splitLabels(s string) []string {
-	var out []string
-	inQuote, start := false, 0
-	for i := 0; i < len(s); i++ {
-		switch s[i] {
-		case '"':
-			inQuote = !inQuote
-		case ',':
-			if !inQuote {
-				out = append(out, s[start:i])
-				start = i + 1
-			}
-		}
-	}
-	if start < len(s) {
-		out = append(out, s[start:])
-	}
-	return out
+	return s
 }
 
 // findSamples returns the samples named name whose labels include want.
 func findSamples(samples []metricSample, name string, want map[string]string) []metricSample {
-	var out []metricSample
-next:
-	for _, s := range samples {
-		if s.name != name {
-			continue
-		}
-		for k, v := range want {
-			if s.labels[k] != v {
-				continue next
-			}
-		}
-		out = append(out, s)
-	}
-	return out
+	return relaytest.FindSamples(samples, name, want)
 }
 
 // sampleValue is the value of the one sample named name with labels want.
@@ -769,5 +699,5 @@ func sampleValue(t *testing.T, samples []metricSample, name string, want map[str
 	if len(got) != 1 {
 		t.Fatalf("%s%v: %d samples, want 1: %v", name, want, len(got), got)
 	}
-	return got[0].value
+	return got[0].Value
 }

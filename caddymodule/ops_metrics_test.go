@@ -94,7 +94,7 @@ http://127.0.0.1:9080 {
 			return
 		}
 		got := findSamples(s, name, labels)
-		if len(got) != 1 || got[0].value != want {
+		if len(got) != 1 || got[0].Value != want {
 			mismatch = fmt.Sprintf("%s%v = %v, want %v", name, labels, got, want)
 		}
 	}

@@ -442,7 +442,7 @@ func TestOpsCleanupReleasesWhatProvisionAcquired(t *testing.T) {
 	}
 	refs := func() int { n, _ := pools.References(pool); return n }
 
-	if err := load(`{"pool":"` + pool + `","client_auth":"off","keys":[{"key":"sk-ops-unit-a","name":"a"}]}`); err != nil {
+	if err := load(`{"pool":"` + pool + `","disable_client_auth":true,"keys":[{"key":"sk-ops-unit-a","name":"a"}]}`); err != nil {
 		t.Fatal(err)
 	}
 	if refs() != 1 || lookupPool(pool) == nil {
@@ -450,9 +450,9 @@ func TestOpsCleanupReleasesWhatProvisionAcquired(t *testing.T) {
 	}
 	live1 := lookupPool(pool)
 	for name, raw := range map[string]string{
-		"unset env":      `{"pool":"` + pool + `","client_auth":"off","keys":[{"key":"sk-ops-unit-a","name":"a"},{"key":"{env.CC_RELAY_OPS_UNSET_7F3A}"}]}`,
-		"org conflict":   `{"pool":"` + pool + `","client_auth":"off","keys":[{"key":"sk-ops-unit-a","name":"a","org":"o","rpm":1},{"key":"{env.CC_RELAY_OPS_SET}","name":"b","org":"o","rpm":2}]}`,
-		"invalid config": `{"pool":"` + pool + `","client_auth":"off","keys":[{"key":"sk-ops-unit-a","rpm":-1}]}`,
+		"unset env":      `{"pool":"` + pool + `","disable_client_auth":true,"keys":[{"key":"sk-ops-unit-a","name":"a"},{"key":"{env.CC_RELAY_OPS_UNSET_7F3A}"}]}`,
+		"org conflict":   `{"pool":"` + pool + `","disable_client_auth":true,"keys":[{"key":"sk-ops-unit-a","name":"a","org":"o","rpm":1},{"key":"{env.CC_RELAY_OPS_SET}","name":"b","org":"o","rpm":2}]}`,
+		"invalid config": `{"pool":"` + pool + `","disable_client_auth":true,"keys":[{"key":"sk-ops-unit-a","rpm":-1}]}`,
 	} {
 		if err := load(raw); err == nil {
 			t.Fatalf("%s: provisioned", name)
@@ -466,7 +466,7 @@ func TestOpsCleanupReleasesWhatProvisionAcquired(t *testing.T) {
 			t.Fatalf("%s: the live pool changed", name)
 		}
 	}
-	if err := load(`{"pool":"` + pool + `","client_auth":"off","keys":[{"key":"sk-ops-unit-a","name":"a"},{"key":"{env.CC_RELAY_OPS_SET}","name":"b"}]}`); err != nil {
+	if err := load(`{"pool":"` + pool + `","disable_client_auth":true,"keys":[{"key":"sk-ops-unit-a","name":"a"},{"key":"{env.CC_RELAY_OPS_SET}","name":"b"}]}`); err != nil {
 		t.Fatal(err)
 	}
 	if refs() != 2 || lookupPool(pool) == live1 {
@@ -492,7 +492,7 @@ func TestOpsValidateLeavesNoGoroutine(t *testing.T) {
 	lc := startLeakCheck()
 
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-	if _, err := ctx.LoadModuleByID("http.handlers.cc_relay", json.RawMessage(`{"pool":"`+pool+`","client_auth":"off","keys":[{"key":"sk-ops-validate"}],"max_wait":"5s"}`)); err != nil {
+	if _, err := ctx.LoadModuleByID("http.handlers.cc_relay", json.RawMessage(`{"pool":"`+pool+`","disable_client_auth":true,"keys":[{"key":"sk-ops-validate"}],"max_wait":"5s"}`)); err != nil {
 		t.Fatal(err)
 	}
 	cancel()
@@ -534,7 +534,7 @@ func TestOpsValidateLeavesNoGoroutine(t *testing.T) {
 // RST_STREAM INTERNAL_ERROR from exactly that).
 func TestOpsServeAfterCleanup(t *testing.T) {
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-	m, err := ctx.LoadModuleByID("http.handlers.cc_relay", json.RawMessage(`{"pool":"ops_after_cleanup","client_auth":"off","keys":[{"key":"sk-ops-late","name":"late"}]}`))
+	m, err := ctx.LoadModuleByID("http.handlers.cc_relay", json.RawMessage(`{"pool":"ops_after_cleanup","disable_client_auth":true,"keys":[{"key":"sk-ops-late","name":"late"}]}`))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -281,7 +281,7 @@ func (h *Handler) prepare(r *http.Request, bb *bodyBuf, idx int) {
 // authenticate returns the client's name. Every configured token is
 // compared, in constant time, so timing tells nothing about which matched.
 func (h *Handler) authenticate(r *http.Request) (string, bool) {
-	if h.ClientAuth == "off" {
+	if h.DisableClientAuth {
 		return "anonymous", true
 	}
 	tok := r.Header.Get("X-Api-Key")
@@ -412,7 +412,12 @@ func retryAfterSeconds(d time.Duration) int {
 	return max(s, 1)
 }
 
-// writeError answers in the Anthropic error JSON shape.
+// writeError answers in the Anthropic error JSON shape. The handler writes
+// its own errors instead of returning a caddyhttp.Error, which would go to
+// the server's handle_errors routes (or Caddy's empty default answer):
+// clients such as Claude Code and the Anthropic SDKs read the error type
+// and message from this shape, and retry 429 by its Retry-After, as they
+// do for the upstream's own errors.
 func writeError(w http.ResponseWriter, status int, typ, msg string, retryAfter int) {
 	b, _ := json.Marshal(apiError{Type: "error", Error: apiErrorBody{Type: typ, Message: msg}})
 	hdr := w.Header()

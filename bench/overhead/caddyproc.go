@@ -16,6 +16,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/cc-relay/caddy-cc-relay/internal/relaytest"
 )
 
 const clientToken = "bench-client-token-7f3c9a"
@@ -37,14 +39,7 @@ type siteConfig struct {
 	env []string
 }
 
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
-}
+func freePort() (int, error) { return relaytest.FreePort() }
 
 func benchKeySecret(i int) string {
 	return fmt.Sprintf("sk-ant-api03-bench-%04d-%s", i, strings.Repeat("x", 64))

@@ -10,7 +10,7 @@
 // pool and selector micro-benchmarks, and optionally a fault-injecting soak.
 //
 //	go build -o /tmp/caddy ./cmd/caddy
-//	go run ./bench/overhead -caddy /tmp/caddy [-quick] [-soak 10m]
+//	cd bench && go run ./overhead -caddy /tmp/caddy [-quick] [-soak 10m]
 //
 // bench/run.sh does both. The report (Markdown) goes to stdout and to
 // <out>/report.md; profiles and Caddy logs stay in <out>.
@@ -59,7 +59,7 @@ type options struct {
 func main() {
 	var o options
 	flag.StringVar(&o.caddy, "caddy", "", "path to a Caddy binary built with the cc_relay module (required)")
-	flag.StringVar(&o.root, "root", ".", "repository root (for the go test micro-benchmarks)")
+	flag.StringVar(&o.root, "root", "..", "repository root (for the go test micro-benchmarks; bench/ is its own module, run from bench/)")
 	flag.StringVar(&o.out, "out", "", "directory for the report, profiles and Caddy logs (default: a new temp dir)")
 	flag.BoolVar(&o.quick, "quick", false, "a ~2 minute run: fewer rounds, shorter profile, default strategy only in micro-benchmarks")
 	flag.StringVar(&o.phases, "phases", "load,stream,paced,profile,allocs,mem,micro", "comma-separated phases to run (load, stream, paced, profile, allocs, mem, micro; soak runs when -soak > 0)")

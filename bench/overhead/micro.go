@@ -28,7 +28,7 @@ func runGoBench(o *options, pkg, bench string) ([]*benchLine, string, error) {
 	args := []string{"test", "-run", "^$", "-bench", bench, "-benchmem", "-benchtime", o.benchtime,
 		"-count", strconv.Itoa(o.microCount), pkg}
 	cmd := exec.Command("go", args...)
-	cmd.Dir = o.root
+	cmd.Dir = pkgDir(o, pkg)
 	out, err := cmd.CombinedOutput()
 	raw := "go " + strings.Join(args, " ") + "\n" + string(out)
 	if err != nil {
@@ -59,10 +59,22 @@ func runGoBench(o *options, pkg, bench string) ([]*benchLine, string, error) {
 	return res, raw, nil
 }
 
+// pkgDir is where the go command must run for pkg: the repository root for
+// the module's own packages, bench/ (a module of its own) for "./overhead".
+func pkgDir(o *options, pkg string) string {
+	if pkg == ownBenchPkg {
+		return filepath.Join(o.root, "bench")
+	}
+	return o.root
+}
+
+// ownBenchPkg is this command's package, relative to bench/.
+const ownBenchPkg = "./overhead"
+
 // hasBench reports whether pkg's tests define the benchmark name (exactly).
 func hasBench(o *options, pkg, name string) bool {
 	cmd := exec.Command("go", "test", "-list", "^"+name+"$", pkg)
-	cmd.Dir = o.root
+	cmd.Dir = pkgDir(o, pkg)
 	out, err := cmd.Output()
 	if err != nil {
 		return false
@@ -110,7 +122,7 @@ func runMicro(o *options, rep *report) error {
 			*x.source = "keypool/bench_test.go " + x.keypool
 		}
 		if *x.lines == nil || o.microAll {
-			own, err := bench("./bench/overhead", x.own)
+			own, err := bench(ownBenchPkg, x.own)
 			if err != nil {
 				return err
 			}

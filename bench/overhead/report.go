@@ -62,7 +62,7 @@ func (r *report) markdown() string {
 	p := func(format string, a ...any) { fmt.Fprintf(&w, format, a...) }
 	p("## Run\n\n")
 	p("| | |\n|---|---|\n")
-	p("| command | `go run ./bench/overhead %s` |\n", r.cmdline)
+	p("| command | `(cd bench && go run ./overhead %s)` |\n", r.cmdline)
 	p("| date | %s |\n", r.date)
 	p("| machine | %d CPUs (nproc), %s |\n", r.nproc, r.cpu)
 	p("| go | %s |\n", r.goVersion)

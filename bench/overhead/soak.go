@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cc-relay/caddy-cc-relay/caddymodule"
 	"github.com/cc-relay/caddy-cc-relay/internal/mockanthropic"
 )
 
@@ -387,32 +388,15 @@ func poolInFlight(p *caddyProc) int {
 	if err != nil {
 		return -1
 	}
-	var v any
-	if json.Unmarshal(b, &v) != nil {
+	var pools []caddymodule.PoolStatus
+	if json.Unmarshal(b, &pools) != nil {
 		return -1
 	}
-	sum, found := 0, false
-	var walk func(any)
-	walk = func(x any) {
-		switch t := x.(type) {
-		case map[string]any:
-			for k, e := range t {
-				if n, ok := e.(float64); ok && k == "in_flight" {
-					sum += int(n)
-					found = true
-				} else {
-					walk(e)
-				}
-			}
-		case []any:
-			for _, e := range t {
-				walk(e)
-			}
+	sum := 0
+	for _, ps := range pools {
+		for _, k := range ps.Keys {
+			sum += k.InFlight
 		}
-	}
-	walk(v)
-	if !found {
-		return -1
 	}
 	return sum
 }

@@ -16,9 +16,9 @@
 //
 // Usage:
 //
-//	go run ./bench/quota                      # full run, 60 s per phase (about 4 minutes)
-//	go run ./bench/quota -duration 10s        # smoke run (about 45 s; targets not judged)
-//	go run ./bench/quota -scenarios quota     # a subset: quota, failover, affinity
+//	cd bench && go run ./quota                      # full run, 60 s per phase (about 4 minutes)
+//	cd bench && go run ./quota -duration 10s        # smoke run (about 45 s; targets not judged)
+//	cd bench && go run ./quota -scenarios quota     # a subset: quota, failover, affinity
 //
 // docs/perf/quota.md explains every figure.
 package main
@@ -34,8 +34,7 @@ import (
 	"time"
 
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
-
-	_ "github.com/cc-relay/caddy-cc-relay/caddymodule"
+	"github.com/cc-relay/caddy-cc-relay/caddymodule"
 )
 
 var (
@@ -112,7 +111,7 @@ type variant struct {
 
 	// Filled in after the run.
 	results []*result
-	pool    *poolStatus
+	pool    *caddymodule.PoolStatus
 	metrics map[string]float64
 	use     map[string]*classUse
 	span    time.Duration

@@ -1,21 +1,23 @@
 package main
 
 import (
-	"bufio"
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-
+	"github.com/cc-relay/caddy-cc-relay/caddymodule"
 	"github.com/cc-relay/caddy-cc-relay/internal/mockanthropic"
+	"github.com/cc-relay/caddy-cc-relay/internal/relaytest"
 )
 
 // orgSpec is one upstream organization and its keys.
@@ -161,22 +163,13 @@ type relaySpec struct {
 	up        *upstream
 }
 
-// reserved ports the repository's tests use.
-var reservedPorts = map[int]bool{2999: true, 9080: true, 9443: true}
-
+// freePort is a free port on 127.0.0.1 outside caddytest's fixed ports.
 func freePort() int {
-	for range 100 {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			panic(err)
-		}
-		p := ln.Addr().(*net.TCPAddr).Port
-		ln.Close()
-		if !reservedPorts[p] {
-			return p
-		}
+	p, err := relaytest.FreePort()
+	if err != nil {
+		panic(err)
 	}
-	panic("no free port")
+	return p
 }
 
 func (s relaySpec) handler() map[string]any {
@@ -192,12 +185,12 @@ func (s relaySpec) handler() map[string]any {
 		}
 	}
 	return map[string]any{
-		"handler":     "cc_relay",
-		"pool":        s.pool,
-		"strategy":    s.strategy,
-		"client_auth": "off",
-		"keys":        keys,
-		"sticky_off":  s.stickyOff,
+		"handler":             "cc_relay",
+		"pool":                s.pool,
+		"strategy":            s.strategy,
+		"disable_client_auth": true,
+		"keys":                keys,
+		"disable_sticky":      s.stickyOff,
 	}
 }
 
@@ -280,33 +273,13 @@ func (rr *relayRun) get(path string) ([]byte, error) {
 	return b, err
 }
 
-// poolStatus is the part of GET /cc_relay/pools/<pool> the benchmark reads.
-type poolStatus struct {
-	Keys []struct {
-		Name   string `json:"name"`
-		Org    string `json:"org"`
-		State  string `json:"state"`
-		Reason string `json:"reason"`
-		Totals struct {
-			Requests    int64 `json:"requests"`
-			RateLimited int64 `json:"rate_limited"`
-		} `json:"totals"`
-	} `json:"keys"`
-	Estimator map[string]struct {
-		Observations    int64   `json:"observations"`
-		TokensPerByte   float64 `json:"tokens_per_byte"`
-		ChargeableShare float64 `json:"chargeable_share"`
-		ErrorFixedRatio float64 `json:"error_fixed_ratio"`
-		ErrorCalibrated float64 `json:"error_calibrated"`
-	} `json:"estimator"`
-}
-
-func (rr *relayRun) pool(name string) (*poolStatus, error) {
+// pool reads GET /cc_relay/pools/<name> of the relay's admin API.
+func (rr *relayRun) pool(name string) (*caddymodule.PoolStatus, error) {
 	b, err := rr.get("/cc_relay/pools/" + name)
 	if err != nil {
 		return nil, err
 	}
-	var ps poolStatus
+	var ps caddymodule.PoolStatus
 	if err := json.Unmarshal(b, &ps); err != nil {
 		return nil, err
 	}
@@ -321,69 +294,28 @@ func (rr *relayRun) metrics(pool string) (map[string]float64, error) {
 	if err != nil {
 		return nil, err
 	}
+	samples, err := relaytest.ParseMetrics(bytes.NewReader(b))
+	if err != nil {
+		return nil, err
+	}
 	out := map[string]float64{}
-	sc := bufio.NewScanner(strings.NewReader(string(b)))
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if !strings.HasPrefix(line, "caddy_cc_relay_") {
+	for _, sm := range samples {
+		name, ok := strings.CutPrefix(sm.Name, "caddy_cc_relay_")
+		if !ok || sm.Labels["pool"] != pool {
 			continue
-		}
-		sp := strings.LastIndexByte(line, ' ')
-		if sp < 0 {
-			continue
-		}
-		v, err := strconv.ParseFloat(line[sp+1:], 64)
-		if err != nil {
-			continue
-		}
-		name, labels := strings.TrimPrefix(line[:sp], "caddy_cc_relay_"), ""
-		if i := strings.IndexByte(name, '{'); i >= 0 {
-			labels = strings.TrimSuffix(name[i+1:], "}")
-			name = name[:i]
 		}
 		var keep []string
-		match := false
-		for _, l := range splitLabels(labels) {
-			k, val, _ := strings.Cut(l, "=")
-			val = strings.Trim(val, `"`)
-			if k == "pool" {
-				match = val == pool
-				continue
+		for k, v := range sm.Labels {
+			if k != "pool" {
+				keep = append(keep, k+"="+v)
 			}
-			keep = append(keep, k+"="+val)
 		}
-		if !match {
-			continue
-		}
+		slices.Sort(keep)
 		key := name
 		if len(keep) > 0 {
 			key += "{" + strings.Join(keep, ",") + "}"
 		}
-		out[key] += v
+		out[key] += sm.Value
 	}
 	return out, nil
-}
-
-// splitLabels splits a Prometheus label list on commas outside quotes.
-func splitLabels(s string) []string {
-	var out []string
-	inQ, start := false, 0
-	for i := 0; i < len(s); i++ {
-		switch s[i] {
-		case '\\':
-			i++
-		case '"':
-			inQ = !inQ
-		case ',':
-			if !inQ {
-				out = append(out, s[start:i])
-				start = i + 1
-			}
-		}
-	}
-	if start < len(s) {
-		out = append(out, s[start:])
-	}
-	return out
 }

@@ -4,10 +4,10 @@ import (
 	"math"
 	"slices"
 	"sort"
-	"strings"
 	"time"
 
 	"github.com/cc-relay/caddy-cc-relay/internal/mockanthropic"
+	"github.com/cc-relay/caddy-cc-relay/keypool"
 )
 
 func pct(d []time.Duration, p float64) time.Duration {
@@ -39,7 +39,7 @@ func upstreamUse(recs []mockanthropic.Record, t0 time.Time) (map[string]*classUs
 		if r.Path != "/v1/messages" {
 			continue
 		}
-		c := family(r.Model)
+		c := keypool.ModelFamily(r.Model)
 		u := out[c]
 		if u == nil {
 			u = &classUse{}
@@ -62,16 +62,6 @@ func upstreamUse(recs []mockanthropic.Record, t0 time.Time) (map[string]*classUs
 		}
 	}
 	return out, last.Sub(t0)
-}
-
-func family(model string) string {
-	switch {
-	case strings.Contains(model, "haiku"):
-		return "haiku"
-	case strings.Contains(model, "opus"):
-		return "opus"
-	}
-	return "sonnet"
 }
 
 // capacity is what organizations with per-minute limit lim can accept over

@@ -5,7 +5,7 @@
 // It reports failed client requests and streams cut short; both should be
 // zero.
 //
-//	go run ./bench/reload [-duration 30s] [-clients 32] [-reload-every 1s] [-proto h1|h2c] [-retry]
+//	cd bench && go run ./reload [-duration 30s] [-clients 32] [-reload-every 1s] [-proto h1|h2c] [-retry]
 //
 // Over HTTP/1.1 a reload closes the old server's idle keep-alive
 // connections, and a client that sends on one at that moment sees EOF or a
@@ -32,7 +32,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httptrace"
@@ -47,9 +46,9 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
-
 	_ "github.com/cc-relay/caddy-cc-relay/caddymodule"
 	"github.com/cc-relay/caddy-cc-relay/internal/mockanthropic"
+	"github.com/cc-relay/caddy-cc-relay/internal/relaytest"
 )
 
 const (
@@ -118,14 +117,7 @@ func config(admin, listen, upstream string, rpm int) []byte {
 	return b
 }
 
-func freePort() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
-}
+func freePort() (string, error) { return relaytest.FreeAddr() }
 
 // tally counts outcomes; errs keeps a few distinct error messages.
 type tally struct {

@@ -6,6 +6,21 @@
 // handful of small top-level values. Scan walks the top-level object once,
 // skipping every other value with a fast structural scanner, and allocates
 // only the strings it returns.
+//
+// Why a scanner of its own rather than a JSON library: it runs on every
+// request, over the whole body, before the request can be forwarded, and it
+// does more than read four fields: it checks the body's structure (so a
+// garbled body gets a 400 here rather than a charge upstream), refuses
+// repeated fields that a library would silently resolve one way or the
+// other, and returns the raw system prompt and first message for the
+// conversation-prefix hash. On a 200 KB Claude Code body (bench/scanners:
+// cd bench && go test -run '^$' -bench . -benchmem ./scanners/; best of 5 on
+// 2 shared cores, 2026-12-02) Scan takes 73 µs with 2 allocations;
+// github.com/tidwall/gjson 211 µs (8) and github.com/buger/jsonparser
+// 240 µs (3), which read the same four fields but check nothing they skip,
+// are 3× slower; the encoding/json/v2 tokenizer (jsontext, validating)
+// 509 µs (55), 7×; encoding/json into a struct 1.85 ms (12), 25×. At 4 KB:
+// 3.4 µs against 4.1 (jsonparser), 5.8 (gjson), 29 (jsontext) and 39 µs.
 package reqscan
 
 import (

@@ -27,19 +27,17 @@ const maxKey = 40
 // value is copied into a pooled buffer held only while the value is read,
 // so a scanner between members, or done, holds no buffer (one whose body
 // is cut off inside such a value leaves its buffer to the garbage
-// collector). Reading the members allocates only for a model name or error
-// type new to the process, for a string or key with escapes, which the
-// Messages API does not send in them, or for a value that outgrows a
-// pooled buffer.
+// collector). Each value read is decoded with encoding/json when it ends;
+// the bytes around them are skipped without allocating.
 //
 // A body that is not a JSON object yields no usage, and scanning stops at
 // the first syntax error it notices or at the end of the top-level object.
 // A member value that is not valid JSON is ignored.
 //
-// Top-level keys match exactly, as map keys do in encoding/json; the
-// error's "type" matches case-insensitively, as a struct field does. As in
-// encoding/json, a member given more than once takes its last value; the
-// "usage" member replaces all four counts, and a count it lacks reads 0.
+// Top-level keys match exactly, as map keys do in encoding/json; members
+// inside the values match as encoding/json matches struct fields. A member
+// given more than once takes its last value; the "usage" member replaces
+// all the counts, and a count it lacks reads 0.
 type JSONScanner struct {
 	u Usage
 
@@ -212,10 +210,6 @@ func (s *JSONScanner) Usage() Usage {
 	return s.u
 }
 
-func isSpace(c byte) bool {
-	return c == ' ' || c == '\t' || c == '\n' || c == '\r'
-}
-
 // skipString reads string contents from the start of p and returns how many
 // bytes it read and whether they include the closing quote.
 //
@@ -265,16 +259,31 @@ func (s *JSONScanner) appendKey(b []byte) {
 
 // topKeys are the top-level members a JSONScanner reads, in jsonMember
 // order from memberUsage.
-var topKeys = []string{"usage", "model", "error"}
+var topKeys = [...]string{"usage", "model", "error"}
 
-// endKey decides from the complete key which member, if any, follows. An
-// escaped key may still name a member, as it does for encoding/json, though
-// real responses never have one.
+// endKey decides from the complete key which member, if any, follows. Keys
+// match exactly, as encoding/json matches map keys; an escaped key may
+// still name a member, as it does for encoding/json, though real responses
+// never have one.
 func (s *JSONScanner) endKey() {
 	s.member = memberOther
-	if s.keyN <= maxKey {
-		// Exact matching, as encoding/json matches map keys.
-		s.member = jsonMember(keyIndex(s.key[:s.keyN], topKeys, false) + 1)
+	if s.keyN > maxKey {
+		return
+	}
+	raw := s.key[:s.keyN]
+	name := raw[1 : len(raw)-1]
+	if bytes.IndexByte(name, '\\') >= 0 {
+		var k string
+		if json.Unmarshal(raw, &k) != nil {
+			return
+		}
+		name = []byte(k)
+	}
+	for i, k := range topKeys {
+		if string(name) == k {
+			s.member = memberUsage + jsonMember(i)
+			return
+		}
 	}
 }
 
@@ -302,11 +311,12 @@ func (s *JSONScanner) releaseBuf() {
 	}
 }
 
-// endValue is called when a top-level member's value is complete. It reads
-// the value, if kept, as encoding/json decodes it: "usage" as applyUsage
-// does, "model" into a string and "error" into a *struct{ Type string }.
-// A value that is not valid JSON, or that encoding/json would fail to
-// decode, is ignored, and so is an empty error type.
+// endValue is called when a top-level member's value is complete. It
+// decodes the value, if kept, with encoding/json: "usage" replaces all the
+// counts (one it lacks reads 0), "model" is a string (null leaves it
+// alone) and "error" an object whose "type" is read. A value that
+// encoding/json cannot decode into these is ignored, and so is an empty
+// error type.
 func (s *JSONScanner) endValue() {
 	m := s.member
 	s.member = memberOther
@@ -317,18 +327,22 @@ func (s *JSONScanner) endValue() {
 	v := *s.buf
 	switch m {
 	case memberUsage:
-		applyUsage(&s.u, v, true)
+		var o usageObject
+		if decodeObject(v, &o) {
+			s.u.clearCounts()
+			o.apply(&s.u)
+		}
 	case memberModel:
-		// null leaves the model alone; "" sets it.
-		if v[0] == '"' && json.Valid(v) {
-			if model, ok := unquote(v); ok {
-				s.u.Model = intern(model, s.u.Model)
-			}
+		var model *string
+		if json.Unmarshal(v, &model) == nil && model != nil {
+			s.u.Model = *model
 		}
 	case memberError:
-		var ev eventData
-		if json.Valid(v) && decodeError(v, &ev) && len(ev.errorType) > 0 {
-			s.u.ErrorType = intern(ev.errorType, s.u.ErrorType)
+		var e struct {
+			Type string `json:"type"`
+		}
+		if decodeObject(v, &e) && e.Type != "" {
+			s.u.ErrorType = e.Type
 		}
 	}
 	s.releaseBuf()

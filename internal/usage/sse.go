@@ -2,7 +2,6 @@ package usage
 
 import (
 	"bytes"
-	"encoding/json"
 	"sync"
 )
 
@@ -43,9 +42,8 @@ const sniffLen = 64
 // data. The data of other events, such as content_block_delta, is skipped
 // without being copied, and a recognised event whose data exceeds 64 KiB is
 // ignored, so an SSEScanner holds at most 64 KiB however long the stream,
-// and only while it is in the middle of an event it reads. Reading the
-// events allocates only for a model name new to the process or for a
-// string with escapes, which the Messages API does not send in them.
+// and only while it is in the middle of an event it reads. The events it
+// reads are decoded with encoding/json.
 //
 // Lines may end in "\n", "\r\n" or "\r". As the event-stream format
 // requires, an event takes effect at the blank line that ends it, so an
@@ -366,190 +364,48 @@ func (s *SSEScanner) parse(data []byte) {
 	applyEvent(&s.u, data, name)
 }
 
+// event is the data of an event the scanner reads, as the Messages API
+// sends it.
+type event struct {
+	Type    string `json:"type"`
+	Message struct {
+		Model string      `json:"model"`
+		Usage usageObject `json:"usage"`
+	} `json:"message"`
+	Usage usageObject `json:"usage"`
+	Error struct {
+		Type string `json:"type"`
+	} `json:"error"`
+}
+
 // applyEvent applies to u the data of an event named name ("" if it had no
 // "event:" line, nil if the name was too long to keep). The event's type
-// is its data's "type", or failing that its name.
+// is its data's "type", or failing that its name. Data that encoding/json
+// cannot decode into an event (invalid JSON, not an object, a member of
+// the wrong type) is ignored; a count that is not an integer is only
+// absent.
 func applyEvent(u *Usage, data, name []byte) {
-	ev, ok := decodeEvent(data)
-	if !ok {
+	var ev event
+	if !decodeObject(data, &ev) {
 		return
 	}
-	typ := ev.typ
-	if len(typ) == 0 {
-		typ = name
+	typ := ev.Type
+	if typ == "" {
+		typ = string(name)
 	}
-	switch string(typ) {
+	switch typ {
 	case "message_start":
-		if len(ev.model) > 0 {
-			u.Model = intern(ev.model, u.Model)
+		if ev.Message.Model != "" {
+			u.Model = ev.Message.Model
 		}
-		applyValidUsage(u, ev.messageUsage, false)
+		ev.Message.Usage.apply(u)
 	case "message_delta":
-		applyValidUsage(u, ev.usage, false)
+		ev.Usage.apply(u)
 	case "error":
-		if len(ev.errorType) > 0 {
-			u.ErrorType = intern(ev.errorType, u.ErrorType)
+		if ev.Error.Type != "" {
+			u.ErrorType = ev.Error.Type
 		}
 	}
-}
-
-// eventData is what an SSEScanner reads from an event's data: strings
-// unescaped, usage objects raw. The byte slices point into the data or,
-// for a string with escapes, into a copy.
-type eventData struct {
-	typ          []byte // "type"
-	model        []byte // "message"."model"
-	messageUsage []byte // "message"."usage"
-	usage        []byte // "usage"
-	errorType    []byte // "error"."type"
-}
-
-var (
-	eventKeys   = []string{"type", "message", "usage", "error"}
-	messageKeys = []string{"model", "usage"}
-	errorKeys   = []string{"type"}
-)
-
-// decodeEvent reads data as encoding/json decodes it into
-//
-//	struct {
-//		Type    string
-//		Message *struct {
-//			Model string
-//			Usage json.RawMessage
-//		}
-//		Usage json.RawMessage
-//		Error *struct{ Type string }
-//	}
-//
-// but without allocating; that decoding defines what an event says, and
-// FuzzApplyEventDiff holds the two together. So, as in encoding/json,
-// names match case-insensitively, a later member overrides an earlier one
-// of the same name (an object merges into it, null clears it), and null
-// leaves a string alone. It reports false, and the event is ignored,
-// wherever encoding/json would fail: for invalid JSON, and for any of these
-// members having the wrong type. It also reports false for valid JSON that
-// is not an object, which decodes to nothing.
-func decodeEvent(data []byte) (ev eventData, ok bool) {
-	if !json.Valid(data) {
-		return ev, false
-	}
-	m, ok := objectMembers(data)
-	if !ok {
-		return ev, false
-	}
-	for {
-		key, val, more := m.next()
-		if !more {
-			return ev, true
-		}
-		switch keyIndex(key, eventKeys, true) {
-		case 0:
-			ok = decodeString(val, &ev.typ)
-		case 1:
-			ok = decodeMessage(val, &ev)
-		case 2:
-			ev.usage = val
-		case 3:
-			ok = decodeError(val, &ev)
-		}
-		if !ok {
-			return ev, false
-		}
-	}
-}
-
-// decodeMessage reads the value of a "message" member into ev.
-func decodeMessage(val []byte, ev *eventData) bool {
-	if val[0] == 'n' {
-		ev.model, ev.messageUsage = nil, nil
-		return true
-	}
-	m, ok := objectMembers(val)
-	for ok {
-		key, v, more := m.next()
-		if !more {
-			break
-		}
-		switch keyIndex(key, messageKeys, true) {
-		case 0:
-			ok = decodeString(v, &ev.model)
-		case 1:
-			ev.messageUsage = v
-		}
-	}
-	return ok
-}
-
-// decodeError reads the value of an "error" member into ev.
-func decodeError(val []byte, ev *eventData) bool {
-	if val[0] == 'n' {
-		ev.errorType = nil
-		return true
-	}
-	m, ok := objectMembers(val)
-	for ok {
-		key, v, more := m.next()
-		if !more {
-			break
-		}
-		if keyIndex(key, errorKeys, true) == 0 {
-			ok = decodeString(v, &ev.errorType)
-		}
-	}
-	return ok
-}
-
-// decodeString reads val, a valid JSON value, into *dst as encoding/json
-// decodes into a string: null leaves *dst alone, and a value that is not a
-// string is an error.
-func decodeString(val []byte, dst *[]byte) bool {
-	switch val[0] {
-	case 'n':
-		return true
-	case '"':
-		s, ok := unquote(val)
-		if ok {
-			*dst = s
-		}
-		return ok
-	}
-	return false
-}
-
-// interned remembers the last few model names and error types read, so
-// that the scanner of each new stream reuses the string rather than
-// allocating it: a relay sees the same few models over and over, and a
-// scanner is usually reset by being zeroed, which forgets the previous
-// name. Only short strings are kept, so it stays a few hundred bytes.
-var interned struct {
-	mu   sync.Mutex
-	s    [8]string
-	next int
-}
-
-const maxInterned = 64
-
-// intern returns b as a string: prev, or a remembered string, if one has
-// the same bytes.
-func intern(b []byte, prev string) string {
-	if string(b) == prev {
-		return prev
-	}
-	if len(b) > maxInterned {
-		return string(b)
-	}
-	interned.mu.Lock()
-	defer interned.mu.Unlock()
-	for _, s := range interned.s {
-		if s == string(b) {
-			return s
-		}
-	}
-	s := string(b)
-	interned.s[interned.next] = s
-	interned.next = (interned.next + 1) % len(interned.s)
-	return s
 }
 
 // relevantType reports whether name is the type of an event the scanner

@@ -3,16 +3,19 @@
 //
 // A relay feeds every chunk of the upstream response body to an SSEScanner
 // (for text/event-stream responses) or a JSONScanner (for JSON responses) as
-// it forwards the chunk to the client. The scanners copy only the few small
-// values that carry usage, so they use constant memory however long the
-// response is, and they give the same result however the body is split into
-// chunks.
+// it forwards the chunk to the client. The scanners find the few small values
+// that carry usage — the message_start, message_delta and error events of a
+// stream, the top-level "usage", "model" and "error" members of a JSON body —
+// and decode each with encoding/json. The framing around those values (the
+// event-stream lines, the top-level object) is read by hand, so that the
+// scanners use constant memory however long the response is, skip what they
+// do not read without copying it, and give the same result however the body
+// is split into chunks.
 package usage
 
 import (
-	"bytes"
 	"encoding/json"
-	"unicode/utf8"
+	"strconv"
 )
 
 // Usage is the token usage of one Messages API response, cumulative.
@@ -21,6 +24,15 @@ type Usage struct {
 	CacheCreationInputTokens int64
 	CacheReadInputTokens     int64
 	OutputTokens             int64
+
+	// CacheCreation splits CacheCreationInputTokens by the lifetime of the
+	// cache entries written (usage.cache_creation), which are priced
+	// differently; zero when the upstream does not report it.
+	CacheCreation CacheCreation
+
+	// ServerToolUse counts the server-side tool calls of the response
+	// (usage.server_tool_use), which are billed per call.
+	ServerToolUse ServerToolUse
 
 	// Model is the model named by the response, if seen.
 	Model string
@@ -38,222 +50,103 @@ type Usage struct {
 	ErrorType string
 }
 
-// applyUsage sets the counts present in raw, a JSON usage object, on u, and
-// leaves the others alone: Messages API counts are cumulative, so the latest
-// value of each count is the total. If reset is true, all counts and
-// have-flags are cleared first, so that u reflects raw alone. A count is
-// present if its member is an integer; null and other types are ignored.
-// If raw is not a JSON object, u is unchanged.
-func applyUsage(u *Usage, raw []byte, reset bool) {
-	if json.Valid(raw) {
-		applyValidUsage(u, raw, reset)
-	}
+// CacheCreation is usage.cache_creation: the input tokens written to the
+// prompt cache, by the lifetime of the entry.
+type CacheCreation struct {
+	Ephemeral5mInputTokens int64
+	Ephemeral1hInputTokens int64
 }
 
-// applyValidUsage is applyUsage for raw known to be valid JSON or nil, such
-// as a member of an object already validated, which need not be checked
-// again.
-func applyValidUsage(u *Usage, raw []byte, reset bool) {
-	var vals [4]int64
-	var have [4]bool
-	if !scanUsage(raw, &vals, &have) {
-		return
+// ServerToolUse is usage.server_tool_use.
+type ServerToolUse struct {
+	WebSearchRequests int64
+	WebFetchRequests  int64
+}
+
+// count is a usage count as the Messages API sends it, an integer. Any
+// other value (null, a fraction, a string, an object) is no count: it
+// leaves the count as it was and the rest of the usage object readable.
+// A later duplicate member wins, as encoding/json decodes.
+type count struct {
+	n  int64
+	ok bool
+}
+
+func (c *count) UnmarshalJSON(b []byte) error {
+	n, err := strconv.ParseInt(string(b), 10, 64)
+	*c = count{n, err == nil}
+	return nil
+}
+
+// set stores c in *dst if c is present, and reports whether it was.
+func (c count) set(dst *int64) bool {
+	if c.ok {
+		*dst = c.n
 	}
-	if reset {
-		u.InputTokens, u.CacheCreationInputTokens, u.CacheReadInputTokens, u.OutputTokens = 0, 0, 0, 0
-		u.HaveInput, u.HaveOutput = false, false
-	}
-	dst := [4]*int64{&u.InputTokens, &u.CacheCreationInputTokens, &u.CacheReadInputTokens, &u.OutputTokens}
-	for i := range vals {
-		if have[i] {
-			*dst[i] = vals[i]
-		}
-	}
-	if have[0] || have[1] || have[2] {
+	return c.ok
+}
+
+// usageObject is a usage object as the Messages API sends it, in a
+// message_start event's message, a message_delta event or a JSON body.
+type usageObject struct {
+	InputTokens              count `json:"input_tokens"`
+	CacheCreationInputTokens count `json:"cache_creation_input_tokens"`
+	CacheReadInputTokens     count `json:"cache_read_input_tokens"`
+	OutputTokens             count `json:"output_tokens"`
+	CacheCreation            struct {
+		Ephemeral5mInputTokens count `json:"ephemeral_5m_input_tokens"`
+		Ephemeral1hInputTokens count `json:"ephemeral_1h_input_tokens"`
+	} `json:"cache_creation"`
+	ServerToolUse struct {
+		WebSearchRequests count `json:"web_search_requests"`
+		WebFetchRequests  count `json:"web_fetch_requests"`
+	} `json:"server_tool_use"`
+}
+
+// apply sets on u the counts present in o and leaves the others alone:
+// Messages API counts are cumulative, so the latest value of each count is
+// the total.
+func (o *usageObject) apply(u *Usage) {
+	in := o.InputTokens.set(&u.InputTokens)
+	in = o.CacheCreationInputTokens.set(&u.CacheCreationInputTokens) || in
+	in = o.CacheReadInputTokens.set(&u.CacheReadInputTokens) || in
+	if in {
 		u.HaveInput = true
 	}
-	if have[3] {
+	if o.OutputTokens.set(&u.OutputTokens) {
 		u.HaveOutput = true
 	}
+	o.CacheCreation.Ephemeral5mInputTokens.set(&u.CacheCreation.Ephemeral5mInputTokens)
+	o.CacheCreation.Ephemeral1hInputTokens.set(&u.CacheCreation.Ephemeral1hInputTokens)
+	o.ServerToolUse.WebSearchRequests.set(&u.ServerToolUse.WebSearchRequests)
+	o.ServerToolUse.WebFetchRequests.set(&u.ServerToolUse.WebFetchRequests)
 }
 
-var usageKeys = [4]string{"input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens"}
-
-// scanUsage reads the integer members named by usageKeys from raw, valid
-// JSON or nil, without allocating. If raw is not an object it reports false
-// and sets nothing. Keys match exactly, after unescaping; a later duplicate
-// wins, as with encoding/json.
-func scanUsage(raw []byte, vals *[4]int64, have *[4]bool) bool {
-	m, ok := objectMembers(raw)
-	if !ok {
-		return false
-	}
-	for key, val, more := m.next(); more; key, val, more = m.next() {
-		if idx := keyIndex(key, usageKeys[:], false); idx >= 0 {
-			have[idx] = false
-			if n, ok := parseInt(val); ok {
-				vals[idx], have[idx] = n, true
-			}
-		}
-	}
-	return true
+// clearCounts zeroes u's counts and have-flags, for a usage object that
+// replaces rather than updates them.
+func (u *Usage) clearCounts() {
+	u.InputTokens, u.CacheCreationInputTokens, u.CacheReadInputTokens, u.OutputTokens = 0, 0, 0, 0
+	u.CacheCreation, u.ServerToolUse = CacheCreation{}, ServerToolUse{}
+	u.HaveInput, u.HaveOutput = false, false
 }
 
-// members walks the members of a JSON object that json.Valid accepted.
-// Validity is what keeps it small: it only has to find where each key and
-// value ends, never to check them.
-type members struct {
-	b []byte
-	i int // the index after the previous value, or after the '{'
+// isSpace reports whether c is JSON whitespace (which is also what may
+// surround an event-stream value).
+func isSpace(c byte) bool {
+	return c == ' ' || c == '\t' || c == '\n' || c == '\r'
 }
 
-// objectMembers returns a walk over raw, which must be valid JSON, or false
-// if raw is not an object.
-func objectMembers(raw []byte) (members, bool) {
-	i := skipSpace(raw, 0)
-	if i >= len(raw) || raw[i] != '{' {
-		return members{}, false
-	}
-	return members{b: raw, i: i + 1}, true
-}
-
-// next returns the next member's key, quotes included, and its value, or
-// false at the end of the object.
-func (m *members) next() (key, val []byte, ok bool) {
-	i := skipSpace(m.b, m.i)
-	if m.b[i] == ',' {
-		i = skipSpace(m.b, i+1)
-	}
-	if m.b[i] == '}' {
-		return nil, nil, false
-	}
-	end := stringEnd(m.b, i)
-	key = m.b[i:end]
-	i = skipSpace(m.b, skipSpace(m.b, end)+1) // past the ':'
-	m.i = valueEnd(m.b, i)
-	return key, m.b[i:m.i], true
-}
-
-// keyIndex returns the index in names of the name that key, a valid JSON
-// string, matches once unescaped, or -1. With fold, names match under
-// Unicode case folding, as encoding/json matches struct fields: "TYPE"
-// matches "type", and "me\u017f\u017fage", with long s's, matches
-// "message". Without fold, they match exactly, as map keys do.
-func keyIndex(key []byte, names []string, fold bool) int {
-	k, ok := unquote(key)
-	if !ok {
-		return -1
-	}
-	for i, name := range names {
-		if string(k) == name || fold && bytes.EqualFold(k, []byte(name)) {
-			return i
-		}
-	}
-	return -1
-}
-
-// unquote returns the contents of s, a valid JSON string, as encoding/json
-// decodes them. The usual string has no escapes and is valid UTF-8, so its
-// contents are returned in place; any other is decoded by encoding/json,
-// which allocates, to get escapes and invalid UTF-8 (replaced by U+FFFD)
-// exactly right.
-func unquote(s []byte) ([]byte, bool) {
-	if len(s) < 2 || s[0] != '"' || s[len(s)-1] != '"' {
-		return nil, false
-	}
-	c := s[1 : len(s)-1]
-	if bytes.IndexByte(c, '\\') < 0 && utf8.Valid(c) {
-		return c, true
-	}
-	var str string
-	if json.Unmarshal(s, &str) != nil {
-		return nil, false
-	}
-	return []byte(str), true
-}
-
-func skipSpace(b []byte, i int) int {
-	for i < len(b) && isSpace(b[i]) {
+// decodeObject decodes raw, which must be a JSON object, into v with
+// encoding/json, and reports whether that succeeded.
+func decodeObject(raw []byte, v any) bool {
+	i := 0
+	for i < len(raw) && isSpace(raw[i]) {
 		i++
 	}
-	return i
-}
-
-// stringEnd returns the index after the string starting at b[i] == '"'.
-func stringEnd(b []byte, i int) int {
-	for j := i + 1; j < len(b); j++ {
-		switch b[j] {
-		case '\\':
-			j++
-		case '"':
-			return j + 1
-		}
+	if i == len(raw) || raw[i] != '{' {
+		return false
 	}
-	return len(b)
-}
-
-// valueEnd returns the index after the (valid) JSON value at b[i].
-func valueEnd(b []byte, i int) int {
-	switch b[i] {
-	case '"':
-		return stringEnd(b, i)
-	case '{', '[':
-		depth := 0
-		for j := i; j < len(b); j++ {
-			switch b[j] {
-			case '"':
-				j = stringEnd(b, j) - 1
-			case '{', '[':
-				depth++
-			case '}', ']':
-				depth--
-				if depth == 0 {
-					return j + 1
-				}
-			}
-		}
-		return len(b)
-	}
-	j := i
-	for j < len(b) && b[j] != ',' && b[j] != '}' && b[j] != ']' && !isSpace(b[j]) {
-		j++
-	}
-	return j
-}
-
-// parseInt parses an integer literal (no fraction or exponent) that fits
-// in an int64, as strconv.ParseInt on the trimmed bytes would.
-func parseInt(b []byte) (int64, bool) {
-	if len(b) == 0 || len(b) > 20 {
-		return 0, false
-	}
-	neg := b[0] == '-'
-	if neg || b[0] == '+' {
-		b = b[1:]
-		if len(b) == 0 {
-			return 0, false
-		}
-	}
-	var n uint64
-	for _, c := range b {
-		if c < '0' || c > '9' {
-			return 0, false
-		}
-		if n > (1<<64-1-9)/10 {
-			return 0, false
-		}
-		n = n*10 + uint64(c-'0')
-	}
-	if neg {
-		if n > 1<<63 {
-			return 0, false
-		}
-		return -int64(n), true // for 1<<63, math.MinInt64, as the conversion wraps
-	}
-	if n > 1<<63-1 {
-		return 0, false
-	}
-	return int64(n), true
+	return json.Unmarshal(raw, v) == nil
 }
 
 // appendBounded appends p to buf unless that would make buf longer than
