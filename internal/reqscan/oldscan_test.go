@@ -6,6 +6,7 @@ package reqscan
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"reflect"
 	"strconv"
 	"testing"
@@ -530,6 +531,9 @@ func FuzzScanOldNew(f *testing.F) {
 	f.Add(indented)
 	f.Fuzz(func(t *testing.T, body []byte) {
 		got, gerr := Scan(body)
+		if errors.Is(gerr, ErrDuplicate) {
+			return // the old scanner let the last one count; checkScan covers this
+		}
 		want, werr := oldScan(body)
 		if (gerr == nil) != (werr == nil) || gerr != nil && gerr.Error() != werr.Error() {
 			t.Fatalf("Scan(%q) error = %v, oldScan error = %v", body, gerr, werr)
