@@ -35,10 +35,12 @@ func TestHostileEchoedKeyNeverLeaks(t *testing.T) {
 	}
 	const token = "ct-echo-client-token-5f2a9c"
 	echo := map[string]func(k string) string{
-		"whole":   func(k string) string { return "invalid x-api-key " + k },
-		"prefix":  func(k string) string { return "key " + k[:len(k)-3] + "... is not valid" },
-		"suffix":  func(k string) string { return "key ..." + k[3:] + " is not valid" },
-		"cut":     func(k string) string { return strings.Repeat("x", 200-len("upstream 401: authentication_error: ")-20) + k },
+		"whole":  func(k string) string { return "invalid x-api-key " + k },
+		"prefix": func(k string) string { return "key " + k[:len(k)-3] + "... is not valid" },
+		"suffix": func(k string) string { return "key ..." + k[3:] + " is not valid" },
+		"cut": func(k string) string {
+			return strings.Repeat("x", 200-len("upstream 401: authentication_error: ")-20) + k
+		},
 		"limited": func(k string) string { return "rate limited for key " + k + " (client " + token + ")" },
 	}
 	up := newUpstream(t, func(key string, w http.ResponseWriter, r *http.Request) {
