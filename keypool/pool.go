@@ -114,6 +114,7 @@ type keyState struct {
 	org      *org
 	cfgOrg   string
 	disabled string
+	health   keyHealth // recovery while disabled (health.go)
 	inFlight int
 	sticky   int
 	totals   Totals
