@@ -106,6 +106,7 @@ type Handler struct {
 	secrets  []keySecret
 	clients  []clientCred
 	redactor *redactor
+	prober   *prober
 	strategy selector.Strategy
 	retries  int
 	metrics  *metrics
@@ -295,6 +296,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.metrics = provisionMetrics(ctx, h)
 	registerPool(h.Pool, h.pool)
+	h.startProber()
 	return nil
 }
 
@@ -397,6 +399,7 @@ func (h *Handler) Cleanup() error {
 	// starting the new one, while the old server may still hand this
 	// handler requests (HTTP/2 streams racing the GOAWAY, connections of a
 	// grace period). A closed pool still serves them; a nil one panicked.
+	h.prober.stop()
 	if h.pool != nil && !h.poolClosed {
 		h.poolClosed = true
 		unregisterPool(h.poolName, h.pool)

@@ -76,6 +76,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 
 	defer bb.done()
+	h.prober.remember(r, next)
 	body := bb.b
 	req := keypool.Request{Bytes: len(body)}
 	metered := r.Method == http.MethodPost && r.URL.EscapedPath() == messagesPath
@@ -157,7 +158,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			break
 		}
 		held = rw.takeHeld()
-		h.judge(&rw.res, held, &attempts)
+		h.judge(&rw.res, held, &attempts, &ex.disabled)
 		if !rw.canRetry {
 			after := -1
 			if held.status == http.StatusTooManyRequests {
@@ -204,15 +205,27 @@ func (h *Handler) attempt(rw *observer, r *http.Request, next caddyhttp.Handler)
 // judge learns from a response held back for a retry: a rejected key is
 // disabled, a rate-limited organization is avoided (and parked when it hit
 // its spend cap), and the next attempt avoids what failed.
-func (h *Handler) judge(res *keypool.Reservation, held *heldResponse, attempts *keypool.Attempts) {
+//
+// One request disables at most one key (*disabled records that it did): a
+// transient 401/403 of the upstream (an outage of its auth service) would
+// otherwise take retries+1 keys out with one request. A further key
+// refused within the same request is only avoided by this request; the
+// next request to meet it decides on its own.
+func (h *Handler) judge(res *keypool.Reservation, held *heldResponse, attempts *keypool.Attempts, disabled *bool) {
 	switch code := held.status; {
+	case (code == http.StatusUnauthorized || code == http.StatusForbidden) && *disabled:
+		attempts.ExcludeKey(res)
+		if ce := h.logger.Check(zap.DebugLevel, "upstream rejected a second key in one request; avoided, not disabled"); ce != nil {
+			ce.Write(zap.String("key", res.KeyName()), zap.Int("status", code))
+		}
 	case code == http.StatusUnauthorized || code == http.StatusForbidden:
+		*disabled = true
 		// Redacted before it is cut: a cut secret no longer matches itself.
 		reason := truncate(h.redact("upstream "+strconv.Itoa(code)+": "+errorMessage(held.body.Bytes())), maxReason)
 		res.Disable(reason)
 		attempts.ExcludeKey(res)
 		h.metrics.disabled(res.KeyName())
-		h.logger.Warn("upstream rejected key; disabled until reload or enable",
+		h.logger.Warn("upstream rejected key; disabled until a probe passes, a reload or enable",
 			zap.String("key", res.KeyName()), zap.Int("status", code), zap.String("reason", reason))
 	case code == http.StatusTooManyRequests:
 		if until, ok := spendCap(held.header, held.body.Bytes(), h.clk.Now()); ok {
@@ -392,6 +405,7 @@ type exchange struct {
 	// attempt's.
 	client, model, session, key string
 	attempts                    int
+	disabled                    bool // this request disabled a key
 }
 
 // placeholder serves the relay's placeholders from the request's own
