@@ -13,6 +13,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
+	"github.com/cc-relay/caddy-cc-relay/internal/clock"
 	"github.com/cc-relay/caddy-cc-relay/keypool"
 )
 
@@ -34,10 +35,6 @@ import (
 // probeTimeout bounds one probe.
 const probeTimeout = 15 * time.Second
 
-// probeTick is the longest the prober sleeps: a key disabled meanwhile is
-// due ProbeBackoffMin after that, so it is seen in time.
-const probeTick = keypool.ProbeBackoffMin
-
 // probeRoute is what a probe is sent through: the handler after the
 // relay, the server that received the request, and its Host and scheme.
 type probeRoute struct {
@@ -52,14 +49,26 @@ type probeRoute struct {
 type prober struct {
 	h      *Handler
 	route  atomic.Pointer[probeRoute]
+	kick   chan struct{} // a key was disabled, or the route became known
 	cancel context.CancelFunc
 	done   chan struct{}
 	once   sync.Once
 }
 
+// wake makes the prober look at the pool again.
+func (pr *prober) wake() {
+	if pr == nil {
+		return
+	}
+	select {
+	case pr.kick <- struct{}{}:
+	default:
+	}
+}
+
 func (h *Handler) startProber() {
 	ctx, cancel := context.WithCancel(context.Background())
-	pr := &prober{h: h, cancel: cancel, done: make(chan struct{})}
+	pr := &prober{h: h, kick: make(chan struct{}, 1), cancel: cancel, done: make(chan struct{})}
 	h.prober = pr
 	go pr.run(ctx)
 }
@@ -85,30 +94,42 @@ func (pr *prober) remember(r *http.Request, next caddyhttp.Handler) {
 	if r.TLS != nil {
 		scheme = "https"
 	}
-	pr.route.CompareAndSwap(nil, &probeRoute{next: next, srv: srv, host: r.Host, scheme: scheme})
+	if pr.route.CompareAndSwap(nil, &probeRoute{next: next, srv: srv, host: r.Host, scheme: scheme}) {
+		pr.wake()
+	}
 }
 
 func (pr *prober) run(ctx context.Context) {
 	defer close(pr.done)
 	h := pr.h
 	for {
+		// Without a route nothing can be probed, and without a disabled
+		// key nothing needs to be: the prober then holds no timer and
+		// sleeps until woken (a key disabled, the route learned).
+		var due <-chan time.Time
+		var timer clock.Timer
 		if route := pr.route.Load(); route != nil {
 			for _, p := range h.pool.DueProbes() {
 				outcome, reason := pr.probe(ctx, route, p)
 				h.pool.FinishProbe(p, outcome, reason)
 				h.logProbe(p, outcome, reason)
 			}
+			if t, ok := h.pool.NextProbe(); ok {
+				timer = h.clk.NewTimer(max(t.Sub(h.clk.Now()), time.Second))
+				due = timer.C()
+			}
 		}
-		wait := probeTick
-		if t, ok := h.pool.NextProbe(); ok {
-			wait = min(wait, max(t.Sub(h.clk.Now()), time.Second))
-		}
-		timer := h.clk.NewTimer(wait)
 		select {
 		case <-ctx.Done():
-			timer.Stop()
+			if timer != nil {
+				timer.Stop()
+			}
 			return
-		case <-timer.C():
+		case <-pr.kick:
+			if timer != nil {
+				timer.Stop()
+			}
+		case <-due:
 		}
 	}
 }

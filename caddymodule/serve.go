@@ -223,6 +223,7 @@ func (h *Handler) judge(res *keypool.Reservation, held *heldResponse, attempts *
 		// Redacted before it is cut: a cut secret no longer matches itself.
 		reason := truncate(h.redact("upstream "+strconv.Itoa(code)+": "+errorMessage(held.body.Bytes())), maxReason)
 		res.Disable(reason)
+		h.prober.wake()
 		attempts.ExcludeKey(res)
 		h.metrics.disabled(res.KeyName())
 		h.logger.Warn("upstream rejected key; disabled until a probe passes, a reload or enable",
