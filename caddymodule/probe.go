@@ -90,6 +90,9 @@ func (pr *prober) remember(r *http.Request, next caddyhttp.Handler) {
 		return
 	}
 	srv, _ := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
+	if srv == nil {
+		return // not served by a Caddy server: nothing to prepare a probe for
+	}
 	scheme := "http"
 	if r.TLS != nil {
 		scheme = "https"
@@ -165,14 +168,15 @@ func (pr *prober) probe(ctx context.Context, route *probeRoute, p keypool.Probe)
 	} else {
 		req.Header["X-Api-Key"] = []string{s.value}
 	}
-	w := &probeWriter{header: http.Header{}}
-	req = caddyhttp.PrepareRequest(req, caddy.NewReplacer(), w, route.srv)
 	defer func() {
-		// reverse_proxy aborts a broken response by panicking.
+		// reverse_proxy aborts a broken response by panicking; nothing a
+		// probe meets may take the prober down.
 		if r := recover(); r != nil {
 			outcome, reason = keypool.ProbeInconclusive, "probe aborted"
 		}
 	}()
+	w := &probeWriter{header: http.Header{}}
+	req = caddyhttp.PrepareRequest(req, caddy.NewReplacer(), w, route.srv)
 	err = route.next.ServeHTTP(w, req)
 	switch {
 	case w.status >= 200 && w.status < 300:
