@@ -106,4 +106,3 @@ func snapKey(p *Pool, name string) KeySnapshot {
 	}
 	return KeySnapshot{}
 }
-
