@@ -25,6 +25,8 @@ func init() {
 //	GET  /cc_relay/pools/<pool>                      one pool
 //	POST /cc_relay/pools/<pool>/keys/<key>/enable    clear a key's cooldowns and disabled state
 //
+// A disabled key's next probe shows under "probes" of its pool.
+//
 // Pools and keys are shown by name, never by secret.
 type AdminAPI struct {
 	logger *zap.Logger
@@ -63,6 +65,9 @@ func (a *AdminAPI) Routes() []caddy.AdminRoute {
 type PoolStatus struct {
 	Name string `json:"name"`
 	keypool.Snapshot
+	// Probes shows, for each disabled key, when the relay next re-checks
+	// it with the upstream (POST …/enable puts it back at once).
+	Probes map[string]keypool.ProbeStatus `json:"probes,omitempty"`
 }
 
 // EnableResult answers an enable request with the key's state afterwards.
@@ -139,7 +144,7 @@ func (a *AdminAPI) handlePools(w http.ResponseWriter, r *http.Request) error {
 // poolStatus snapshots a pool. Reasons hold no secret: an upstream's text is
 // redacted before it becomes a reason.
 func poolStatus(name string, e liveEntry) PoolStatus {
-	return PoolStatus{Name: name, Snapshot: e.pool.Snapshot()}
+	return PoolStatus{Name: name, Snapshot: e.pool.Snapshot(), Probes: e.pool.ProbeStatuses()}
 }
 
 func onlyMethod(w http.ResponseWriter, r *http.Request, method string) error {

@@ -63,6 +63,65 @@ func (bb *bodyBuf) get(n int) {
 	bb.ptr, bb.b = new([]byte), make([]byte, n, size)
 }
 
+// firstBodyChunk is the most a body's buffer holds before its bytes
+// arrive: a declared length only says how far the buffer may grow.
+const firstBodyChunk = 64 << 10
+
+// fill reads r to its end into bb. declared is the body's Content-Length
+// (-1 when unknown); a body longer than limit is reported as tooBig after
+// reading at most limit+1 bytes. The buffer starts at no more than
+// firstBodyChunk and doubles only when full, so it never holds much more
+// than twice the bytes received: a client that declares 32 MiB and sends
+// five bytes costs 64 KiB, not 32 MiB. Buffers come from the size-class
+// pools, and one that is outgrown goes back at once. On an error the
+// buffer is freed.
+func (bb *bodyBuf) fill(r io.Reader, declared, limit int64) (tooBig bool, err error) {
+	end := limit + 1 // read one byte past the limit to see a body over it
+	if declared >= 0 {
+		end = declared // net/http ends the body there
+	}
+	if end == 0 {
+		return false, nil
+	}
+	bb.get(int(min(end, firstBodyChunk)))
+	n := 0
+	for {
+		if n == len(bb.b) {
+			if int64(n) >= end {
+				break
+			}
+			bb.regrow(int(min(end, int64(2*n))), n)
+		}
+		m, rerr := r.Read(bb.b[n:])
+		n += m
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			bb.free()
+			return false, rerr
+		}
+	}
+	if declared >= 0 && int64(n) < declared {
+		bb.free()
+		return false, io.ErrUnexpectedEOF
+	}
+	bb.b = bb.b[:n]
+	return int64(n) > limit, nil
+}
+
+// regrow moves the first n bytes of bb into a buffer of size bytes and
+// gives the old one back to its pool.
+func (bb *bodyBuf) regrow(size, n int) {
+	old, oldClass, oldPtr := bb.b, bb.class, bb.ptr
+	bb.get(size)
+	copy(bb.b, old[:n])
+	if oldClass >= 0 {
+		*oldPtr = old[:0]
+		bodyPools[oldClass].Put(oldPtr)
+	}
+}
+
 func (bb *bodyBuf) free() {
 	if bb.class >= 0 && bb.b != nil {
 		*bb.ptr = bb.b[:0]

@@ -161,3 +161,100 @@ func TestStreamDoesNotKeepBody(t *testing.T) {
 		t.Fatal("the request body was still reachable while the stream was open")
 	}
 }
+
+// stallingBody sends head, then blocks until release is closed and fails,
+// as a client that declared a large body and went quiet would.
+type stallingBody struct {
+	head    []byte
+	stalled chan<- struct{}
+	release <-chan struct{}
+}
+
+func (s *stallingBody) Read(p []byte) (int, error) {
+	if len(s.head) > 0 {
+		n := copy(p, s.head)
+		s.head = s.head[n:]
+		return n, nil
+	}
+	s.stalled <- struct{}{}
+	<-s.release
+	return 0, io.ErrUnexpectedEOF
+}
+func (s *stallingBody) Close() error { return nil }
+
+// TestSlowClientsHoldLittleMemory: 40 clients that each declare a 32 MiB
+// body and send 5 bytes make the relay allocate what arrived (a first
+// chunk each), not what was declared: 40 × 32 MiB would be 1.3 GB.
+func TestSlowClientsHoldLittleMemory(t *testing.T) {
+	h := &Handler{MaxBody: defaultMaxBody, logger: zap.NewNop()}
+	const clients = 40
+	stalled, release := make(chan struct{}), make(chan struct{})
+	done := make(chan int, clients)
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for range clients {
+		r := httptest.NewRequest(http.MethodPost, "/v1/messages", nil)
+		r.Body = &stallingBody{head: []byte(`{"mod`), stalled: stalled, release: release}
+		r.ContentLength = 32 << 20
+		go func() {
+			var bb bodyBuf
+			status, _, _ := h.readBody(httptest.NewRecorder(), r, &bb)
+			done <- status
+		}()
+	}
+	for range clients {
+		<-stalled // every client's 5 bytes are in; each now waits for more
+	}
+	runtime.ReadMemStats(&after)
+	close(release)
+	for range clients {
+		if status := <-done; status != http.StatusBadRequest {
+			t.Fatalf("a client whose body broke off got %d, want 400", status)
+		}
+	}
+	const bound = clients * 2 * firstBodyChunk // generous: goroutines, requests
+	if got := after.TotalAlloc - before.TotalAlloc; got > bound {
+		t.Fatalf("%d slow clients allocated %d bytes, want at most %d", clients, got, bound)
+	}
+}
+
+// TestBodyFillGrows: bodies of every size, declared or chunked, arrive
+// whole through a reader that hands out a few bytes at a time; a chunked
+// body over the limit is seen after limit+1 bytes.
+func TestBodyFillGrows(t *testing.T) {
+	for _, n := range []int{1, 1000, firstBodyChunk - 1, firstBodyChunk, firstBodyChunk + 1, 300_000, 5 << 20} {
+		body := strings.Repeat("x", n-1) + "y"
+		for _, declared := range []int64{int64(n), -1} {
+			var bb bodyBuf
+			tooBig, err := bb.fill(io.LimitReader(strings.NewReader(body), int64(n)), declared, 8<<20)
+			if err != nil || tooBig || string(bb.b) != body {
+				t.Fatalf("n=%d declared=%d: tooBig %v err %v, got %d bytes", n, declared, tooBig, err, len(bb.b))
+			}
+			if cap(bb.b) > max(2*n, firstBodyChunk) && cap(bb.b) > n+n/4 {
+				t.Fatalf("n=%d declared=%d: buffer of %d bytes", n, declared, cap(bb.b))
+			}
+			bb.done()
+		}
+	}
+	var bb bodyBuf
+	r := &countingReader{r: strings.NewReader(strings.Repeat("x", 1<<20))}
+	if tooBig, err := bb.fill(r, -1, 1000); !tooBig || err != nil || r.n > 1001+firstBodyChunk {
+		t.Fatalf("chunked body over the limit: tooBig %v err %v, read %d bytes", tooBig, err, r.n)
+	}
+	var short bodyBuf
+	if _, err := short.fill(strings.NewReader("abc"), 10, 1000); err == nil {
+		t.Fatalf("a body shorter than its Content-Length was accepted")
+	}
+}
+
+type countingReader struct {
+	r io.Reader
+	n int
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += n
+	return n, err
+}

@@ -41,6 +41,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    }
 //	    max_wait             <duration>
 //	    max_body             <size>
+//	    read_body_timeout    <duration> | off
 //	    retries              <n>
 //	    retry_overloaded     [on | off]
 //	    sticky               [<ttl>] | off
@@ -125,6 +126,22 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("max_body: bad size %q", d.Val())
 			}
 			h.MaxBody = int64(n)
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+		case "read_body_timeout":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			if d.Val() == "off" {
+				h.ReadBodyTimeout = -1
+			} else {
+				dur, err := caddy.ParseDuration(d.Val())
+				if err != nil || dur <= 0 {
+					return d.Errf("read_body_timeout: want a positive duration or 'off', got %q", d.Val())
+				}
+				h.ReadBodyTimeout = caddy.Duration(dur)
+			}
 			if d.NextArg() {
 				return d.ArgErr()
 			}

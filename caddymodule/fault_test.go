@@ -494,7 +494,9 @@ func startThreeKeys(t *testing.T, pool, prefix, options string, broken func(w ht
 }
 
 // TestFaultRejectedKeysDisabled: 401 and 403 disable the key with the
-// upstream's reason; traffic moves at once and never returns to it.
+// upstream's reason, one key per request (a second refusal in the same
+// request only moves that request on); traffic moves at once and does not
+// return to a disabled key while the upstream keeps refusing it.
 func TestFaultRejectedKeysDisabled(t *testing.T) {
 	fake, mock, up := startThreeKeys(t, "health_pool", "sk-kh", "client_token ct-kh", func(w http.ResponseWriter) {
 		upstreamError(w, http.StatusForbidden, "permission_error", "Your API key does not have permission to use the specified resource.")
@@ -516,6 +518,14 @@ func TestFaultRejectedKeysDisabled(t *testing.T) {
 	if one.State != "disabled" || !strings.Contains(one.Reason, "401") || !strings.Contains(one.Reason, "invalid x-api-key") {
 		t.Fatalf("key one: state %q reason %q, want disabled with the upstream's 401 reason", one.State, one.Reason)
 	}
+	if two.State != "ok" {
+		t.Fatalf("key two: state %q after the request had disabled one already; want ok", two.State)
+	}
+	// The next request meets two first and disables it.
+	if r := c.mustSend(t, "ct-kh", msgBody); r.status != 200 || r.via() != "three" {
+		t.Fatalf("second request: %d via %q", r.status, r.via())
+	}
+	two = keySnap(t, "health_pool", "two")
 	if two.State != "disabled" || !strings.Contains(two.Reason, "403") || !strings.Contains(two.Reason, "permission_error") {
 		t.Fatalf("key two: state %q reason %q, want disabled with the upstream's 403 reason", two.State, two.Reason)
 	}
@@ -524,10 +534,10 @@ func TestFaultRejectedKeysDisabled(t *testing.T) {
 			t.Fatalf("later request %d: %d via %q", i, r.status, r.via())
 		}
 	}
-	if cnt := up.count(); cnt["sk-kh-1"] != 2 || cnt["sk-kh-2"] != 1 {
+	if cnt := up.count(); cnt["sk-kh-1"] != 2 || cnt["sk-kh-2"] != 2 {
 		t.Fatalf("disabled keys were used again: %v", cnt)
 	}
-	fake.Advance(24 * time.Hour) // disabled is not a cooldown: time does not heal it
+	fake.Advance(24 * time.Hour) // probes run, and the upstream still refuses
 	if k := keySnap(t, "health_pool", "one"); k.State != "disabled" {
 		t.Fatalf("key one re-enabled itself after a day: %q", k.State)
 	}

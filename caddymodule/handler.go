@@ -93,6 +93,12 @@ type Handler struct {
 	// The default is 32 MiB, the upstream's own limit.
 	MaxBody int64 `json:"max_body,omitempty"`
 
+	// ReadBodyTimeout is how long a request body may take to arrive; a
+	// client that has not sent it all by then gets 408. The server's own
+	// read_timeout applies instead when it is shorter. A negative value
+	// turns the relay's deadline off. Default: 1m.
+	ReadBodyTimeout caddy.Duration `json:"read_body_timeout,omitempty"`
+
 	// Retries is how many more keys a request may try after an upstream
 	// 429, 401 or 403 that reached no client byte. The default is 2.
 	Retries *int `json:"retries,omitempty"`
@@ -138,6 +144,8 @@ type Handler struct {
 	pool     *keypool.Pool
 	secrets  []keySecret
 	clients  []clientCred
+	redactor *redactor
+	prober   *prober
 	strategy selector.Strategy
 	retries  int
 	metrics  *metrics
@@ -244,6 +252,9 @@ var newClock = func() clock.Clock { return clock.Real{} }
 
 const defaultMaxBody = 32 << 20
 
+// defaultReadBodyTimeout leaves a 32 MiB body about 4.5 Mbit/s.
+const defaultReadBodyTimeout = time.Minute
+
 // Provision sets defaults, resolves secrets and attaches the pool state.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
@@ -255,6 +266,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	if h.MaxBody == 0 {
 		h.MaxBody = defaultMaxBody
+	}
+	if h.ReadBodyTimeout == 0 {
+		h.ReadBodyTimeout = caddy.Duration(defaultReadBodyTimeout)
 	}
 	h.retries = 2
 	if h.Retries != nil {
@@ -313,6 +327,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			Weight: k.Weight, Priority: k.Priority,
 		})
 	}
+	var all []string // every secret, for the redactor
 	for i, c := range h.ClientTokens {
 		secret, err := resolveSecret(repl, c.Token)
 		if err != nil {
@@ -323,7 +338,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			name = "client-" + shortHash(secret)
 		}
 		h.clients = append(h.clients, clientCred{sum: sha256.Sum256([]byte(secret)), name: name})
+		all = append(all, secret)
 	}
+	for _, s := range h.secrets {
+		all = append(all, s.value)
+	}
+	h.redactor = newRedactor(all)
 
 	h.clk = newClock()
 	val, _, err := pools.LoadOrNew(h.Pool, func() (caddy.Destructor, error) {
@@ -340,17 +360,14 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.metrics = provisionMetrics(ctx, h)
 	registerPool(h.Pool, h.pool)
+	h.startProber()
 	return nil
 }
 
-// redact replaces every upstream secret in s, which holds text an upstream
-// sent back (a rejected key's reason may echo the key).
-func (h *Handler) redact(s string) string {
-	for _, sec := range h.secrets {
-		s = strings.ReplaceAll(s, sec.value, "[redacted]")
-	}
-	return s
-}
+// redact hides every configured secret, and every fragment of one of 12
+// bytes or more, in s, which holds text an upstream sent back (a rejected
+// key's reason may echo the key, whole or in part).
+func (h *Handler) redact(s string) string { return h.redactor.String(s) }
 
 // Validate checks the configuration for errors.
 func (h *Handler) Validate() error { return h.validate() }
@@ -376,8 +393,13 @@ func (h *Handler) validate() error {
 		if k.Key == "" {
 			return fmt.Errorf("key %d is empty", i+1)
 		}
-		if k.RPM < 0 || k.ITPM < 0 || k.OTPM < 0 || k.Weight < 0 {
-			return fmt.Errorf("key %d (%s): rpm, itpm, otpm and weight must not be negative", i+1, describeKey(&k))
+		for _, f := range []struct {
+			name string
+			v    int64
+		}{{"rpm", k.RPM}, {"itpm", k.ITPM}, {"otpm", k.OTPM}, {"weight", int64(k.Weight)}, {"priority", int64(k.Priority)}} {
+			if f.v < 0 || f.v > maxConfigInt {
+				return fmt.Errorf("key %d (%s): %s must be between 0 and %d, got %d", i+1, describeKey(&k), f.name, int64(maxConfigInt), f.v)
+			}
 		}
 		switch k.Auth {
 		case "", "x-api-key", "bearer":
@@ -385,14 +407,45 @@ func (h *Handler) validate() error {
 			return fmt.Errorf("key %d (%s): auth must be x-api-key or bearer, got %q", i+1, describeKey(&k), k.Auth)
 		}
 	}
-	if h.MaxBody < 0 || h.StickyMaxSessions < 0 || h.MaxWait < 0 || h.StickyTTL < 0 {
-		return fmt.Errorf("max_body, max_wait, sticky ttl and sticky_max_sessions must not be negative")
+	return h.validateNumbers()
+}
+
+// Bounds of the configuration's numbers. They are checked in Validate, so
+// a JSON config meets the same ones as a Caddyfile (whose parser checks
+// only syntax and signs, to name the line). 0 means "the default" for
+// every number but retries and priority.
+const (
+	maxConfigInt   = 1 << 40
+	maxRetries     = 1000
+	maxTokenRatio  = 1000
+	maxConfigDelay = 365 * 24 * time.Hour
+)
+
+func (h *Handler) validateNumbers() error {
+	if h.MaxBody < 0 || h.MaxBody > maxConfigInt {
+		return fmt.Errorf("max_body must be between 1 and %d bytes, got %d", int64(maxConfigInt), h.MaxBody)
 	}
-	if h.Retries != nil && *h.Retries < 0 {
-		return fmt.Errorf("retries must not be negative")
+	if h.StickyMaxSessions < 0 || h.StickyMaxSessions > maxConfigInt {
+		return fmt.Errorf("sticky_max_sessions must be between 1 and %d, got %d", int64(maxConfigInt), h.StickyMaxSessions)
 	}
-	if h.TokenEstimateRatio < 0 || math.IsNaN(h.TokenEstimateRatio) || math.IsInf(h.TokenEstimateRatio, 0) {
-		return fmt.Errorf("token_estimate_ratio must be a positive number")
+	if h.Retries != nil && (*h.Retries < 0 || *h.Retries > maxRetries) {
+		return fmt.Errorf("retries must be between 0 and %d, got %d", maxRetries, *h.Retries)
+	}
+	if r := h.TokenEstimateRatio; r < 0 || r >= maxTokenRatio || math.IsNaN(r) {
+		return fmt.Errorf("token_estimate_ratio must be a positive number of bytes per token below %d, got %v", maxTokenRatio, r)
+	}
+	for _, d := range []struct {
+		name string
+		v    caddy.Duration
+		off  bool // a negative value means "off"
+	}{
+		{"max_wait", h.MaxWait, false}, {"sticky_ttl", h.StickyTTL, false},
+		{"default_cooldown", h.DefaultCooldown, false}, {"spend_cap_park", h.SpendCapPark, false},
+		{"read_body_timeout", h.ReadBodyTimeout, true},
+	} {
+		if d.v < 0 && !d.off || time.Duration(d.v) > maxConfigDelay {
+			return fmt.Errorf("%s must be between 0 and %v, got %v", d.name, maxConfigDelay, time.Duration(d.v))
+		}
 	}
 	return nil
 }
@@ -404,6 +457,7 @@ func (h *Handler) Cleanup() error {
 	// starting the new one, while the old server may still hand this
 	// handler requests (HTTP/2 streams racing the GOAWAY, connections of a
 	// grace period). A closed pool still serves them; a nil one panicked.
+	h.prober.stop()
 	if h.pool != nil && !h.poolClosed {
 		h.poolClosed = true
 		unregisterPool(h.poolName, h.pool)

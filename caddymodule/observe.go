@@ -252,7 +252,7 @@ func (o *observer) settle(err error) {
 	if ce := h.logger.Check(zap.DebugLevel, "attempt settled"); ce != nil {
 		ce.Write(zap.String("key", o.res.KeyName()), zap.Int("status", status), zap.String("outcome", outcome),
 			zap.Int64("input_tokens", u.InputTokens), zap.Int64("output_tokens", u.OutputTokens),
-			zap.Int64("estimate", o.res.Estimate()), zap.Error(err))
+			zap.Int64("estimate", o.res.Estimate()), zap.String("error", errText(h, err)))
 	}
 }
 
@@ -263,20 +263,29 @@ func (o *observer) takeHeld() *heldResponse {
 }
 
 // replay sends a held-back answer to the client; retryAfter >= 1 replaces
-// the upstream's Retry-After with the pool's.
-func (hr *heldResponse) replay(w http.ResponseWriter, retryAfter int) {
+// the upstream's Retry-After with the pool's. The relay held it and chose to
+// pass it on, so what it says is the relay's to answer for: every secret
+// and fragment of one is hidden in its body and header values (an upstream
+// that echoes the key it was sent would otherwise show it to the client).
+func (hr *heldResponse) replay(w http.ResponseWriter, retryAfter int, red *redactor) {
 	dst := w.Header()
 	setHeaders(dst, hr.header)
+	for _, vs := range dst {
+		for i, v := range vs {
+			vs[i] = red.String(v)
+		}
+	}
+	body := red.Bytes(hr.body.Bytes())
 	// The body may have been cut at maxHeld: the upstream's framing
 	// describes what it sent, not what is replayed.
 	dst.Del("Transfer-Encoding")
-	dst.Set("Content-Length", strconv.Itoa(hr.body.Len()))
+	dst.Set("Content-Length", strconv.Itoa(len(body)))
 	dst.Set("X-Cc-Relay-Key", hr.key)
 	if retryAfter >= 1 {
 		dst.Set("Retry-After", strconv.Itoa(retryAfter))
 	}
 	w.WriteHeader(hr.status)
-	_, _ = w.Write(hr.body.Bytes())
+	_, _ = w.Write(body)
 }
 
 // finish records the request in the access log's fields.
@@ -312,4 +321,13 @@ func toPool(u usage.Usage) keypool.Usage {
 		HaveInput:                u.HaveInput,
 		HaveOutput:               u.HaveOutput,
 	}
+}
+
+// errText is err's text for a log field, redacted: the next handler's error
+// may quote what the upstream sent.
+func errText(h *Handler, err error) string {
+	if err == nil {
+		return ""
+	}
+	return h.redact(err.Error())
 }

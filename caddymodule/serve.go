@@ -1,15 +1,14 @@
 package caddymodule
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"hash/maphash"
-	"io"
 	"math"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -48,15 +47,28 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// (and transparently undo) compression with the upstream.
 	r.Header.Del("Accept-Encoding")
 
+	// What the relay would not meter, or cannot read, is refused before
+	// the body is read.
+	if nonCanonicalMessages(r.URL) {
+		closeUnread(w, r)
+		h.metrics.answered("bad_request")
+		writeError(w, http.StatusNotFound, "not_found_error",
+			"the relay serves the Messages API only at the path "+messagesPath+", not "+strconv.Quote(capString(r.URL.EscapedPath())), 0)
+		return nil
+	}
+	if !acceptedEncoding(r.Header.Values("Content-Encoding")) {
+		closeUnread(w, r)
+		h.metrics.answered("bad_request")
+		writeError(w, http.StatusUnsupportedMediaType, "invalid_request_error",
+			"request bodies with Content-Encoding "+strconv.Quote(capString(r.Header.Get("Content-Encoding")))+" are not accepted: send the body uncompressed", 0)
+		return nil
+	}
+
 	// One allocation for what the request needs whatever its attempts.
 	ex := &exchange{}
 	bb := &ex.body
-	status, msg := readBody(r, h.MaxBody, bb)
+	status, typ, msg := h.readBody(w, r, bb)
 	if status != 0 {
-		typ := "invalid_request_error"
-		if status == http.StatusRequestEntityTooLarge {
-			typ = "request_too_large"
-		}
 		closeUnread(w, r)
 		h.metrics.answered("bad_request")
 		writeError(w, status, typ, msg, 0)
@@ -64,14 +76,18 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 
 	defer bb.done()
+	h.prober.remember(r, next)
 	body := bb.b
 	req := keypool.Request{Bytes: len(body)}
-	metered := r.Method == http.MethodPost && strings.TrimSuffix(r.URL.Path, "/") == "/v1/messages"
+	metered := r.Method == http.MethodPost && r.URL.EscapedPath() == messagesPath
 	session := r.Header.Get("X-Claude-Code-Session-Id")
 	var info reqscan.Info
 	if metered {
 		var err error
 		info, err = reqscan.Scan(body)
+		if err == nil && len(info.Model) > maxClientString {
+			err = errors.New("model name is longer than " + strconv.Itoa(maxClientString) + " bytes")
+		}
 		if err != nil {
 			h.metrics.answered("bad_request")
 			writeError(w, http.StatusBadRequest, "invalid_request_error", "request body: "+err.Error(), 0)
@@ -93,7 +109,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if session == "" {
 		session = info.SessionID
 	}
-	ex.client, ex.model, ex.session = client, info.Model, session
+	// Session ids are the client's to choose: bounded where they land.
+	ex.client, ex.model, ex.session = client, info.Model, capString(session)
 	if repl != nil {
 		repl.Map(ex.placeholder)
 	}
@@ -141,7 +158,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			break
 		}
 		held = rw.takeHeld()
-		h.judge(&rw.res, held, &attempts)
+		h.judge(&rw.res, held, &attempts, &ex.disabled)
 		if !rw.canRetry {
 			after := -1
 			if held.status == http.StatusTooManyRequests {
@@ -188,14 +205,29 @@ func (h *Handler) attempt(rw *observer, r *http.Request, next caddyhttp.Handler)
 // judge learns from a response held back for a retry: a rejected key is
 // disabled, a rate-limited organization is avoided (and parked when it hit
 // its spend cap), and the next attempt avoids what failed.
-func (h *Handler) judge(res *keypool.Reservation, held *heldResponse, attempts *keypool.Attempts) {
+//
+// One request disables at most one key (*disabled records that it did): a
+// transient 401/403 of the upstream (an outage of its auth service) would
+// otherwise take retries+1 keys out with one request. A further key
+// refused within the same request is only avoided by this request; the
+// next request to meet it decides on its own.
+func (h *Handler) judge(res *keypool.Reservation, held *heldResponse, attempts *keypool.Attempts, disabled *bool) {
 	switch code := held.status; {
+	case (code == http.StatusUnauthorized || code == http.StatusForbidden) && *disabled:
+		attempts.ExcludeKey(res)
+		if ce := h.logger.Check(zap.DebugLevel, "upstream rejected a second key in one request; avoided, not disabled"); ce != nil {
+			ce.Write(zap.String("key", res.KeyName()), zap.Int("status", code))
+		}
 	case code == http.StatusUnauthorized || code == http.StatusForbidden:
-		res.Disable(h.redact("upstream " + strconv.Itoa(code) + ": " + errorMessage(held.body.Bytes())))
+		*disabled = true
+		// Redacted before it is cut: a cut secret no longer matches itself.
+		reason := truncate(h.redact("upstream "+strconv.Itoa(code)+": "+errorMessage(held.body.Bytes())), maxReason)
+		res.Disable(reason)
+		h.prober.wake()
 		attempts.ExcludeKey(res)
 		h.metrics.disabled(res.KeyName())
-		h.logger.Warn("upstream rejected key; disabled until reload or enable",
-			zap.String("key", res.KeyName()), zap.Int("status", code))
+		h.logger.Warn("upstream rejected key; disabled until a probe passes, a reload or enable",
+			zap.String("key", res.KeyName()), zap.Int("status", code), zap.String("reason", reason))
 	case code == http.StatusTooManyRequests:
 		if until, ok := spendCap(held.header, held.body.Bytes(), h.clk.Now()); ok {
 			res.Park(until, "spend cap reached")
@@ -256,7 +288,7 @@ func (h *Handler) answerHeld(w http.ResponseWriter, held *heldResponse, retryAft
 			"the relay's upstream key was rejected by the upstream and no other key is available", 0)
 		return
 	}
-	held.replay(w, retryAfter)
+	held.replay(w, retryAfter, h.redactor)
 }
 
 // prepare sets the attempt's key and a fresh copy of the body on r.
@@ -303,38 +335,65 @@ func (h *Handler) authenticate(r *http.Request) (string, bool) {
 	return name, found == 1
 }
 
-// readBody reads the whole body into bb, refusing more than limit bytes
-// without reading far past it. A body of known length is read into a
-// buffer of exactly its size, taken from a pool.
-func readBody(r *http.Request, limit int64, bb *bodyBuf) (int, string) {
+// readBody reads the whole body into bb, refusing more than max_body
+// bytes without reading far past it, and answers an error status, type and
+// message when it cannot. Memory follows the bytes that arrived, not the
+// length declared (bodyBuf.fill), and the body must arrive within
+// read_body_timeout: a slow client holds a small buffer for a bounded time,
+// and no reservation (none is made before the body is read).
+func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, bb *bodyBuf) (int, string, string) {
 	bb.class = -1
 	if r.Body == nil || r.Body == http.NoBody {
-		return 0, ""
+		return 0, "", ""
 	}
-	tooLarge := func() string {
-		return "request body exceeds the relay's limit of " + strconv.FormatInt(limit, 10) + " bytes"
-	}
+	limit := h.MaxBody
 	if r.ContentLength > limit {
-		return http.StatusRequestEntityTooLarge, tooLarge()
+		return http.StatusRequestEntityTooLarge, "request_too_large", tooLarge(limit)
 	}
-	if r.ContentLength > 0 {
-		bb.get(int(r.ContentLength))
-		if _, err := io.ReadFull(r.Body, bb.b); err != nil {
-			bb.free()
-			return http.StatusBadRequest, "could not read request body"
+	if d := h.bodyDeadline(r); d > 0 {
+		// The deadline is the connection's (an HTTP/2 stream's): set
+		// through http.ResponseController, which reaches net/http's writer
+		// through Caddy's wrappers (they all Unwrap). Cleared after the
+		// body, so that it does not cut the answer or the next request of
+		// the connection.
+		rc := http.NewResponseController(w)
+		if err := rc.SetReadDeadline(time.Now().Add(d)); err == nil {
+			defer func() { _ = rc.SetReadDeadline(time.Time{}) }()
+		} else if ce := h.logger.Check(zap.DebugLevel, "no read deadline for the request body"); ce != nil {
+			ce.Write(zap.Error(err))
 		}
-		return 0, ""
 	}
-	buf := bytes.NewBuffer(make([]byte, 0, 4096))
-	n, err := buf.ReadFrom(io.LimitReader(r.Body, limit+1))
-	if err != nil {
-		return http.StatusBadRequest, "could not read request body"
+	tooBig, err := bb.fill(r.Body, r.ContentLength, limit)
+	switch {
+	case err != nil && errors.Is(err, os.ErrDeadlineExceeded):
+		return http.StatusRequestTimeout, "timeout_error",
+			"the request body did not arrive within " + time.Duration(h.ReadBodyTimeout).String()
+	case err != nil:
+		return http.StatusBadRequest, "invalid_request_error", "could not read request body"
+	case tooBig:
+		bb.free()
+		return http.StatusRequestEntityTooLarge, "request_too_large", tooLarge(limit)
 	}
-	if n > limit {
-		return http.StatusRequestEntityTooLarge, tooLarge()
+	return 0, "", ""
+}
+
+func tooLarge(limit int64) string {
+	return "request body exceeds the relay's limit of " + strconv.FormatInt(limit, 10) + " bytes"
+}
+
+// bodyDeadline is how long the body may take to arrive, 0 for no deadline
+// of the relay's own: read_body_timeout, unless the server's read_timeout
+// (which covers the body too) is already shorter.
+func (h *Handler) bodyDeadline(r *http.Request) time.Duration {
+	d := time.Duration(h.ReadBodyTimeout)
+	if d <= 0 {
+		return 0
 	}
-	bb.b = buf.Bytes()
-	return 0, ""
+	if srv, ok := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok &&
+		srv.ReadTimeout > 0 && time.Duration(srv.ReadTimeout) <= d {
+		return 0
+	}
+	return d
 }
 
 // exchange is what one request through the relay keeps, whatever its
@@ -347,6 +406,7 @@ type exchange struct {
 	// attempt's.
 	client, model, session, key string
 	attempts                    int
+	disabled                    bool // this request disabled a key
 }
 
 // placeholder serves the relay's placeholders from the request's own
@@ -440,8 +500,12 @@ type apiErrorBody struct {
 	Message string `json:"message"`
 }
 
+// maxReason bounds a disabled key's reason, after redaction.
+const maxReason = 200
+
 // errorMessage extracts error.type and error.message from an upstream
-// error body, bounded, for the reason a key was disabled.
+// error body for the reason a key was disabled. The caller redacts, then
+// bounds it (maxReason); the body itself is bounded by maxHeld.
 func errorMessage(body []byte) string {
 	var e apiError
 	if json.Unmarshal(body, &e) != nil || e.Error.Type == "" {
@@ -450,9 +514,6 @@ func errorMessage(body []byte) string {
 	msg := e.Error.Type
 	if e.Error.Message != "" {
 		msg += ": " + e.Error.Message
-	}
-	if len(msg) > 200 {
-		msg = msg[:200]
 	}
 	return msg
 }

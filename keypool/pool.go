@@ -119,6 +119,7 @@ type keyState struct {
 	cfgOrg   string
 	orgMoves int // organization id changes followed
 	disabled string
+	health   keyHealth // recovery while disabled (health.go)
 	inFlight int
 	sticky   int
 	totals   Totals

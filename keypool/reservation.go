@@ -255,12 +255,14 @@ func (r *Reservation) coolDown(now int64, status int, h RateLimitHeaders, lims [
 }
 
 // Disable takes the reserved key out of rotation (the upstream rejected it)
-// until a reload changes it or an operator enables it.
+// until a probe passes (health.go), a reload changes it or an operator
+// enables it.
 func (r *Reservation) Disable(reason string) {
 	st := r.p.st
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	r.ks.disabled = reason
+	r.ks.health.disabledAt(st.clock.Now().UnixNano())
 }
 
 // Park takes the reserved key's organization out of rotation until the

@@ -82,9 +82,14 @@ var hashSeed = maphash.MakeSeed()
 // mis-account the request: "model" must be a string, "stream" a boolean,
 // "max_tokens" an integer literal that fits in an int64 (so 1.0 and 1e3 are
 // rejected), "metadata" an object, "metadata"."user_id" a string and
-// "messages" an array. A null value counts as absent. A field given more
-// than once takes its last value, as with encoding/json, and only that value
-// is type-checked. "system" may be of any type.
+// "messages" an array. A null value counts as absent. "system" may be of any
+// type.
+//
+// "model", "stream", "max_tokens", "metadata" and "metadata"."user_id" given
+// more than once are an error (ErrDuplicate): parsers differ on which one
+// counts (encoding/json and Python take the last, others the first or
+// refuse), and a relay that read another value than the upstream would
+// meter the request on the wrong model or size. Other fields may repeat.
 func Scan(body []byte) (Info, error) {
 	var info Info
 	s := scanner{data: body}
@@ -96,6 +101,7 @@ func Scan(body []byte) (Info, error) {
 	s.depth = 1
 
 	var model, stream, maxTokens, metadata, userID, system, messages, first []byte
+	var seen uint32 // bit f set once field f was read
 	s.skipWS()
 	if err := s.need(); err != nil {
 		return info, err
@@ -108,12 +114,18 @@ func Scan(body []byte) (Info, error) {
 			if err != nil {
 				return info, err
 			}
+			if f >= fieldModel && f <= fieldMetadata {
+				if seen&(1<<f) != 0 {
+					return info, &fieldError{field: f.String(), msg: "is given more than once", dup: true}
+				}
+				seen |= 1 << f
+			}
 			start := s.pos
 			switch {
 			case f == fieldMessages && body[s.pos] == '[':
 				first, err = s.arrayFirst()
 			case f == fieldMetadata && body[s.pos] == '{':
-				userID, _, err = s.member("user_id")
+				userID, _, err = s.member("user_id", true)
 			default:
 				err = s.skipValue()
 			}
@@ -359,7 +371,7 @@ func SessionFromUserID(userID string) string {
 	if s.pos >= len(b) || b[s.pos] != '{' {
 		return ""
 	}
-	v, off, err := s.member("session_id")
+	v, off, err := s.member("session_id", false)
 	if err != nil || len(v) < 2 || v[0] != '"' {
 		return ""
 	}
@@ -446,6 +458,25 @@ const (
 	fieldMessages
 )
 
+// String is the field's JSON name.
+func (f field) String() string {
+	switch f {
+	case fieldModel:
+		return "model"
+	case fieldStream:
+		return "stream"
+	case fieldMaxTokens:
+		return "max_tokens"
+	case fieldMetadata:
+		return "metadata"
+	case fieldSystem:
+		return "system"
+	case fieldMessages:
+		return "messages"
+	}
+	return "other"
+}
+
 func fieldByName(name string) field {
 	switch name {
 	case "model":
@@ -528,9 +559,10 @@ func (s *scanner) colon() error {
 	return s.need()
 }
 
-// member reads the object at pos and returns the raw value of its last
-// member named name and the value's offset, or nil if there is none.
-func (s *scanner) member(name string) (val []byte, off int, err error) {
+// member reads the object at pos and returns the raw value of its member
+// named name and the value's offset, or nil if there is none. A repeated
+// member is an error when once is set, else the last one counts.
+func (s *scanner) member(name string, once bool) (val []byte, off int, err error) {
 	s.depth++
 	defer func() { s.depth-- }()
 	if s.depth > maxDepth {
@@ -573,6 +605,9 @@ func (s *scanner) member(name string) (val []byte, off int, err error) {
 			return nil, 0, err
 		}
 		if match {
+			if once && val != nil {
+				return nil, 0, &fieldError{field: "metadata." + name, msg: "is given more than once", dup: true}
+			}
 			val, off = s.data[vstart:s.pos], vstart
 		}
 		s.skipWS()
@@ -980,11 +1015,19 @@ func (e *syntaxError) Error() string {
 	return "invalid JSON at offset " + strconv.Itoa(e.off) + ": " + e.msg
 }
 
+// ErrDuplicate is matched (errors.Is) by the error for a recognised field
+// given more than once.
+var ErrDuplicate = errors.New("duplicate field")
+
 // A fieldError reports a recognised field with an unusable value.
 type fieldError struct {
 	field string
 	msg   string
+	dup   bool
 }
+
+// Is makes errors.Is(err, ErrDuplicate) find a repeated field.
+func (e *fieldError) Is(target error) bool { return e.dup && target == ErrDuplicate }
 
 func (e *fieldError) Error() string {
 	return e.field + " " + e.msg

@@ -3,6 +3,7 @@ package reqscan
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"reflect"
 	"strconv"
 	"strings"
@@ -27,9 +28,7 @@ func TestScan(t *testing.T) {
 		{"lone surrogate", `{"model":"x\ud800y"}`, Info{Model: "x\uFFFDy"}},
 		{"invalid utf-8", "{\"model\":\"a\xffb\"}", Info{Model: "a\uFFFDb"}},
 		{"escaped key", `{"mod\u0065l":"m","max\u005ftokens":7}`, Info{Model: "m", MaxTokens: 7}},
-		{"last duplicate wins", `{"model":"a","stream":"not checked","model":"b","stream":true}`, Info{Model: "b", Stream: true}},
-		{"metadata duplicate", `{"metadata":{"user_id":"u1"},"metadata":{"other":1}}`, Info{}},
-		{"user_id duplicate", `{"metadata":{"user_id":"u1","user_id":"u2"}}`, Info{UserID: "u2"}},
+		{"other fields may repeat", `{"system":"a","x":1,"system":"b","x":2}`, Info{system: []byte(`"x"`)}},
 		{"nested keys ignored", `{"x":{"model":"no","metadata":{"user_id":"no"}},"messages":[{"model":"no"}],"model":"yes"}`, Info{Model: "yes", system: []byte(`"x"`)}},
 		{"escaped quotes in skipped strings", `{"a":"\"model\":\"no\"\\","model":"yes","b":"\\\\\"}"}`, Info{Model: "yes"}},
 		{"legacy user id",
@@ -351,6 +350,12 @@ func TestScanAllocs(t *testing.T) {
 func checkScan(t testing.TB, body []byte) {
 	t.Helper()
 	info, err := Scan(body)
+	if json.Valid(body) && hasDuplicate(body) {
+		if !errors.Is(err, ErrDuplicate) {
+			t.Fatalf("Scan(%q) = %v; want ErrDuplicate for a repeated recognised field", body, err)
+		}
+		return
+	}
 	if trimmed := bytes.TrimLeft(body, " \t\r\n"); len(trimmed) == 0 || trimmed[0] != '{' {
 		if err == nil {
 			t.Fatalf("Scan(%q) accepted a body whose top level is not an object", body)
@@ -483,5 +488,70 @@ func BenchmarkUnmarshal(b *testing.B) {
 		if err := json.Unmarshal(body, &v); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// hasDuplicate reports whether the valid JSON body is an object that names
+// model, stream, max_tokens or metadata twice, or whose metadata object
+// names user_id twice (keys compared after unescaping, as Scan does).
+func hasDuplicate(body []byte) bool {
+	var top map[string]json.RawMessage
+	if json.Unmarshal(body, &top) != nil {
+		return false
+	}
+	if repeats(body, "model", "stream", "max_tokens", "metadata") {
+		return true
+	}
+	if md, ok := top["metadata"]; ok && len(md) > 0 && md[0] == '{' {
+		return repeats(md, "user_id")
+	}
+	return false
+}
+
+// repeats reports whether the object obj names one of names more than once
+// at its top level.
+func repeats(obj []byte, names ...string) bool {
+	d := json.NewDecoder(bytes.NewReader(obj))
+	if tok, err := d.Token(); err != nil || tok != json.Delim('{') {
+		return false
+	}
+	seen := map[string]bool{}
+	for d.More() {
+		tok, err := d.Token()
+		if err != nil {
+			return false
+		}
+		k := tok.(string)
+		for _, n := range names {
+			if k == n {
+				if seen[k] {
+					return true
+				}
+				seen[k] = true
+			}
+		}
+		var skip json.RawMessage
+		if d.Decode(&skip) != nil {
+			return false
+		}
+	}
+	return false
+}
+
+func TestScanDuplicates(t *testing.T) {
+	for _, body := range []string{
+		`{"model":"a","stream":"not checked","model":"b","stream":true}`,
+		`{"model":"claude-haiku-4-5","max_tokens":1,"model":"claude-opus-4-1"}`,
+		`{"max_tokens":1,"max_tokens":64000}`,
+		`{"stream":false,"stream":true}`,
+		`{"mod\u0065l":"a","model":"b"}`,
+		`{"metadata":{"user_id":"u1"},"metadata":{"other":1}}`,
+		`{"metadata":{"user_id":"u1","user_id":"u2"}}`,
+	} {
+		_, err := Scan([]byte(body))
+		if !errors.Is(err, ErrDuplicate) {
+			t.Errorf("Scan(%s) = %v, want ErrDuplicate", body, err)
+		}
+		checkScan(t, []byte(body))
 	}
 }
