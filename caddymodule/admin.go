@@ -24,6 +24,8 @@ func init() {
 //	GET  /cc_relay/pools                             every live pool
 //	GET  /cc_relay/pools/<pool>                      one pool
 //	POST /cc_relay/pools/<pool>/keys/<key>/enable    clear a key's cooldowns and disabled state
+//	GET  /cc_relay/pools/<pool>/clients              the pool's clients: limits, spend, budget
+//	POST /cc_relay/pools/<pool>/clients/<name>/reset start a client's spend and limits over
 //
 // Pools and keys are shown by name, never by secret.
 type AdminAPI struct {
@@ -63,6 +65,8 @@ func (a *AdminAPI) Routes() []caddy.AdminRoute {
 type PoolStatus struct {
 	Name string `json:"name"`
 	keypool.Snapshot
+	// Clients are the pool's configured clients (by name, never token).
+	Clients []keypool.ClientSnapshot `json:"clients"`
 }
 
 // EnableResult answers an enable request with the key's state afterwards.
@@ -110,6 +114,9 @@ func (a *AdminAPI) handlePools(w http.ResponseWriter, r *http.Request) error {
 		}
 		return writeAdminJSON(w, poolStatus(seg[0], e))
 
+	case len(seg) >= 2 && seg[1] == "clients":
+		return a.handleClients(w, r, seg)
+
 	case len(seg) == 4 && seg[1] == "keys" && seg[3] == "enable":
 		if err := onlyMethod(w, r, http.MethodPost); err != nil {
 			return err
@@ -139,7 +146,7 @@ func (a *AdminAPI) handlePools(w http.ResponseWriter, r *http.Request) error {
 // poolStatus snapshots a pool. Reasons hold no secret: an upstream's text is
 // redacted before it becomes a reason.
 func poolStatus(name string, e liveEntry) PoolStatus {
-	return PoolStatus{Name: name, Snapshot: e.pool.Snapshot()}
+	return PoolStatus{Name: name, Snapshot: e.pool.Snapshot(), Clients: clientSnapshots(e.pool)}
 }
 
 func onlyMethod(w http.ResponseWriter, r *http.Request, method string) error {

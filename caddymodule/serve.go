@@ -94,6 +94,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		session = info.SessionID
 	}
 	ex.client, ex.model, ex.session = client, info.Model, session
+	if !h.admitClient(w, &ex.cl, client, metered, &info, body) {
+		return nil
+	}
+	defer ex.cl.done()
 	if repl != nil {
 		repl.Map(ex.placeholder)
 	}
@@ -103,7 +107,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// Each attempt starts from the headers the response had before the
 	// relay ran, never from an earlier attempt's.
 	rw := &ex.obs
-	*rw = observer{w: w, h: h, metered: metered, body: bb}
+	*rw = observer{w: w, h: h, metered: metered, body: bb, cl: &ex.cl}
 	rw.base.take(w.Header())
 	var held *heldResponse
 	// The access log gets the relay's fields however the request ends,
@@ -347,6 +351,7 @@ type exchange struct {
 	// attempt's.
 	client, model, session, key string
 	attempts                    int
+	cl                          clientExchange
 }
 
 // placeholder serves the relay's placeholders from the request's own
@@ -369,6 +374,8 @@ func (ex *exchange) placeholder(name string) (any, bool) {
 		return ex.key, ex.attempts > 0
 	case "attempts":
 		return ex.attempts, ex.attempts > 0
+	case "cost_usd":
+		return ex.cl.costUSD()
 	}
 	return nil, false
 }
