@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"path"
 	"reflect"
+	"strconv"
 	"sync"
 	"time"
 
@@ -359,6 +360,9 @@ type clientExchange struct {
 	client string
 	// final: an answer went to the client and the reservation is settled.
 	final bool
+	// length and written track an answer of known length (-1: unknown),
+	// see writing.
+	length, written int64
 }
 
 // admitClient checks the request against its client's own limits before
@@ -421,6 +425,29 @@ func (ce *clientExchange) attempt(status int, held bool, u usage.Usage) {
 			outcome = "error"
 		}
 		ce.settle(outcome)
+	}
+}
+
+// writing is called before each chunk of an answer goes to the client.
+// An answer with a Content-Length is complete for the client as soon as
+// its last byte arrives, possibly before the handler returns: the
+// reservation ends before that byte is written, so that the client's next
+// request (max_concurrent 1, one after the other) finds it ended. The
+// body has been read for usage by then. A stream has no length: the client
+// sees it end only when the handler returns, after settle.
+func (ce *clientExchange) writing(o *observer, n int) {
+	if ce == nil || ce.cs == nil || ce.final {
+		return
+	}
+	if ce.length == 0 {
+		ce.length = -1
+		if v, err := strconv.ParseInt(o.w.Header().Get("Content-Length"), 10, 64); err == nil && v > 0 {
+			ce.length = v
+		}
+	}
+	ce.written += int64(n)
+	if ce.length > 0 && ce.written >= ce.length {
+		ce.attempt(o.status, false, o.usage())
 	}
 }
 

@@ -174,6 +174,7 @@ func (o *observer) Write(p []byte) (int, error) {
 	case 2:
 		o.js.Write(p)
 	}
+	o.cl.writing(o, len(p))
 	n, err := o.w.Write(p)
 	if err != nil {
 		o.writeErr = true

@@ -16,6 +16,7 @@ import (
 	"math/big"
 	"path"
 	"strings"
+	"sync/atomic"
 )
 
 // PicoUSD is an amount of money in picodollars (1e-12 USD).
@@ -215,6 +216,15 @@ type Rule struct {
 // built-in ones; the first match wins.
 type Table struct {
 	rules []Rule
+	// last remembers the latest lookup: a relay sees few model names,
+	// and a lookup otherwise matches the name against each rule.
+	last atomic.Pointer[lookup]
+}
+
+type lookup struct {
+	model string
+	price Price
+	ok    bool
 }
 
 // NewTable returns a table of the given rules in front of the built-in
@@ -235,12 +245,18 @@ func (t *Table) Lookup(model string) (Price, bool) {
 	if t == nil {
 		return Price{}, false
 	}
+	if l := t.last.Load(); l != nil && l.model == model {
+		return l.price, l.ok
+	}
+	l := &lookup{model: model}
 	for _, r := range t.rules {
 		if ok, _ := path.Match(r.Pattern, model); ok {
-			return r.Price, true
+			l.price, l.ok = r.Price, true
+			break
 		}
 	}
-	return Price{}, false
+	t.last.Store(l)
+	return l.price, l.ok
 }
 
 // Rules returns the table's rules in lookup order.

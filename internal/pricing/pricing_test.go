@@ -152,14 +152,21 @@ func TestOverridesComeFirst(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p, _ := tab.Lookup("claude-sonnet-4-5-20250929"); p.Input != 1 {
-		t.Errorf("first match did not win: %+v", p)
-	}
-	if p, _ := tab.Lookup("claude-sonnet-4-20250514"); p.Input != 3 {
-		t.Errorf("override did not beat the built-in row: %+v", p)
-	}
-	if p, _ := tab.Lookup("claude-haiku-4-5"); p.Input != 1_000_000 {
-		t.Errorf("built-in row lost: %+v", p)
+	// Twice over, alternating: the remembered last lookup answers only
+	// for its own model.
+	for i := 0; i < 2; i++ {
+		if p, _ := tab.Lookup("claude-sonnet-4-5-20250929"); p.Input != 1 {
+			t.Errorf("first match did not win: %+v", p)
+		}
+		if p, _ := tab.Lookup("claude-sonnet-4-20250514"); p.Input != 3 {
+			t.Errorf("override did not beat the built-in row: %+v", p)
+		}
+		if p, _ := tab.Lookup("claude-haiku-4-5"); p.Input != 1_000_000 {
+			t.Errorf("built-in row lost: %+v", p)
+		}
+		if _, ok := tab.Lookup("unknown"); ok {
+			t.Error("unknown model priced")
+		}
 	}
 	if _, err := NewTable([]Rule{{"claude-[", NewPrice(1, 1)}}); err == nil {
 		t.Error("a bad pattern was accepted")
