@@ -68,10 +68,10 @@ type clientSet struct {
 	budgeted map[string]bool
 	logger   *zap.Logger
 	metrics  *clientMetrics
-	closed   bool // cleaned up: the state is released
 
-	mu    sync.Mutex
-	timer *time.Timer // a flush is scheduled
+	mu     sync.Mutex
+	timer  *time.Timer // a flush is scheduled
+	closed bool        // cleaned up: the state is released
 }
 
 // clientOf maps a live pool to its handler's clients, for the admin API
@@ -245,19 +245,23 @@ func (h *Handler) cleanupClients() {
 	// h.clientSet stays set, like h.pool: the old configuration may still
 	// be handed requests after its clean-up, and they keep their limits.
 	cs := h.clientSet
-	if cs == nil || cs.closed {
+	if cs == nil {
 		return
 	}
-	cs.closed = true
-	if h.pool != nil {
-		clientOf.CompareAndDelete(h.pool, cs)
-	}
 	cs.mu.Lock()
+	closed := cs.closed
+	cs.closed = true
 	if cs.timer != nil {
 		cs.timer.Stop()
 		cs.timer = nil
 	}
 	cs.mu.Unlock()
+	if closed {
+		return
+	}
+	if h.pool != nil {
+		clientOf.CompareAndDelete(h.pool, cs)
+	}
 	cs.flush()
 	if _, err := clientPools.Delete(h.poolName); err != nil && h.logger != nil {
 		h.logger.Error("releasing client state", zap.Error(err))
@@ -284,7 +288,9 @@ func (cs *clientSet) scheduleFlush() {
 	}
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
-	if cs.timer != nil {
+	if cs.timer != nil || cs.closed {
+		// A configuration cleaned up leaves the saving to its successor,
+		// which shares the state (or to its own final flush).
 		return
 	}
 	cs.timer = time.AfterFunc(spendFlushDelay, func() {
@@ -488,15 +494,6 @@ func (ce *clientExchange) logCost(extra *caddyhttp.ExtraLogFields) {
 	if v, ok := ce.costUSD(); ok && extra != nil {
 		extra.Set(zap.Float64("cc_relay_cost_usd", v))
 	}
-}
-
-// clientWeight is the client's share under contention, for the pool's
-// fair wait queue.
-func (h *Handler) clientWeight(client string) int {
-	if h.clientSet == nil {
-		return 1
-	}
-	return h.clientSet.clients.Weight(client)
 }
 
 // toPricing is the usage a response reported, as pricing counts it.
