@@ -166,6 +166,12 @@ func TestClientsMaxConcurrentStream(t *testing.T) {
 			t.Fatalf("sequential request %d: %d %s", i, res.StatusCode, body)
 		}
 	}
+	// The stream was priced from its events (10 in, 2 out: $0.00006) and
+	// each answer from its body (12 in, 3 out: $0.000081).
+	a := clientsOf(t, "cl_conc")["alice"]
+	if a.Totals.InputTokens != 10+10*12 || a.Totals.OutputTokens != 2+10*3 || a.Totals.CostPicoUSD != 60_000_000+10*81_000_000 {
+		t.Fatalf("alice %+v", a.Totals)
+	}
 }
 
 // TestClientsBudgetSixteenConcurrent sends rounds of 16 concurrent

@@ -353,8 +353,11 @@ func (c *Clients) Admit(req *ClientRequest, res *ClientReservation) error {
 		}
 	}
 	if wait > 0 {
+		// Bounded, so that absurd usage reported upstream cannot overflow
+		// the duration.
+		wait = math.Min(math.Ceil(wait), float64(24*time.Hour))
 		return fail(&ClientLimitError{Limit: [...]string{"rpm", "itpm", "otpm"}[worst], Max: limit,
-			RetryAfter: time.Duration(math.Ceil(wait))})
+			RetryAfter: time.Duration(wait)})
 	}
 
 	var need pricing.PicoUSD
@@ -365,7 +368,7 @@ func (c *Clients) Admit(req *ClientRequest, res *ClientReservation) error {
 		// that only runs alone, when nothing else is reserved: spend then
 		// stops within one request's cost of the budget, and a request
 		// larger than the whole budget can still run once.
-		fits := st.spent+st.reserved+need <= m.cfg.Budget || st.reserved == 0 && st.spent < m.cfg.Budget
+		fits := st.spent.Plus(st.reserved).Plus(need) <= m.cfg.Budget || st.reserved == 0 && st.spent < m.cfg.Budget
 		if !fits {
 			start := time.Unix(0, st.periodStart).UTC()
 			e := &ClientLimitError{Limit: "budget", Budget: m.cfg.Budget, Spent: st.spent, Reserved: st.reserved, Need: need,
@@ -381,7 +384,7 @@ func (c *Clients) Admit(req *ClientRequest, res *ClientReservation) error {
 	st.b[kindRequests].charge(1)
 	st.b[kindInput].charge(est)
 	st.inFlight++
-	st.reserved += need
+	st.reserved = st.reserved.Plus(need)
 	st.totals.Requests++
 	res.m, res.est, res.reserved, res.epoch, res.admitted = m, est, need, st.epoch, true
 	return nil
@@ -440,8 +443,8 @@ func (r *ClientReservation) Settle() {
 	}
 	st.b[kindOutput].charge(float64(u.OutputTokens))
 	if st.epoch == r.epoch {
-		st.reserved -= r.reserved
-		st.spent += r.cost
+		st.reserved = st.reserved.Plus(-r.reserved)
+		st.spent = st.spent.Plus(r.cost)
 	}
 	if r.cost != 0 {
 		st.dirty = true
@@ -451,7 +454,7 @@ func (r *ClientReservation) Settle() {
 	t.OutputTokens += u.OutputTokens
 	t.CacheReadTokens += u.CacheReadInputTokens
 	t.CacheCreationTokens += u.CacheCreationInputTokens
-	t.CostPicoUSD += int64(r.cost)
+	t.CostPicoUSD = int64(pricing.PicoUSD(t.CostPicoUSD).Plus(r.cost))
 }
 
 // Cost is the request's cost once settled; 0 when its model has no price.

@@ -116,6 +116,13 @@ func TestClientITPMAndOTPM(t *testing.T) {
 	}
 	clk.Advance(31 * time.Second)
 	done(admit(t, c, "alice", 40, 10), 10, 1)
+
+	// Absurd usage leaves a bounded wait, not an overflowed one.
+	done(admit(t, c, "alice", 40, 10), 1, 1<<62)
+	le = limited(t, c, "alice", "otpm", 40, 10)
+	if le.RetryAfter != 24*time.Hour {
+		t.Fatalf("retry after %v", le.RetryAfter)
+	}
 }
 
 func TestClientMaxConcurrent(t *testing.T) {

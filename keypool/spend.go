@@ -61,7 +61,7 @@ func (c *Clients) Load(ctx context.Context, store SpendStore) error {
 			// over; spend of the current period (or of a shorter
 			// period inside it) still counts.
 			if found && rec.PeriodStart.UnixNano() >= st.periodStart && rec.SpentPicoUSD > 0 {
-				st.spent += pricing.PicoUSD(rec.SpentPicoUSD)
+				st.spent = st.spent.Plus(pricing.PicoUSD(rec.SpentPicoUSD))
 			}
 		}
 		cs.mu.Unlock()

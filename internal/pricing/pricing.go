@@ -25,6 +25,19 @@ type PicoUSD int64
 // PerUSD is the number of picodollars in one dollar.
 const PerUSD PicoUSD = 1_000_000_000_000
 
+// Plus is p + q, saturating at the int64 bounds: no usage an upstream
+// reports can wrap a spend total around.
+func (p PicoUSD) Plus(q PicoUSD) PicoUSD {
+	s := p + q
+	switch {
+	case q > 0 && s < p:
+		return math.MaxInt64
+	case q < 0 && s > p:
+		return math.MinInt64
+	}
+	return s
+}
+
 // USD returns the amount in dollars, for display and metrics.
 func (p PicoUSD) USD() float64 { return float64(p) / float64(PerUSD) }
 
@@ -95,7 +108,7 @@ func ParseRate(s string) (Rate, error) {
 	if err != nil {
 		return 0, fmt.Errorf("bad price %q: %v", s, err)
 	}
-	if v > math.MaxInt64/maxTokens {
+	if v > maxRate {
 		return 0, fmt.Errorf("bad price %q: too large", s)
 	}
 	return Rate(v), nil
@@ -104,7 +117,11 @@ func ParseRate(s string) (Rate, error) {
 // maxTokens bounds a token count priced at once: counts beyond it (no
 // real response has them) are clamped so that cost arithmetic cannot
 // overflow whatever the upstream reports.
-const maxTokens = 1 << 32
+const maxTokens = 1 << 30
+
+// maxRate bounds a price (about $1000 per million tokens) so that a cost,
+// five kinds of maxTokens each, fits an int64.
+const maxRate = math.MaxInt64 / (maxTokens * 8)
 
 // USDPerMTok returns the rate as USD per million tokens.
 func (r Rate) USDPerMTok() float64 { return float64(r) / 1e6 }

@@ -1,6 +1,7 @@
 package pricing
 
 import (
+	"math"
 	"testing"
 )
 
@@ -92,9 +93,22 @@ func TestCostExactToTheToken(t *testing.T) {
 	if sum != 96_000*1_000_000 {
 		t.Fatalf("sum %s", sum)
 	}
-	// Absurd counts are clamped rather than overflowing.
-	if c := p.Cost(Usage{OutputTokens: 1 << 62}); c <= 0 {
+	// Absurd counts are clamped rather than overflowing, at the dearest
+	// price accepted, and totals saturate.
+	top, err := ParseRate("1000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	huge := Usage{InputTokens: 1 << 62, OutputTokens: 1 << 62, CacheCreationInputTokens: 1 << 62, CacheCreation1h: 1 << 61, CacheReadInputTokens: 1 << 62}
+	c := Price{top, top, top, top, top}.Cost(huge)
+	if c <= 0 {
 		t.Fatalf("overflowed: %d", c)
+	}
+	if s := c.Plus(c).Plus(c).Plus(c).Plus(c); s != math.MaxInt64 {
+		t.Fatalf("sum %d did not saturate", s)
+	}
+	if _, err := ParseRate("5000"); err == nil {
+		t.Fatal("a price that could overflow a cost was accepted")
 	}
 }
 
