@@ -348,6 +348,9 @@ func TestClientsBudgetSixteenConcurrent(t *testing.T) {
 	if code, _ := adminDo(t, http.MethodGet, "/cc_relay/pools/cl_budget/clients/alice/reset", "", ""); code != 405 {
 		t.Fatalf("GET reset: %d", code)
 	}
+	if code, _ := adminDo(t, http.MethodGet, "/cc_relay/pools/cl_nowhere/clients", "", ""); code != 404 {
+		t.Fatalf("clients of an unknown pool: %d", code)
+	}
 	mu.Lock()
 	gate = make(chan struct{})
 	close(gate)
