@@ -24,6 +24,8 @@ func init() {
 //	GET  /cc_relay/pools                             every live pool
 //	GET  /cc_relay/pools/<pool>                      one pool
 //	POST /cc_relay/pools/<pool>/keys/<key>/enable    clear a key's cooldowns and disabled state
+//	GET  /cc_relay/pools/<pool>/clients              the pool's clients: limits, spend, budget
+//	POST /cc_relay/pools/<pool>/clients/<name>/reset start a client's spend and limits over
 //
 // A disabled key's next probe shows under "probes" of its pool.
 //
@@ -68,6 +70,8 @@ type PoolStatus struct {
 	// Probes shows, for each disabled key, when the relay next re-checks
 	// it with the upstream (POST …/enable puts it back at once).
 	Probes map[string]keypool.ProbeStatus `json:"probes,omitempty"`
+	// Clients are the pool's configured clients (by name, never token).
+	Clients []keypool.ClientSnapshot `json:"clients"`
 }
 
 // EnableResult answers an enable request with the key's state afterwards.
@@ -115,6 +119,9 @@ func (a *AdminAPI) handlePools(w http.ResponseWriter, r *http.Request) error {
 		}
 		return writeAdminJSON(w, poolStatus(seg[0], e))
 
+	case len(seg) >= 2 && seg[1] == "clients":
+		return a.handleClients(w, r, seg)
+
 	case len(seg) == 4 && seg[1] == "keys" && seg[3] == "enable":
 		if err := onlyMethod(w, r, http.MethodPost); err != nil {
 			return err
@@ -144,7 +151,7 @@ func (a *AdminAPI) handlePools(w http.ResponseWriter, r *http.Request) error {
 // poolStatus snapshots a pool. Reasons hold no secret: an upstream's text is
 // redacted before it becomes a reason.
 func poolStatus(name string, e liveEntry) PoolStatus {
-	return PoolStatus{Name: name, Snapshot: e.pool.Snapshot(), Probes: e.pool.ProbeStatuses()}
+	return PoolStatus{Name: name, Snapshot: e.pool.Snapshot(), Probes: e.pool.ProbeStatuses(), Clients: clientSnapshots(e.pool)}
 }
 
 func onlyMethod(w http.ResponseWriter, r *http.Request, method string) error {

@@ -26,7 +26,15 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //
 //	cc_relay [<pool name>] {
 //	    strategy     least_loaded | round_robin | weighted | priority | random
-//	    client_token <secret> [<client name>]
+//	    client_token <secret> [<client name>] {
+//	        rpm            <n>
+//	        itpm           <n>
+//	        otpm           <n>
+//	        max_concurrent <n>
+//	        weight         <n>
+//	        budget         <usd> day | week | month
+//	        models         <glob>...
+//	    }
 //	    client_auth  off
 //	    key <secret> {
 //	        name      <label>
@@ -50,6 +58,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    model_class          <pattern> <class>
 //	    default_cooldown     <duration>
 //	    spend_cap_park       <duration>
+//	    price <model glob> <input> <output> [<cache_write_5m> [<cache_write_1h> [<cache_read>]]]
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // directive name
@@ -72,18 +81,17 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 		case "client_token":
-			var c ClientToken
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			c.Token = d.Val()
-			if d.NextArg() {
-				c.Name = d.Val()
-			}
-			if d.NextArg() {
-				return d.ArgErr()
+			c, err := parseClientToken(d)
+			if err != nil {
+				return err
 			}
 			h.ClientTokens = append(h.ClientTokens, c)
+		case "price":
+			p, err := parsePrice(d)
+			if err != nil {
+				return err
+			}
+			h.Prices = append(h.Prices, p)
 		case "client_auth":
 			if !d.NextArg() {
 				return d.ArgErr()

@@ -139,6 +139,11 @@ type Handler struct {
 	// is 1h.
 	SpendCapPark caddy.Duration `json:"spend_cap_park,omitempty"`
 
+	// Prices override the built-in price table (USD per million tokens)
+	// for the models they match; the first match wins. Spend and budgets
+	// are priced with them.
+	Prices []Price `json:"prices,omitempty"`
+
 	logger   *zap.Logger
 	state    *keypool.State
 	pool     *keypool.Pool
@@ -151,6 +156,8 @@ type Handler struct {
 	metrics  *metrics
 	clk      clock.Clock
 	poolName string
+	// clientSet is the pool's clients: limits, budgets and spend.
+	clientSet *clientSet
 	// poolClosed makes Cleanup release the pool once, keeping h.pool.
 	poolClosed bool
 }
@@ -162,8 +169,26 @@ type ClientToken struct {
 	Token string `json:"token"`
 
 	// Name identifies the client in logs and placeholders. The default is
-	// "client-" + the first 8 hex digits of the token's SHA-256.
+	// "client-" + the first 8 hex digits of the token's SHA-256. Tokens
+	// that share a name are one client: they share its limits and budget.
 	Name string `json:"name,omitempty"`
+	// RPM, ITPM and OTPM are the client's own per-minute limits on
+	// requests, input tokens and output tokens, checked before the pool is
+	// touched. Default: 0 (no limit of the client's own).
+	RPM  int64 `json:"rpm,omitempty"`
+	ITPM int64 `json:"itpm,omitempty"`
+	OTPM int64 `json:"otpm,omitempty"`
+	// MaxConcurrent bounds the client's requests in flight; a stream counts
+	// until it ends. Default: 0 (no limit).
+	MaxConcurrent int `json:"max_concurrent,omitempty"`
+	// Weight is the client's share of the pool under contention. Default: 1.
+	Weight int `json:"weight,omitempty"`
+	// Budget caps the client's spend per calendar period (UTC). Default:
+	// none.
+	Budget *ClientBudget `json:"budget,omitempty"`
+	// Models are the models the client may use, as path.Match patterns
+	// ("claude-sonnet-*"). Default: all.
+	Models []string `json:"models,omitempty"`
 }
 
 // Key is one upstream API key.
@@ -360,6 +385,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.metrics = provisionMetrics(ctx, h)
 	registerPool(h.Pool, h.pool)
+	if err := h.provisionClients(ctx); err != nil {
+		return err
+	}
 	h.startProber()
 	return nil
 }
@@ -447,7 +475,7 @@ func (h *Handler) validateNumbers() error {
 			return fmt.Errorf("%s must be between 0 and %v, got %v", d.name, maxConfigDelay, time.Duration(d.v))
 		}
 	}
-	return nil
+	return h.validateClients()
 }
 
 // Cleanup releases exactly what Provision acquired, also after a Provision
@@ -458,6 +486,7 @@ func (h *Handler) Cleanup() error {
 	// handler requests (HTTP/2 streams racing the GOAWAY, connections of a
 	// grace period). A closed pool still serves them; a nil one panicked.
 	h.prober.stop()
+	h.cleanupClients()
 	if h.pool != nil && !h.poolClosed {
 		h.poolClosed = true
 		unregisterPool(h.poolName, h.pool)

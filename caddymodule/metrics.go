@@ -28,7 +28,7 @@ var (
 	requestsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: metricsNamespace,
 		Name:      "requests_total",
-		Help:      "Attempts sent upstream by key and outcome, and requests the relay answered itself (key \"\"): unauthorized, bad_request, rate_limited, no_keys, client_gone.",
+		Help:      "Attempts sent upstream by key and outcome, and requests the relay answered itself (key \"\"): unauthorized, bad_request, rate_limited, no_keys, client_gone, client_limited (a client's own limit or budget), client_forbidden (a model the client may not use).",
 	}, []string{"pool", "key", "outcome"})
 	tokensTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: metricsNamespace,

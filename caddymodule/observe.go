@@ -26,6 +26,7 @@ type observer struct {
 	metered  bool
 	res      keypool.Reservation
 	canRetry bool
+	cl       *clientExchange // the request's client limits, settled with the attempt that answers
 
 	body        *bodyBuf       // the request body, released once a stream is committed
 	base        headerSnapshot // the writer's headers before the relay ran
@@ -49,7 +50,7 @@ type heldResponse struct {
 }
 
 func (o *observer) reset() {
-	*o = observer{w: o.w, h: o.h, metered: o.metered, body: o.body, base: o.base}
+	*o = observer{w: o.w, h: o.h, metered: o.metered, body: o.body, base: o.base, cl: o.cl}
 }
 
 // Header is the writer's own map: an attempt's headers go straight to the
@@ -173,6 +174,7 @@ func (o *observer) Write(p []byte) (int, error) {
 	case 2:
 		o.js.Write(p)
 	}
+	o.cl.writing(o, len(p))
 	n, err := o.w.Write(p)
 	if err != nil {
 		o.writeErr = true
@@ -225,6 +227,7 @@ func (o *observer) settle(err error) {
 		status = 0 // reverse_proxy returned an error: no upstream answer
 	}
 	o.res.Settle(keypool.Result{Status: status, Usage: toPool(u)})
+	o.cl.attempt(status, o.hold, u)
 	if err == nil && o.wroteHeader && !o.hold {
 		// The answer is complete and accounted for (a client's next
 		// request sees this one settled): let it reach the client now
@@ -304,6 +307,7 @@ func (h *Handler) finish(ex *exchange, held *heldResponse, extra *caddyhttp.Extr
 	extra.Set(zap.String("cc_relay_session", ex.session))
 	extra.Set(zap.Int("cc_relay_attempts", attempts))
 	extra.Set(zap.String("cc_relay_sticky", o.res.Sticky.String()))
+	ex.cl.logCost(extra)
 	if u := o.usage(); u.HaveInput || u.HaveOutput {
 		extra.Set(zap.Int64("cc_relay_input_tokens", u.InputTokens))
 		extra.Set(zap.Int64("cc_relay_output_tokens", u.OutputTokens))

@@ -111,6 +111,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	// Session ids are the client's to choose: bounded where they land.
 	ex.client, ex.model, ex.session = client, info.Model, capString(session)
+	if !h.admitClient(w, &ex.cl, client, metered, &info, body) {
+		return nil
+	}
+	defer ex.cl.done()
 	if repl != nil {
 		repl.Map(ex.placeholder)
 	}
@@ -120,7 +124,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// Each attempt starts from the headers the response had before the
 	// relay ran, never from an earlier attempt's.
 	rw := &ex.obs
-	*rw = observer{w: w, h: h, metered: metered, body: bb}
+	*rw = observer{w: w, h: h, metered: metered, body: bb, cl: &ex.cl}
 	rw.base.take(w.Header())
 	var held *heldResponse
 	// The access log gets the relay's fields however the request ends,
@@ -407,6 +411,7 @@ type exchange struct {
 	client, model, session, key string
 	attempts                    int
 	disabled                    bool // this request disabled a key
+	cl                          clientExchange
 }
 
 // placeholder serves the relay's placeholders from the request's own
@@ -429,6 +434,8 @@ func (ex *exchange) placeholder(name string) (any, bool) {
 		return ex.key, ex.attempts > 0
 	case "attempts":
 		return ex.attempts, ex.attempts > 0
+	case "cost_usd":
+		return ex.cl.costUSD()
 	}
 	return nil, false
 }
