@@ -95,6 +95,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 		req.Model = info.Model
 		req.Session = sessionHash(client, session, &info)
+		req.MaxTokens = int(min(info.MaxTokens, math.MaxInt32))
 	} else {
 		// Other endpoints (count_tokens, models) get a key but are not
 		// charged to the Messages budgets.
@@ -115,6 +116,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return nil
 	}
 	defer ex.cl.done()
+	// Fair shares under contention are kept per client, by its weight.
+	req.Client, req.ClientWeight = client, 1
+	if cs := h.clientSet; cs != nil && cs.clients != nil {
+		req.ClientWeight = cs.clients.Weight(client)
+	}
 	if repl != nil {
 		repl.Map(ex.placeholder)
 	}
@@ -264,8 +270,11 @@ func (h *Handler) refuse(w http.ResponseWriter, held *heldResponse, nc *keypool.
 	}
 	h.metrics.shortCircuit()
 	h.metrics.answered("rate_limited")
-	writeError(w, http.StatusTooManyRequests, "rate_limit_error",
-		"all upstream keys of this relay are at their rate limits; retry after "+strconv.Itoa(after)+"s", after)
+	msg := "all upstream keys of this relay are at their rate limits; retry after " + strconv.Itoa(after) + "s"
+	if nc.OverShare {
+		msg = "the relay's capacity is short and this client has used more than its share of it lately; retry after " + strconv.Itoa(after) + "s"
+	}
+	writeError(w, http.StatusTooManyRequests, "rate_limit_error", msg, after)
 }
 
 // closeUnread marks an answer given before the request body was read as
