@@ -213,7 +213,7 @@ var errFallback = errors.New("redis: local-fallback")
 
 // call runs fn against Redis when the store is shared, with the timeout,
 // reports its round trip, and trips the breaker on failure.
-func (s *Store) call(ctx context.Context, op string, fn func(ctx context.Context, c rueidis.Client) error) error {
+func (s *Store) call(parent context.Context, op string, fn func(ctx context.Context, c rueidis.Client) error) error {
 	if s.Mode() != keypool.SharedModeShared {
 		return errFallback
 	}
@@ -221,7 +221,7 @@ func (s *Store) call(ctx context.Context, op string, fn func(ctx context.Context
 	if c == nil {
 		return errFallback
 	}
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
+	ctx, cancel := context.WithTimeout(parent, s.cfg.Timeout)
 	defer cancel()
 	start := time.Now()
 	err := fn(ctx, *c)
@@ -229,7 +229,11 @@ func (s *Store) call(ctx context.Context, op string, fn func(ctx context.Context
 		s.cfg.OnRoundTrip(op, time.Since(start), err)
 	}
 	if err != nil && !isRedisNil(err) {
-		s.trip(err)
+		// A caller that gave up (its client went away) says nothing
+		// about Redis: only the store's own timeout and errors trip.
+		if parent.Err() == nil {
+			s.trip(err)
+		}
 		return err
 	}
 	return nil

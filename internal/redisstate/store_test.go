@@ -461,3 +461,16 @@ func TestBadURLErrorsNameNoPassword(t *testing.T) {
 		}
 	}
 }
+
+// A caller that gives up does not trip the breaker: that says nothing
+// about Redis.
+func TestCancelledCallerDoesNotTrip(t *testing.T) {
+	srv := redistest.Start(t)
+	s := newStore(t, srv)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	s.Reserve(ctx, budget("cfg:x", 10, 0, 0), [3]float64{1, 0, 0})
+	if s.Mode() != keypool.SharedModeShared {
+		t.Fatalf("a cancelled caller tripped the breaker: %v", s.Mode())
+	}
+}
