@@ -172,7 +172,7 @@ func (s *Store) Sync(ctx context.Context, sy keypool.SharedSync) keypool.SharedS
 }
 
 func (s *Store) until(ctx context.Context, op, key, field string, until time.Time, reason string, longest time.Duration) error {
-	return s.call(ctx, op, func(ctx context.Context, c rueidis.Client) error {
+	return s.write(ctx, op, func(ctx context.Context, c rueidis.Client) error {
 		return untilScript.Exec(ctx, c, []string{key}, []string{
 			field, fmtInt(until.UnixMilli()), reason, fmtInt(longest.Milliseconds()), s.ttlMillis(),
 		}).Error()
@@ -201,7 +201,7 @@ func (s *Store) Park(ctx context.Context, org string, until time.Time, reason st
 // Disable takes a key out of rotation on every instance.
 func (s *Store) Disable(ctx context.Context, key, reason string) keypool.SharedMode {
 	s.editView(func(v *keypool.SharedView) { v.Disabled[key] = reason })
-	err := s.call(ctx, "disable", func(ctx context.Context, c rueidis.Client) error {
+	err := s.write(ctx, "disable", func(ctx context.Context, c rueidis.Client) error {
 		return c.Do(ctx, c.B().Hset().Key(s.keys.disabled()).FieldValue().FieldValue(key, reason).Build()).Error()
 	})
 	return modeOf(err)
@@ -212,7 +212,7 @@ func (s *Store) Disable(ctx context.Context, key, reason string) keypool.SharedM
 func (s *Store) Enable(ctx context.Context, key, org string, classes []string) keypool.SharedMode {
 	s.editView(func(v *keypool.SharedView) { delete(v.Disabled, key) })
 	s.local.unpark(org)
-	err := s.call(ctx, "enable", func(ctx context.Context, c rueidis.Client) error {
+	err := s.write(ctx, "enable", func(ctx context.Context, c rueidis.Client) error {
 		ks := []string{s.keys.org(org)}
 		for _, cl := range classes {
 			ks = append(ks, s.keys.budget(org, cl))
@@ -252,7 +252,7 @@ func (s *Store) Pinned(ctx context.Context, session uint64, ttl time.Duration) (
 // LearnOrg records the upstream organization of a key for every instance.
 func (s *Store) LearnOrg(ctx context.Context, key, orgID string) keypool.SharedMode {
 	s.editView(func(v *keypool.SharedView) { v.OrgIDs[key] = orgID })
-	err := s.call(ctx, "learn_org", func(ctx context.Context, c rueidis.Client) error {
+	err := s.write(ctx, "learn_org", func(ctx context.Context, c rueidis.Client) error {
 		return c.Do(ctx, c.B().Hset().Key(s.keys.orgIDs()).FieldValue().FieldValue(key, orgID).Build()).Error()
 	})
 	return modeOf(err)

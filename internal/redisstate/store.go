@@ -133,6 +133,13 @@ type Store struct {
 
 	local localBudgets
 
+	// pending are the writes of pool-wide state (disable, enable, parks,
+	// cooldowns, organization ids) made while Redis was away, replayed in
+	// order when the store rejoins, so an operator's enable on one
+	// instance during an outage still reaches the others.
+	pendingMu sync.Mutex
+	pending   []pendingWrite
+
 	stop chan struct{}
 	done chan struct{}
 	once sync.Once
@@ -304,9 +311,55 @@ func (s *Store) beat() {
 		if s.cfg.OnMode != nil {
 			s.cfg.OnMode(keypool.SharedModeLocalFallback, keypool.SharedModeShared, nil)
 		}
+		// The view read above predates the replayed writes.
+		s.beat()
+		return
 	}
 	// N for the next outage is the instances alive now.
 	s.share.Store(max(1, alive))
+}
+
+type pendingWrite struct {
+	op string
+	fn func(ctx context.Context, c rueidis.Client) error
+}
+
+// maxPending bounds the writes kept for replay; the oldest go first.
+const maxPending = 1024
+
+// write is call for a write of pool-wide state: when Redis is away it is
+// kept for replay on rejoin.
+func (s *Store) write(ctx context.Context, op string, fn func(ctx context.Context, c rueidis.Client) error) error {
+	err := s.call(ctx, op, fn)
+	if err != nil && !isRedisNil(err) {
+		s.pendingMu.Lock()
+		if len(s.pending) == maxPending {
+			s.pending = s.pending[1:]
+		}
+		s.pending = append(s.pending, pendingWrite{op, fn})
+		s.pendingMu.Unlock()
+	}
+	return err
+}
+
+// replay sends the writes kept during the outage, in order, each with the
+// timeout; it stops at the first failure and keeps the rest.
+func (s *Store) replay(c rueidis.Client) error {
+	s.pendingMu.Lock()
+	defer s.pendingMu.Unlock()
+	for len(s.pending) > 0 {
+		w := s.pending[0]
+		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Timeout)
+		start := time.Now()
+		err := w.fn(ctx, c)
+		cancel()
+		s.report(w.op, time.Since(start), err)
+		if err != nil && !isRedisNil(err) {
+			return err
+		}
+		s.pending = s.pending[1:]
+	}
+	return nil
 }
 
 // rejoin charges the shared budgets with what this instance spent locally
@@ -314,6 +367,9 @@ func (s *Store) beat() {
 // refill), so that neither a Redis that kept counting nor one restarted
 // empty hands out budget twice.
 func (s *Store) rejoin() error {
+	if err := s.replay(*s.client.Load()); err != nil {
+		return err
+	}
 	debts := s.local.debts()
 	if len(debts) == 0 {
 		s.local.reset()

@@ -474,3 +474,74 @@ func TestCancelledCallerDoesNotTrip(t *testing.T) {
 		t.Fatalf("a cancelled caller tripped the breaker: %v", s.Mode())
 	}
 }
+
+// Writes of pool-wide state made during an outage reach the other
+// instances once Redis is back.
+func TestWritesDuringOutageAreReplayed(t *testing.T) {
+	srv := redistest.Start(t)
+	s := newStore(t, srv)
+	other := newStore(t, srv, func(c *Config) { c.Pool = t.Name() })
+	ctx := context.Background()
+	s.Disable(ctx, "k1", "invalid x-api-key")
+	s.Disable(ctx, "k2", "invalid x-api-key")
+	srv.Pause()
+	s.Enable(ctx, "k1", "cfg:a", nil) // trips the breaker, kept for replay
+	if s.Mode() != keypool.SharedModeLocalFallback {
+		t.Fatalf("mode %v", s.Mode())
+	}
+	s.Disable(ctx, "k3", "organization disabled")
+	s.LearnOrg(ctx, "k2", "org-9")
+	if _, ok := s.View().Disabled["k1"]; ok {
+		t.Fatal("enable during the outage not applied locally")
+	}
+	srv.Resume()
+	for i := 0; s.Mode() != keypool.SharedModeShared; i++ {
+		if i == 50 {
+			t.Fatal("did not rejoin")
+		}
+		s.beat()
+		time.Sleep(20 * time.Millisecond)
+	}
+	other.beat()
+	v := other.View()
+	if _, ok := v.Disabled["k1"]; ok || v.Disabled["k2"] == "" || v.Disabled["k3"] != "organization disabled" || v.OrgIDs["k2"] != "org-9" {
+		t.Fatalf("other instance after rejoin: %+v", v)
+	}
+	if _, ok := s.View().Disabled["k1"]; ok {
+		t.Fatalf("own view after rejoin: %+v", s.View())
+	}
+}
+
+// A network error on one command (the server drops the connection) trips
+// the breaker; the probe reconnects.
+func TestConnectionDroppedByServer(t *testing.T) {
+	srv := redistest.Start(t)
+	s := newStore(t, srv)
+	c := direct(t, srv)
+	ctx := context.Background()
+	b := budget("cfg:n", 10, 0, 0)
+	s.Reserve(ctx, b, [3]float64{1, 0, 0})
+	// Kill every connection but the test's own.
+	if err := c.Do(ctx, c.B().Arbitrary("CLIENT", "KILL").Args("TYPE", "normal", "SKIPME", "yes").Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	a := s.Reserve(ctx, b, [3]float64{1, 0, 0})
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("reserve after the drop took %v", d)
+	}
+	if a.Outcome != keypool.SharedAdmitted {
+		t.Fatalf("reserve after the drop: %+v", a)
+	}
+	t.Logf("reserve right after the drop: mode %v", a.Mode)
+	for i := 0; s.Mode() != keypool.SharedModeShared; i++ {
+		if i == 50 {
+			t.Fatal("did not recover")
+		}
+		s.beat()
+		time.Sleep(20 * time.Millisecond)
+	}
+	if a := s.Reserve(ctx, b, [3]float64{1, 0, 0}); a.Mode != keypool.SharedModeShared {
+		t.Fatalf("after recovery: %+v", a)
+	}
+}
