@@ -545,3 +545,68 @@ func TestConnectionDroppedByServer(t *testing.T) {
 		t.Fatalf("after recovery: %+v", a)
 	}
 }
+
+// Three instances on one pool admit the organization's budget once, not
+// three times.
+func TestThreeInstancesShareOneBudget(t *testing.T) {
+	srv := redistest.Start(t)
+	ctx := context.Background()
+	var stores []*Store
+	for i := range 3 {
+		stores = append(stores, newStore(t, srv, func(c *Config) {
+			c.Pool = t.Name()
+			c.Instance = string(rune('a' + i))
+			c.Timeout = 2 * time.Second
+		}))
+	}
+	const capacity = 120
+	b := budget("cfg:one", capacity, 0, 0)
+	var admitted atomic.Int64
+	var wg sync.WaitGroup
+	start := time.Now()
+	for _, s := range stores {
+		for range 4 {
+			wg.Go(func() {
+				for range 50 {
+					if s.Reserve(ctx, b, [3]float64{1, 0, 0}).Outcome == keypool.SharedAdmitted {
+						admitted.Add(1)
+					}
+				}
+			})
+		}
+	}
+	wg.Wait()
+	refill := math.Ceil(time.Since(start).Seconds() * capacity / 60)
+	if got := float64(admitted.Load()); got < capacity || got > capacity+refill {
+		t.Fatalf("3 instances admitted %v of 600 tries; want %d (+%v refilled)", got, capacity, refill)
+	}
+	stores[0].beat()
+	if n := stores[0].View().InstancesAlive; n != 3 {
+		t.Fatalf("instances alive %d", n)
+	}
+}
+
+// Budgets expire a while after their last use, cooldowns not before they
+// end.
+func TestExpiry(t *testing.T) {
+	srv := redistest.Start(t)
+	s := newStore(t, srv, func(c *Config) { c.BucketTTL = 10 * time.Second })
+	c := direct(t, srv)
+	ctx := context.Background()
+	b := budget("cfg:e", 10, 0, 0)
+	s.Reserve(ctx, b, [3]float64{1, 0, 0})
+	ttl, _ := c.Do(ctx, c.B().Pttl().Key(s.keys.budget(b.Org, b.Class)).Build()).AsInt64()
+	if ttl <= 0 || ttl > 10000 {
+		t.Fatalf("budget ttl %d ms, want (0, 10s]", ttl)
+	}
+	s.Cool(ctx, b, time.Now().Add(time.Hour), "upstream 429")
+	ttl, _ = c.Do(ctx, c.B().Pttl().Key(s.keys.budget(b.Org, b.Class)).Build()).AsInt64()
+	if ttl < 3600*1000 {
+		t.Fatalf("budget ttl %d ms during a cooldown of an hour", ttl)
+	}
+	s.Reserve(ctx, budget("cfg:e", 10, 0, 0), [3]float64{})
+	ttl2, _ := c.Do(ctx, c.B().Pttl().Key(s.keys.budget(b.Org, b.Class)).Build()).AsInt64()
+	if ttl2 < 3600*1000-1000 {
+		t.Fatalf("a reservation shortened the cooldown's ttl to %d ms", ttl2)
+	}
+}
