@@ -19,6 +19,8 @@ var (
 	untilSrc string
 	//go:embed lua/heartbeat.lua
 	heartbeatSrc string
+	// enableSrc runs with a plain EVAL, pipelined with the HDEL of the
+	// disabled key: it is rare and short.
 	//go:embed lua/enable.lua
 	enableSrc string
 
@@ -27,5 +29,4 @@ var (
 	syncScript      = rueidis.NewLuaScript(syncSrc)
 	untilScript     = rueidis.NewLuaScript(untilSrc)
 	heartbeatScript = rueidis.NewLuaScript(heartbeatSrc)
-	enableScript    = rueidis.NewLuaScript(enableSrc)
 )
