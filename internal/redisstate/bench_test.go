@@ -3,6 +3,7 @@ package redisstate
 import (
 	"context"
 	"runtime"
+	"slices"
 	"strconv"
 	"sync/atomic"
 	"testing"
@@ -116,9 +117,16 @@ func BenchmarkStoreReserve(b *testing.B) {
 				}
 			}
 			if inflight == 1 {
+				// The latency distribution, for the p50 target.
+				var lat []time.Duration
 				for b.Loop() {
+					start := time.Now()
 					reserve()
+					lat = append(lat, time.Since(start))
 				}
+				slices.Sort(lat)
+				b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
+				b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
 				return
 			}
 			b.SetParallelism(max(1, inflight/runtime.GOMAXPROCS(0)))
