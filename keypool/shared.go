@@ -26,15 +26,18 @@ type SharedState interface {
 	// Reserve admits a request against an organization's budgets for one
 	// model class, atomically across the three buckets: each refills
 	// continuously (capacity = limit, limit/60 per second), the request is
-	// admitted only if every bucket admits need (a need larger than the
-	// bucket is admitted when the bucket is full), and then charged.
+	// admitted only if every bucket admits admit (an amount larger than the
+	// bucket is admitted when the bucket is full), and then charged charge:
+	// the pool admits on its estimate plus the estimate's typical error and
+	// charges the estimate; charging the expected output here (corrected by
+	// Settle) shares what the in-process pool keeps as pending output.
 	// caps are the configured limits; 0 means the limit learned from
 	// headers (shared, see Sync), and a bucket with no limit known admits.
 	// A bucket the store does not hold (never used, expired after idling
 	// longer than a refill from the debt bound, or lost in a restart) is
 	// full; after an outage each instance charges it with what it spent
 	// locally meanwhile, so a restart does not hand out a second budget.
-	Reserve(ctx context.Context, b SharedBudget, need [3]float64) SharedAdmission
+	Reserve(ctx context.Context, b SharedBudget, admit, charge [3]float64) SharedAdmission
 
 	// Settle applies signed corrections (positive charges more, negative
 	// refunds) to budgets, in one batch. Levels never rise above capacity

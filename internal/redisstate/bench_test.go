@@ -29,7 +29,7 @@ func BenchmarkReserveClient(b *testing.B) {
 	args := func(i int64) ([]string, []string) {
 		org := "cfg:o" + strconv.FormatInt(i%64, 10)
 		return []string{k.budget(org, "sonnet"), k.org(org)},
-			[]string{"1e9", "1e12", "1e12", "1", "4000", "0", "", "", "", "130000"}
+			[]string{"1e9", "1e12", "1e12", "1", "4400", "0", "1", "4000", "0", "130000"}
 	}
 
 	ropt, err := ClientOptions(srv.URL(), benchTimeout)
@@ -112,7 +112,7 @@ func BenchmarkStoreReserve(b *testing.B) {
 	for _, inflight := range []int{1, 32} {
 		b.Run("inflight="+strconv.Itoa(inflight), func(b *testing.B) {
 			reserve := func() {
-				if a := s.Reserve(ctx, bud, [3]float64{1, 4000, 0}); a.Mode != keypool.SharedModeShared {
+				if a := s.Reserve(ctx, bud, [3]float64{1, 4000, 0}, [3]float64{1, 4000, 0}); a.Mode != keypool.SharedModeShared {
 					b.Fatalf("fell back to local: %+v", a) // the numbers would be local ones
 				}
 			}

@@ -103,7 +103,7 @@ func (l *localBudgets) bucket(b keypool.SharedBudget, now int64) *fbBucket {
 	return fb
 }
 
-func (l *localBudgets) reserve(b keypool.SharedBudget, need [3]float64) keypool.SharedAdmission {
+func (l *localBudgets) reserve(b keypool.SharedBudget, admit, charge [3]float64) keypool.SharedAdmission {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.now()
@@ -124,7 +124,7 @@ func (l *localBudgets) reserve(b keypool.SharedBudget, need [3]float64) keypool.
 		if c <= 0 {
 			continue
 		}
-		if n := min(need[i], c); fb.levels[i] < n {
+		if n := min(admit[i], c); fb.levels[i] < n {
 			wait = max(wait, (n-fb.levels[i])/c*nanosPerMinute)
 		}
 	}
@@ -135,7 +135,7 @@ func (l *localBudgets) reserve(b keypool.SharedBudget, need [3]float64) keypool.
 	}
 	for i := range 3 {
 		if c := fb.caps[i]; c > 0 {
-			fb.levels[i] = max(fb.levels[i]-need[i], -c)
+			fb.levels[i] = max(fb.levels[i]-charge[i], -c)
 		}
 	}
 	a.Levels = fb.levels

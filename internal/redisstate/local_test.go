@@ -18,7 +18,7 @@ func TestLocalShareStartsFromLastSharedLevel(t *testing.T) {
 	// Redis said: 12 of 60 requests left, input limit 6000 learned, 600 left.
 	l.remember(b, [3]float64{12, 600, 0}, [3]bool{true, true, false}, [3]float64{60, 6000, 0})
 	l.enter(3)
-	a := l.reserve(b, [3]float64{1, 100, 0})
+	a := l.reserve(b, [3]float64{1, 100, 0}, [3]float64{1, 100, 0})
 	if a.Outcome != keypool.SharedAdmitted || a.Mode != keypool.SharedModeLocalFallback {
 		t.Fatalf("%+v", a)
 	}
@@ -30,16 +30,16 @@ func TestLocalShareStartsFromLastSharedLevel(t *testing.T) {
 	}
 	// 3 requests left; the 4th waits for the share's refill (20/min: 3 s).
 	for range 3 {
-		if a := l.reserve(b, [3]float64{1, 0, 0}); a.Outcome != keypool.SharedAdmitted {
+		if a := l.reserve(b, [3]float64{1, 0, 0}, [3]float64{1, 0, 0}); a.Outcome != keypool.SharedAdmitted {
 			t.Fatalf("%+v", a)
 		}
 	}
-	a = l.reserve(b, [3]float64{1, 0, 0})
+	a = l.reserve(b, [3]float64{1, 0, 0}, [3]float64{1, 0, 0})
 	if a.Outcome != keypool.SharedWait || a.Wait != 3*time.Second {
 		t.Fatalf("empty share: %+v, want a 3 s wait", a)
 	}
 	clk.Advance(3 * time.Second)
-	if a := l.reserve(b, [3]float64{1, 0, 0}); a.Outcome != keypool.SharedAdmitted {
+	if a := l.reserve(b, [3]float64{1, 0, 0}, [3]float64{1, 0, 0}); a.Outcome != keypool.SharedAdmitted {
 		t.Fatalf("after the share's refill: %+v", a)
 	}
 	// What was spent and not refilled is the debt charged on rejoin.
@@ -67,15 +67,15 @@ func TestLocalSyncOnlyLowersAndParksCooldownsApply(t *testing.T) {
 		t.Fatalf("input: %+v, want the learned limit's half and no raise", r)
 	}
 	l.cool(b, clk.Now().Add(time.Minute).UnixNano(), "upstream 429")
-	if a := l.reserve(b, [3]float64{1, 0, 0}); a.Outcome != keypool.SharedCooling || a.Reason != "upstream 429" {
+	if a := l.reserve(b, [3]float64{1, 0, 0}, [3]float64{1, 0, 0}); a.Outcome != keypool.SharedCooling || a.Reason != "upstream 429" {
 		t.Fatalf("%+v", a)
 	}
 	l.park("cfg:a", clk.Now().Add(time.Hour).UnixNano(), "spend cap")
-	if a := l.reserve(b, [3]float64{1, 0, 0}); a.Outcome != keypool.SharedParked {
+	if a := l.reserve(b, [3]float64{1, 0, 0}, [3]float64{1, 0, 0}); a.Outcome != keypool.SharedParked {
 		t.Fatalf("%+v", a)
 	}
 	l.unpark("cfg:a")
-	if a := l.reserve(b, [3]float64{1, 0, 0}); a.Outcome != keypool.SharedAdmitted {
+	if a := l.reserve(b, [3]float64{1, 0, 0}, [3]float64{1, 0, 0}); a.Outcome != keypool.SharedAdmitted {
 		t.Fatalf("after unpark: %+v", a)
 	}
 }

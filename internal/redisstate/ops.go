@@ -36,17 +36,20 @@ func (s *Store) ttlMillis() string { return fmtInt(s.cfg.BucketTTL.Milliseconds(
 
 // Reserve admits a request against an organization × class budget with one
 // script: the whole admission is one round trip.
-func (s *Store) Reserve(ctx context.Context, b keypool.SharedBudget, need [3]float64) keypool.SharedAdmission {
+func (s *Store) Reserve(ctx context.Context, b keypool.SharedBudget, admit, charge [3]float64) keypool.SharedAdmission {
 	var vs []rueidis.RedisMessage
 	err := s.call(ctx, "reserve", func(ctx context.Context, c rueidis.Client) error {
 		args := make([]string, 0, 10)
 		for _, v := range b.Caps {
 			args = append(args, fmtFloat(max(v, 0)))
 		}
-		for _, v := range need {
+		for _, v := range admit {
 			args = append(args, fmtFloat(v))
 		}
-		args = append(args, "", "", "", s.ttlMillis())
+		for _, v := range charge {
+			args = append(args, fmtFloat(v))
+		}
+		args = append(args, s.ttlMillis())
 		var err error
 		vs, err = reserveScript.Exec(ctx, c, []string{s.keys.budget(b.Org, b.Class), s.keys.org(b.Org)}, args).ToArray()
 		if err == nil && len(vs) != 12 {
@@ -55,7 +58,7 @@ func (s *Store) Reserve(ctx context.Context, b keypool.SharedBudget, need [3]flo
 		return err
 	})
 	if err != nil {
-		return s.local.reserve(b, need)
+		return s.local.reserve(b, admit, charge)
 	}
 	a := keypool.SharedAdmission{Mode: keypool.SharedModeShared}
 	outcome, _ := vs[0].AsInt64()

@@ -62,7 +62,7 @@ func TestReserveAdmitsUntilEmptyThenWaits(t *testing.T) {
 	ctx := context.Background()
 	b := budget("cfg:a", 10, 1000, 1000)
 	for i := range 10 {
-		a := s.Reserve(ctx, b, [3]float64{1, 50, 0})
+		a := s.Reserve(ctx, b, [3]float64{1, 50, 0}, [3]float64{1, 50, 0})
 		if a.Outcome != keypool.SharedAdmitted || a.Mode != keypool.SharedModeShared {
 			t.Fatalf("reservation %d: %+v", i, a)
 		}
@@ -70,7 +70,7 @@ func TestReserveAdmitsUntilEmptyThenWaits(t *testing.T) {
 			t.Fatalf("reservation %d: mark %v, want %d", i, a.Marks[0], i)
 		}
 	}
-	a := s.Reserve(ctx, b, [3]float64{1, 50, 0})
+	a := s.Reserve(ctx, b, [3]float64{1, 50, 0}, [3]float64{1, 50, 0})
 	if a.Outcome != keypool.SharedWait {
 		t.Fatalf("11th of 10 RPM: %+v", a)
 	}
@@ -88,7 +88,7 @@ func TestReserveLargerThanBucketWhenFullAndDebtIsBounded(t *testing.T) {
 	s := newStore(t, srv)
 	ctx := context.Background()
 	b := budget("cfg:a", 100, 1000, 0)
-	a := s.Reserve(ctx, b, [3]float64{1, 5000, 0})
+	a := s.Reserve(ctx, b, [3]float64{1, 5000, 0}, [3]float64{1, 5000, 0})
 	if a.Outcome != keypool.SharedAdmitted {
 		t.Fatalf("a request larger than a full bucket: %+v", a)
 	}
@@ -98,7 +98,7 @@ func TestReserveLargerThanBucketWhenFullAndDebtIsBounded(t *testing.T) {
 	if a.Known[2] {
 		t.Fatalf("output bucket without a limit is known: %+v", a)
 	}
-	if a := s.Reserve(ctx, b, [3]float64{1, 1, 0}); a.Outcome != keypool.SharedWait {
+	if a := s.Reserve(ctx, b, [3]float64{1, 1, 0}, [3]float64{1, 1, 0}); a.Outcome != keypool.SharedWait {
 		t.Fatalf("after the debt: %+v", a)
 	}
 }
@@ -117,7 +117,7 @@ func TestReserveConcurrentNeverOverdraws(t *testing.T) {
 	for range 32 {
 		wg.Go(func() {
 			for range 40 {
-				if a := s.Reserve(ctx, b, [3]float64{1, 0, 0}); a.Outcome == keypool.SharedAdmitted {
+				if a := s.Reserve(ctx, b, [3]float64{1, 0, 0}, [3]float64{1, 0, 0}); a.Outcome == keypool.SharedAdmitted {
 					admitted.Add(1)
 				} else if a.Mode != keypool.SharedModeShared {
 					t.Errorf("fell back: %+v", a)
@@ -152,7 +152,7 @@ func TestRefillUsesRedisTime(t *testing.T) {
 		FieldValue("l2", "0").FieldValue("t", fmtInt(past)).Build()).Error(); err != nil {
 		t.Fatal(err)
 	}
-	a := s.Reserve(ctx, b, [3]float64{0, 0, 0})
+	a := s.Reserve(ctx, b, [3]float64{0, 0, 0}, [3]float64{0, 0, 0})
 	// 30 s (and the second's fraction TIME's seconds field dropped) of
 	// 6000/min: 3000..3100.
 	if a.Outcome != keypool.SharedAdmitted || a.Levels[1] < 3000 || a.Levels[1] > 3100+10 {
@@ -165,7 +165,7 @@ func TestSettleNeverRefillsBeyondCapacityAndBoundsDebt(t *testing.T) {
 	s := newStore(t, srv)
 	ctx := context.Background()
 	b := budget("cfg:s", 10, 1000, 1000)
-	s.Reserve(ctx, b, [3]float64{1, 100, 0})
+	s.Reserve(ctx, b, [3]float64{1, 100, 0}, [3]float64{1, 100, 0})
 	if m := s.Settle(ctx, []keypool.SharedCorrection{
 		{Budget: b, Delta: [3]float64{0, -5000, 0}}, // refund far more than charged
 		{Budget: b, Delta: [3]float64{0, 0, 9000}},  // output far beyond the bucket
@@ -173,14 +173,14 @@ func TestSettleNeverRefillsBeyondCapacityAndBoundsDebt(t *testing.T) {
 	}); m != keypool.SharedModeShared {
 		t.Fatalf("settle mode %v", m)
 	}
-	a := s.Reserve(ctx, b, [3]float64{0, 0, 0})
+	a := s.Reserve(ctx, b, [3]float64{0, 0, 0}, [3]float64{0, 0, 0})
 	if a.Levels[1] != 1000 {
 		t.Fatalf("input level %v after an oversized refund, want capacity 1000", a.Levels[1])
 	}
 	if a.Levels[2] < -1000 || a.Levels[2] > -990 {
 		t.Fatalf("output level %v after 9000 on 1000, want the debt bound -1000", a.Levels[2])
 	}
-	o := s.Reserve(ctx, budget("cfg:other", 0, 100, 0), [3]float64{})
+	o := s.Reserve(ctx, budget("cfg:other", 0, 100, 0), [3]float64{}, [3]float64{})
 	if o.Levels[1] > 90.5 || o.Levels[1] < 90 {
 		t.Fatalf("second budget of the batch: %+v", o)
 	}
@@ -220,7 +220,7 @@ func TestSyncLearnsLimitsNewestWinsAndMovesLevels(t *testing.T) {
 		t.Fatalf("raise with a mark: %+v", r)
 	}
 	// Learned limits are shared: a reservation with caps 0 uses them.
-	a := s.Reserve(ctx, b, [3]float64{1, 0, 0})
+	a := s.Reserve(ctx, b, [3]float64{1, 0, 0}, [3]float64{1, 0, 0})
 	if a.Caps[0] != 50 || a.Known[1] {
 		t.Fatalf("reserve after learning: %+v", a)
 	}
@@ -238,12 +238,12 @@ func TestCoolParkDisableEnable(t *testing.T) {
 	ctx := context.Background()
 	b := budget("cfg:c", 10, 0, 0)
 	s.Cool(ctx, b, time.Now().Add(time.Minute), "upstream 429")
-	a := other.Reserve(ctx, b, [3]float64{1, 0, 0})
+	a := other.Reserve(ctx, b, [3]float64{1, 0, 0}, [3]float64{1, 0, 0})
 	if a.Outcome != keypool.SharedCooling || a.Reason != "upstream 429" || time.Until(a.Until) < 50*time.Second {
 		t.Fatalf("cooling seen by another instance: %+v", a)
 	}
 	s.Park(ctx, "cfg:c", time.Now().Add(1000*time.Hour), "spend cap")
-	a = other.Reserve(ctx, b, [3]float64{1, 0, 0})
+	a = other.Reserve(ctx, b, [3]float64{1, 0, 0}, [3]float64{1, 0, 0})
 	if a.Outcome != keypool.SharedParked || a.Reason != "spend cap" || time.Until(a.Until) > time.Hour+time.Second {
 		t.Fatalf("park, capped at MaxPark: %+v", a)
 	}
@@ -257,7 +257,7 @@ func TestCoolParkDisableEnable(t *testing.T) {
 	if _, ok := s.View().Disabled["k1"]; ok {
 		t.Fatal("enable on another instance did not clear the key")
 	}
-	if a := s.Reserve(ctx, b, [3]float64{1, 0, 0}); a.Outcome != keypool.SharedAdmitted {
+	if a := s.Reserve(ctx, b, [3]float64{1, 0, 0}, [3]float64{1, 0, 0}); a.Outcome != keypool.SharedAdmitted {
 		t.Fatalf("after enable: %+v", a)
 	}
 }
@@ -329,12 +329,12 @@ func TestBreakerOnStalledRedis(t *testing.T) {
 	if n := s.View().InstancesAlive; n != 2 {
 		t.Fatalf("alive %d", n)
 	}
-	s.Reserve(ctx, b, [3]float64{1, 0, 0})
+	s.Reserve(ctx, b, [3]float64{1, 0, 0}, [3]float64{1, 0, 0})
 
 	srv.Pause()
 	defer srv.Resume()
 	start := time.Now()
-	a := s.Reserve(ctx, b, [3]float64{1, 0, 0})
+	a := s.Reserve(ctx, b, [3]float64{1, 0, 0}, [3]float64{1, 0, 0})
 	if d := time.Since(start); d > time.Second {
 		t.Fatalf("reserve on a stalled redis took %v", d)
 	}
@@ -348,7 +348,7 @@ func TestBreakerOnStalledRedis(t *testing.T) {
 	before := calls.Load()
 	for range 20 {
 		start := time.Now()
-		s.Reserve(ctx, b, [3]float64{1, 0, 0})
+		s.Reserve(ctx, b, [3]float64{1, 0, 0}, [3]float64{1, 0, 0})
 		if d := time.Since(start); d > 100*time.Millisecond {
 			t.Fatalf("reserve with the breaker open took %v", d)
 		}
@@ -375,7 +375,7 @@ func TestBreakerOnStalledRedis(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	// The 21 local admissions were charged to the shared bucket on rejoin.
-	a = s.Reserve(ctx, b, [3]float64{0, 0, 0})
+	a = s.Reserve(ctx, b, [3]float64{0, 0, 0}, [3]float64{0, 0, 0})
 	if a.Levels[0] > 100-1-21+5 {
 		t.Fatalf("shared level %v after rejoin; local spending was not charged", a.Levels[0])
 	}
@@ -396,11 +396,11 @@ func TestKillAndRestartEmpty(t *testing.T) {
 	ctx := context.Background()
 	b := budget("cfg:k", 60, 0, 0)
 	for range 30 {
-		s.Reserve(ctx, b, [3]float64{1, 0, 0})
+		s.Reserve(ctx, b, [3]float64{1, 0, 0}, [3]float64{1, 0, 0})
 	}
 	srv.Kill()
 	start := time.Now()
-	a := s.Reserve(ctx, b, [3]float64{1, 0, 0})
+	a := s.Reserve(ctx, b, [3]float64{1, 0, 0}, [3]float64{1, 0, 0})
 	if d := time.Since(start); d > time.Second {
 		t.Fatalf("reserve on a dead redis took %v", d)
 	}
@@ -410,7 +410,7 @@ func TestKillAndRestartEmpty(t *testing.T) {
 	// It starts from the level Redis last reported (about 30 of 60 left):
 	// about 29 more are admitted locally, not a fresh 60.
 	n := 1
-	for s.Reserve(ctx, b, [3]float64{1, 0, 0}).Outcome == keypool.SharedAdmitted {
+	for s.Reserve(ctx, b, [3]float64{1, 0, 0}, [3]float64{1, 0, 0}).Outcome == keypool.SharedAdmitted {
 		n++
 		if n > 40 {
 			t.Fatal("local fallback admitted more than was left")
@@ -424,7 +424,7 @@ func TestKillAndRestartEmpty(t *testing.T) {
 		s.beat()
 		time.Sleep(20 * time.Millisecond)
 	}
-	a = s.Reserve(ctx, b, [3]float64{0, 0, 0})
+	a = s.Reserve(ctx, b, [3]float64{0, 0, 0}, [3]float64{0, 0, 0})
 	if a.Mode != keypool.SharedModeShared || a.Levels[0] > 60-float64(n)+3 {
 		t.Fatalf("empty redis after rejoin: %+v (spent %d locally)", a, n)
 	}
@@ -448,7 +448,7 @@ func TestUnreachableAtStartServesLocally(t *testing.T) {
 	if s.Mode() != keypool.SharedModeLocalFallback {
 		t.Fatalf("mode %v", s.Mode())
 	}
-	if a := s.Reserve(context.Background(), budget("cfg:u", 10, 0, 0), [3]float64{1, 0, 0}); a.Outcome != keypool.SharedAdmitted {
+	if a := s.Reserve(context.Background(), budget("cfg:u", 10, 0, 0), [3]float64{1, 0, 0}, [3]float64{1, 0, 0}); a.Outcome != keypool.SharedAdmitted {
 		t.Fatalf("local reserve: %+v", a)
 	}
 	if len(errs) == 0 {
@@ -480,7 +480,7 @@ func TestCancelledCallerDoesNotTrip(t *testing.T) {
 	s := newStore(t, srv)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	s.Reserve(ctx, budget("cfg:x", 10, 0, 0), [3]float64{1, 0, 0})
+	s.Reserve(ctx, budget("cfg:x", 10, 0, 0), [3]float64{1, 0, 0}, [3]float64{1, 0, 0})
 	if s.Mode() != keypool.SharedModeShared {
 		t.Fatalf("a cancelled caller tripped the breaker: %v", s.Mode())
 	}
@@ -531,13 +531,13 @@ func TestConnectionDroppedByServer(t *testing.T) {
 	c := direct(t, srv)
 	ctx := context.Background()
 	b := budget("cfg:n", 10, 0, 0)
-	s.Reserve(ctx, b, [3]float64{1, 0, 0})
+	s.Reserve(ctx, b, [3]float64{1, 0, 0}, [3]float64{1, 0, 0})
 	// Kill every connection but the test's own.
 	if err := c.Do(ctx, c.B().Arbitrary("CLIENT", "KILL").Args("TYPE", "normal", "SKIPME", "yes").Build()).Error(); err != nil {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	a := s.Reserve(ctx, b, [3]float64{1, 0, 0})
+	a := s.Reserve(ctx, b, [3]float64{1, 0, 0}, [3]float64{1, 0, 0})
 	if d := time.Since(start); d > time.Second {
 		t.Fatalf("reserve after the drop took %v", d)
 	}
@@ -552,7 +552,7 @@ func TestConnectionDroppedByServer(t *testing.T) {
 		s.beat()
 		time.Sleep(20 * time.Millisecond)
 	}
-	if a := s.Reserve(ctx, b, [3]float64{1, 0, 0}); a.Mode != keypool.SharedModeShared {
+	if a := s.Reserve(ctx, b, [3]float64{1, 0, 0}, [3]float64{1, 0, 0}); a.Mode != keypool.SharedModeShared {
 		t.Fatalf("after recovery: %+v", a)
 	}
 }
@@ -579,7 +579,7 @@ func TestThreeInstancesShareOneBudget(t *testing.T) {
 		for range 4 {
 			wg.Go(func() {
 				for range 50 {
-					if s.Reserve(ctx, b, [3]float64{1, 0, 0}).Outcome == keypool.SharedAdmitted {
+					if s.Reserve(ctx, b, [3]float64{1, 0, 0}, [3]float64{1, 0, 0}).Outcome == keypool.SharedAdmitted {
 						admitted.Add(1)
 					}
 				}
@@ -605,7 +605,7 @@ func TestExpiry(t *testing.T) {
 	c := direct(t, srv)
 	ctx := context.Background()
 	b := budget("cfg:e", 10, 0, 0)
-	s.Reserve(ctx, b, [3]float64{1, 0, 0})
+	s.Reserve(ctx, b, [3]float64{1, 0, 0}, [3]float64{1, 0, 0})
 	ttl, _ := c.Do(ctx, c.B().Pttl().Key(s.keys.budget(b.Org, b.Class)).Build()).AsInt64()
 	if ttl <= 0 || ttl > 10000 {
 		t.Fatalf("budget ttl %d ms, want (0, 10s]", ttl)
@@ -615,9 +615,29 @@ func TestExpiry(t *testing.T) {
 	if ttl < 3600*1000 {
 		t.Fatalf("budget ttl %d ms during a cooldown of an hour", ttl)
 	}
-	s.Reserve(ctx, budget("cfg:e", 10, 0, 0), [3]float64{})
+	s.Reserve(ctx, budget("cfg:e", 10, 0, 0), [3]float64{}, [3]float64{})
 	ttl2, _ := c.Do(ctx, c.B().Pttl().Key(s.keys.budget(b.Org, b.Class)).Build()).AsInt64()
 	if ttl2 < 3600*1000-1000 {
 		t.Fatalf("a reservation shortened the cooldown's ttl to %d ms", ttl2)
+	}
+}
+
+// Admission asks for more than it charges (the estimate's margin): the
+// bucket must hold the margin, and only the estimate is taken.
+func TestReserveAdmitsOnMarginChargesEstimate(t *testing.T) {
+	srv := redistest.Start(t)
+	s := newStore(t, srv)
+	ctx := context.Background()
+	b := budget("cfg:m", 0, 1000, 0)
+	a := s.Reserve(ctx, b, [3]float64{0, 600, 0}, [3]float64{0, 500, 0})
+	if a.Outcome != keypool.SharedAdmitted || a.Levels[1] < 500 || a.Levels[1] > 501 {
+		t.Fatalf("first: %+v, want 500 charged", a)
+	}
+	a = s.Reserve(ctx, b, [3]float64{0, 600, 0}, [3]float64{0, 500, 0})
+	if a.Outcome != keypool.SharedWait {
+		t.Fatalf("second with 500 left of a 600 margin: %+v", a)
+	}
+	if a := s.Reserve(ctx, b, [3]float64{0, 500, 0}, [3]float64{0, 500, 0}); a.Outcome != keypool.SharedAdmitted {
+		t.Fatalf("500 of 500: %+v", a)
 	}
 }

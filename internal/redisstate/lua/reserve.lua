@@ -2,8 +2,9 @@
 -- atomically across its three buckets (requests, input, output tokens).
 -- KEYS[1] budget hash, KEYS[2] organization hash (same hash slot).
 -- ARGV[1..3] configured caps (0: learned limit m1..m3 of the hash)
--- ARGV[4..6] need; ARGV[7..9] level of a bucket not held ('' = full)
--- ARGV[10] expiry in ms after last use.
+-- ARGV[4..6] what each bucket must admit (the estimate plus its margin),
+-- ARGV[7..9] what is charged when all admit (the estimate),
+-- ARGV[10] expiry in ms after last use. A bucket not held is full.
 -- Reply: {outcome, wait_us|until_ms, reason, l1, l2, l3, c1, c2, c3, cap1, cap2, cap3}
 -- outcome 0 admitted, 1 wait, 2 cooling, 3 parked; levels '' when unknown.
 local t = redis.call('TIME')
@@ -20,7 +21,7 @@ if cu and cu > nowms then
   return {2, tostring(cu), h[12] or '', '', '', '', '', '', '', '', '', ''}
 end
 local last = tonumber(h[4])
-local lv, cap, ch, need = {}, {}, {}, {}
+local lv, cap, ch, need, charge = {}, {}, {}, {}, {}
 local wait = 0
 for k = 1, 3 do
   local c = tonumber(ARGV[k]) or 0
@@ -28,11 +29,11 @@ for k = 1, 3 do
   cap[k] = c
   ch[k] = tonumber(h[4 + k]) or 0
   need[k] = tonumber(ARGV[3 + k]) or 0
+  charge[k] = tonumber(ARGV[6 + k]) or 0
   local l = tonumber(h[k])
   if c > 0 then
     if l == nil or last == nil then
-      l = tonumber(ARGV[6 + k])
-      if l == nil or l > c then l = c end
+      l = c
     elseif now > last then
       l = l + (now - last) * c / 60000000
     end
@@ -54,12 +55,12 @@ local marks = {ch[1], ch[2], ch[3]}
 for k = 1, 3 do
   if cap[k] > 0 then
     -- debt is bounded: at most one capacity below zero
-    lv[k] = math.max(lv[k] - need[k], -cap[k])
+    lv[k] = math.max(lv[k] - charge[k], -cap[k])
     table.insert(set, 'l' .. k)
     table.insert(set, lv[k])
   end
-  if need[k] > 0 then
-    ch[k] = ch[k] + need[k]
+  if charge[k] > 0 then
+    ch[k] = ch[k] + charge[k]
     table.insert(set, 'c' .. k)
     table.insert(set, ch[k])
   end
