@@ -641,3 +641,32 @@ func TestReserveAdmitsOnMarginChargesEstimate(t *testing.T) {
 		t.Fatalf("500 of 500: %+v", a)
 	}
 }
+
+// The heartbeat loop on its own (no manual beats) probes a restarted
+// Redis and rejoins within a few heartbeats.
+func TestHeartbeatLoopRejoins(t *testing.T) {
+	srv := redistest.Start(t)
+	s := newStore(t, srv, func(c *Config) { c.Heartbeat = 50 * time.Millisecond; c.Timeout = failTimeout })
+	ctx := context.Background()
+	b := budget("cfg:l", 10, 0, 0)
+	srv.Kill()
+	s.Reserve(ctx, b, [3]float64{1, 0, 0}, [3]float64{1, 0, 0})
+	if s.Mode() != keypool.SharedModeLocalFallback {
+		t.Fatalf("mode %v with redis dead", s.Mode())
+	}
+	srv.Restart()
+	deadline := time.Now().Add(10 * time.Second)
+	for s.Mode() != keypool.SharedModeShared {
+		if time.Now().After(deadline) {
+			t.Fatal("heartbeat did not rejoin within 10 s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := s.View().InstancesAlive; n != 1 {
+		t.Fatalf("alive %d after rejoin", n)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s.Close() // idempotent
+}
