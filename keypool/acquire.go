@@ -23,6 +23,10 @@ type Request struct {
 	// Attempts carries the keys and organizations a retry must avoid; nil
 	// for a first attempt.
 	Attempts *Attempts
+	// Only, when not nil, lists the keys (by index) that can serve the
+	// request at all, e.g. the ones whose upstream has its model: no
+	// other key is ever chosen, and only these count for the retry hint.
+	Only []bool
 }
 
 // Attempts remembers what earlier attempts of one request ruled out.
@@ -179,7 +183,7 @@ func (p *Pool) Acquire(ctx context.Context, req *Request, res *Reservation) erro
 			// clients (and waiters) come back before any key can take it.
 			need = max(need, e*(1+margin))
 		}
-		after, noKeys := p.retryAfter(now, class, need)
+		after, noKeys := p.retryAfter(now, class, need, req.Only)
 		if noKeys || p.cfg.MaxWait <= 0 || req.Attempts.N() > 0 {
 			if w != nil {
 				st.waitq.remove(w)
@@ -224,8 +228,8 @@ func (p *Pool) Acquire(ctx context.Context, req *Request, res *Reservation) erro
 // admission for est*(1+margin); it returns the estimate to reserve.
 func (p *Pool) pick(now int64, class int, est, margin float64, req *Request) (int, StickyOutcome, float64) {
 	v := &p.view
-	v.now, v.class, v.est, v.exclude = now, class, est*(1+margin), req.Attempts
-	defer func() { v.exclude = nil }()
+	v.now, v.class, v.est, v.exclude, v.only = now, class, est*(1+margin), req.Attempts, req.Only
+	defer func() { v.exclude, v.only = nil, nil }()
 	so := StickyNone
 	if p.cfg.Sticky && req.Session != 0 {
 		so = StickyNew
@@ -315,11 +319,11 @@ func (p *Pool) reserve(i int, now int64, class int, est float64, req *Request, r
 // retryAfter is how long until some enabled key could admit the request,
 // counting every budget and every cooldown. noKeys reports that every key
 // is disabled.
-func (p *Pool) retryAfter(now int64, class int, est float64) (time.Duration, bool) {
+func (p *Pool) retryAfter(now int64, class int, est float64, only []bool) (time.Duration, bool) {
 	best := int64(math.MaxInt64)
 	for i := range p.members {
 		m := &p.members[i]
-		if m.ks.disabled != "" {
+		if m.ks.disabled != "" || only != nil && (i >= len(only) || !only[i]) {
 			continue
 		}
 		o := m.ks.org.resolve()
@@ -358,7 +362,7 @@ func (p *Pool) RetryAfter(model string, bytes int) (time.Duration, bool) {
 	defer st.mu.Unlock()
 	class := st.classIndex(p.classify(model))
 	e := &st.est[class]
-	return p.retryAfter(st.clock.Now().UnixNano(), class, e.estimate(bytes, p.cfg.TokenEstimateRatio)*(1+e.margin()))
+	return p.retryAfter(st.clock.Now().UnixNano(), class, e.estimate(bytes, p.cfg.TokenEstimateRatio)*(1+e.margin()), nil)
 }
 
 // current returns the reservation's budget now, following an organization

@@ -452,6 +452,7 @@ type view struct {
 	class   int
 	est     float64
 	exclude *Attempts
+	only    []bool
 }
 
 func (v *view) Len() int { return len(v.p.members) }
@@ -459,7 +460,7 @@ func (v *view) Len() int { return len(v.p.members) }
 func (v *view) Load(i int) (bool, float64, int) {
 	m := &v.p.members[i]
 	ks := m.ks
-	if ks.disabled != "" || v.exclude != nil && v.exclude.excludes(ks) {
+	if ks.disabled != "" || v.exclude != nil && v.exclude.excludes(ks) || v.only != nil && (i >= len(v.only) || !v.only[i]) {
 		return false, 0, 0
 	}
 	o := ks.org
