@@ -94,6 +94,12 @@ type Handler struct {
 	// stays out of rotation when the upstream names no date. Default: 1h.
 	SpendCapPark caddy.Duration `json:"spend_cap_park,omitempty"`
 
+	// Bedrock are keys that reach Claude on Amazon Bedrock. Default: none.
+	Bedrock []BedrockKey `json:"bedrock,omitempty"`
+
+	// Vertex are keys that reach Claude on Google Vertex AI. Default: none.
+	Vertex []VertexKey `json:"vertex,omitempty"`
+
 	logger   *zap.Logger
 	state    *keypool.State
 	pool     *keypool.Pool
@@ -106,6 +112,11 @@ type Handler struct {
 	poolName string
 	// poolClosed makes Cleanup release the pool once, keeping h.pool.
 	poolClosed bool
+	// upstreams says how each key reaches its upstream; nil when every
+	// key is a plain Anthropic key (see provider.go).
+	upstreams       []upstream
+	providerSecrets []string
+	elig            *eligibility
 }
 
 // ClientToken is one client credential.
@@ -145,6 +156,10 @@ type Key struct {
 	// Auth is how the key is sent upstream: "x-api-key" (default) or
 	// "bearer" (Authorization: Bearer).
 	Auth string `json:"auth,omitempty"`
+	// Upstream is the base URL of this key's Anthropic-compatible
+	// endpoint; reverse_proxy reaches it through {http.cc_relay.upstream}.
+	// Default: https://api.anthropic.com.
+	Upstream string `json:"upstream,omitempty"`
 }
 
 // ModelClass maps model names matching Pattern (path.Match syntax, e.g.
@@ -157,6 +172,9 @@ type ModelClass struct {
 type keySecret struct {
 	value  string
 	bearer bool
+	// provider: a Bedrock or Vertex key, whose credentials provider.go
+	// puts on the request.
+	provider bool
 }
 
 type clientCred struct {
@@ -249,6 +267,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			Weight: k.Weight, Priority: k.Priority,
 		})
 	}
+	h.clk = newClock()
+	if err := h.provisionProviders(repl, &cfg, names); err != nil {
+		return err
+	}
 	for i, c := range h.ClientTokens {
 		secret, err := resolveSecret(repl, c.Token)
 		if err != nil {
@@ -261,7 +283,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.clients = append(h.clients, clientCred{sum: sha256.Sum256([]byte(secret)), name: name})
 	}
 
-	h.clk = newClock()
 	val, _, err := pools.LoadOrNew(h.Pool, func() (caddy.Destructor, error) {
 		return keypool.NewState(h.clk), nil
 	})
@@ -283,7 +304,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 // sent back (a rejected key's reason may echo the key).
 func (h *Handler) redact(s string) string {
 	for _, sec := range h.secrets {
-		s = strings.ReplaceAll(s, sec.value, "[redacted]")
+		if sec.value != "" {
+			s = strings.ReplaceAll(s, sec.value, "[redacted]")
+		}
+	}
+	for _, v := range h.providerSecrets {
+		s = strings.ReplaceAll(s, v, "[redacted]")
 	}
 	return s
 }
@@ -292,8 +318,11 @@ func (h *Handler) redact(s string) string {
 func (h *Handler) Validate() error { return h.validate() }
 
 func (h *Handler) validate() error {
-	if len(h.Keys) == 0 {
-		return fmt.Errorf("no upstream keys configured: add at least one 'key'")
+	if len(h.Keys)+len(h.Bedrock)+len(h.Vertex) == 0 {
+		return fmt.Errorf("no upstream keys configured: add at least one 'key', 'bedrock' or 'vertex'")
+	}
+	if err := h.validateProviders(); err != nil {
+		return err
 	}
 	if h.Strategy != "" {
 		if _, err := selector.Parse(h.Strategy); err != nil {
