@@ -163,7 +163,7 @@ func TestStreamEquivalentToAnthropicSSE(t *testing.T) {
 	cfg := mockanthropic.Config{Keys: map[string]string{"k": "o"}, StreamDeltas: 7}
 	ma := httptest.NewServer(mockanthropic.New(cfg))
 	defer ma.Close()
-	body := `{"model":"anthropic.claude-sonnet-4-5-20250929-v1:0","max_tokens":50,"stream":true,"messages":[{"role":"user","content":"hello there"}]}`
+	body := `{"model":"claude-sonnet-4-5-20250929","max_tokens":50,"stream":true,"messages":[{"role":"user","content":"hello there"}]}`
 	req, _ := http.NewRequest(http.MethodPost, ma.URL+"/v1/messages", strings.NewReader(body))
 	req.Header.Set("X-Api-Key", "k")
 	resp, err := http.DefaultClient.Do(req)

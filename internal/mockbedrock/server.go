@@ -249,9 +249,22 @@ func innerBody(body []byte, modelID string, stream bool) ([]byte, error) {
 	if string(version) != `"`+bedrock.Version+`"` {
 		return nil, fmt.Errorf("Malformed input request: #: required key [anthropic_version] not found or invalid, please reformat your input and try again.")
 	}
-	model, _ := json.Marshal(modelID)
+	model, _ := json.Marshal(ClaudeName(modelID))
 	return jsonedit.Rewrite(nil, body, []string{"anthropic_version", "anthropic_beta"},
 		append([]byte(`"model":`), model...), []byte(`"stream":`+strconv.FormatBool(stream)))
+}
+
+// ClaudeName is the Claude API name of a Bedrock model id, as Bedrock's
+// answers name the model: "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
+// is "claude-sonnet-4-5-20250929".
+func ClaudeName(id string) string {
+	if i := strings.Index(id, "anthropic."); i >= 0 {
+		id = id[i+len("anthropic."):]
+	}
+	if i := strings.LastIndex(id, "-v"); i > 0 {
+		id = id[:i]
+	}
+	return id
 }
 
 // verify recomputes the request's SigV4 signature with the official
