@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -382,5 +383,90 @@ func TestProviderConfig(t *testing.T) {
 				t.Errorf("%s: the error shows a credential", name)
 			}
 		}
+	}
+}
+
+// With the log filters Caddyfile.example recommends, no provider
+// credential (AWS secret, access key id, session token, SigV4 signature,
+// Vertex access token or private key) appears in the debug or access log,
+// while reverse_proxy's upstream roundtrip entries are there.
+func TestProviderNoSecretInLogs(t *testing.T) {
+	filters := opsFilterBlocks(t)
+	fake := useFakeClock(t)
+	setProviderEnv(t)
+	bm, bURL := newBedrockMock(t, fake, mockanthropic.Config{})
+	vm := mockvertex.New(mockvertex.Config{Project: provProject, Region: provVRegion})
+	vsrv := httptest.NewServer(vm)
+	t.Cleanup(vsrv.Close)
+	saJSON := vm.ServiceAccountJSON(vsrv.URL)
+	credFile := filepath.Join(t.TempDir(), "sa.json")
+	if err := os.WriteFile(credFile, saJSON, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	debugPath, accessPath := filepath.Join(dir, "caddy.log"), filepath.Join(dir, "access.log")
+	startCaddy(t, caddyGlobal(fmt.Sprintf(`	log {
+		output file %s
+		level DEBUG
+		%s
+	}`, debugPath, filters[0]))+fmt.Sprintf(`http://localhost:9080 {
+	log {
+		output file %s
+		%s
+	}
+	cc_relay prov_logs {
+		client_auth off
+		strategy priority
+		vertex gcp {
+			project %s
+			region %s
+			credentials %s
+			endpoint %s
+		}
+		%s
+	}
+	%s
+}
+`, accessPath, filters[1], provProject, provVRegion, credFile, vsrv.URL, bedrockBlock("aws", bURL, "priority 1"), providerProxy))
+
+	if res, body := post(t, "", sseBody("claude-sonnet-4-5")); res.StatusCode != 200 || res.Header.Get("X-CC-Relay-Key") != "gcp" {
+		t.Fatalf("vertex: %d %s", res.StatusCode, body)
+	}
+	vm.Exhaust(1)
+	if res, body := post(t, "", msgBody); res.StatusCode != 200 || res.Header.Get("X-CC-Relay-Key") != "aws" {
+		t.Fatalf("bedrock: %d %s", res.StatusCode, body)
+	}
+	waitIdle(t, "prov_logs")
+	pollUntil(t, "the access log's 2 entries", func() bool {
+		return strings.Count(opsReadLog(accessPath), `"msg":"handled request"`) >= 2
+	})
+	startRelay(t, "http://localhost:9080 {\n\trespond \"bye\"\n}\n")
+	debugLog, accessLog := opsReadLog(debugPath), opsReadLog(accessPath)
+	if strings.Count(debugLog, "upstream roundtrip") < 3 {
+		t.Fatalf("no upstream roundtrip entries: the test would prove nothing")
+	}
+	recs := bm.Records()
+	if len(recs) == 0 {
+		t.Fatal("bedrock not reached")
+	}
+	_, sig, _ := strings.Cut(recs[len(recs)-1].Header.Get("Authorization"), "Signature=")
+	secrets := map[string]string{"secret access key": provSecret, "session token": provToken, "access key id": provAKID, "signature": sig}
+	var sa struct {
+		PrivateKey string `json:"private_key"`
+	}
+	_ = json.Unmarshal(saJSON, &sa)
+	secrets["private key"] = strings.Split(sa.PrivateKey, "\n")[1]
+	for name, secret := range secrets {
+		if secret == "" {
+			t.Fatalf("%s is empty", name)
+		}
+		for logName, text := range map[string]string{"debug log": debugLog, "access log": accessLog} {
+			if strings.Contains(text, secret) {
+				t.Errorf("%s holds the %s:\n%s", logName, name, opsLinesWith(text, secret))
+			}
+		}
+	}
+	if strings.Contains(debugLog, "ya29.mock-") || strings.Contains(accessLog, "ya29.mock-") {
+		t.Errorf("a log holds the Vertex access token:\n%s", opsLinesWith(debugLog, "ya29.mock-"))
 	}
 }
