@@ -1,6 +1,8 @@
 package caddymodule
 
 import (
+	"strconv"
+
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 )
 
@@ -51,11 +53,12 @@ func parseBedrock(d *caddyfile.Dispenser) (BedrockKey, error) {
 			}
 			b.Models = append(b.Models, m)
 		default:
-			if ok, err := poolArg(d, sub, &b.RPM, &b.ITPM, &b.OTPM, &b.Weight, &b.Priority, &b.Org); !ok {
-				if err != nil {
-					return b, err
-				}
-				return b, d.Errf("unknown bedrock subdirective %q", sub)
+			ok, err := poolArg(d, sub, &b.RPM, &b.ITPM, &b.OTPM, &b.Weight, &b.Priority, &b.Org)
+			if err != nil {
+				return b, err
+			}
+			if !ok {
+				return b, d.Errf("unknown bedrock subdirective %q", d.Val())
 			}
 		}
 	}
@@ -109,11 +112,12 @@ func parseVertex(d *caddyfile.Dispenser) (VertexKey, error) {
 			}
 			v.Models = append(v.Models, m)
 		default:
-			if ok, err := poolArg(d, sub, &v.RPM, &v.ITPM, &v.OTPM, &v.Weight, &v.Priority, &v.Org); !ok {
-				if err != nil {
-					return v, err
-				}
-				return v, d.Errf("unknown vertex subdirective %q", sub)
+			ok, err := poolArg(d, sub, &v.RPM, &v.ITPM, &v.OTPM, &v.Weight, &v.Priority, &v.Org)
+			if err != nil {
+				return v, err
+			}
+			if !ok {
+				return v, d.Errf("unknown vertex subdirective %q", d.Val())
 			}
 		}
 	}
@@ -146,17 +150,36 @@ func modelArg(d *caddyfile.Dispenser) (ModelRoute, error) {
 }
 
 // poolArg reads the lines a provider key shares with key: limits, weight,
-// priority and org. It reports whether sub was one of them.
+// priority and org. It reports whether sub was one of them. Several may
+// share a line, as in "rpm 50  itpm 40000  priority 1".
 func poolArg(d *caddyfile.Dispenser, sub string, rpm, itpm, otpm *int64, weight, priority *int, org *string) (bool, error) {
+	for {
+		ok, err := poolPair(d, sub, rpm, itpm, otpm, weight, priority, org)
+		if !ok || err != nil {
+			return ok, err
+		}
+		if !d.NextArg() {
+			return true, nil
+		}
+		sub = d.Val()
+	}
+}
+
+func poolPair(d *caddyfile.Dispenser, sub string, rpm, itpm, otpm *int64, weight, priority *int, org *string) (bool, error) {
 	switch sub {
 	case "org":
-		v, err := oneArg(d)
-		*org = v
-		return true, err
+		if !d.NextArg() {
+			return true, d.ArgErr()
+		}
+		*org = d.Val()
+		return true, nil
 	case "rpm", "itpm", "otpm", "weight", "priority":
-		n, err := intArg(d, sub)
-		if err != nil {
-			return true, err
+		if !d.NextArg() {
+			return true, d.ArgErr()
+		}
+		n, err := strconv.ParseInt(d.Val(), 10, 64)
+		if err != nil || n < 0 || n > 1<<40 {
+			return true, d.Errf("%s: want a whole number from 0 to 2^40, got %q", sub, d.Val())
 		}
 		switch sub {
 		case "rpm":

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -468,5 +469,147 @@ func TestProviderNoSecretInLogs(t *testing.T) {
 	}
 	if strings.Contains(debugLog, "ya29.mock-") || strings.Contains(accessLog, "ya29.mock-") {
 		t.Errorf("a log holds the Vertex access token:\n%s", opsLinesWith(debugLog, "ya29.mock-"))
+	}
+}
+
+// The issue's Caddyfile parses into the JSON config, secrets staying
+// placeholders.
+func TestProviderCaddyfile(t *testing.T) {
+	src := `{
+	admin off
+}
+:8080 {
+	cc_relay prod {
+		client_auth off
+		strategy priority
+		key {env.ANTHROPIC_KEY} {
+			upstream https://gateway.example.com/anthropic
+			auth bearer
+		}
+		bedrock aws-main {
+			region            us-east-1
+			access_key_id     {env.AWS_ACCESS_KEY_ID}
+			secret_access_key {env.AWS_SECRET_ACCESS_KEY}
+			session_token     {env.AWS_SESSION_TOKEN}
+			endpoint          https://vpce-1.bedrock-runtime.us-east-1.vpce.amazonaws.com
+			model claude-sonnet-4-5* us.anthropic.claude-sonnet-4-5-20250929-v1:0
+			model claude-opus-* arn:aws:bedrock:us-east-1:1:application-inference-profile/x
+			rpm 50  itpm 200000  otpm 40000  weight 2  priority 1  org aws-acct
+		}
+		vertex gcp-main {
+			project     my-project
+			region      us-east5
+			credentials {file./etc/relay/sa.json}
+			model claude-haiku-* claude-haiku-4-5@20251001
+			rpm 10 priority 2 org gcp
+		}
+	}
+	reverse_proxy {http.cc_relay.upstream} {
+		header_up Host {upstream_hostport}
+		transport http {
+			tls
+		}
+	}
+}`
+	out, err := adapt(t, src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := strings.Index(out, `{"bedrock":`)
+	if i < 0 || !strings.Contains(out, `"upstreams":[{"dial":"{http.cc_relay.upstream}"}]`) {
+		t.Fatalf("adapted config:\n%s", out)
+	}
+	var h Handler
+	if err := json.NewDecoder(strings.NewReader(out[i:])).Decode(&h); err != nil {
+		t.Fatal(err)
+	}
+	b, v, k := h.Bedrock, h.Vertex, h.Keys
+	if len(b) != 1 || len(v) != 1 || len(k) != 1 {
+		t.Fatalf("%+v", h)
+	}
+	if k[0].Upstream != "https://gateway.example.com/anthropic" || k[0].Auth != "bearer" || k[0].Key != "{env.ANTHROPIC_KEY}" {
+		t.Fatalf("key %+v", k[0])
+	}
+	wantB := BedrockKey{Name: "aws-main", Region: "us-east-1", AccessKeyID: "{env.AWS_ACCESS_KEY_ID}", SecretAccessKey: "{env.AWS_SECRET_ACCESS_KEY}",
+		SessionToken: "{env.AWS_SESSION_TOKEN}", Endpoint: "https://vpce-1.bedrock-runtime.us-east-1.vpce.amazonaws.com",
+		Models: []ModelRoute{{"claude-sonnet-4-5*", "us.anthropic.claude-sonnet-4-5-20250929-v1:0"}, {"claude-opus-*", "arn:aws:bedrock:us-east-1:1:application-inference-profile/x"}},
+		RPM: 50, ITPM: 200000, OTPM: 40000, Weight: 2, Priority: 1, Org: "aws-acct"}
+	if fmt.Sprint(b[0]) != fmt.Sprint(wantB) {
+		t.Fatalf("bedrock\n%+v\nwant\n%+v", b[0], wantB)
+	}
+	wantV := VertexKey{Name: "gcp-main", Project: "my-project", Region: "us-east5", Credentials: "{file./etc/relay/sa.json}",
+		Models: []ModelRoute{{"claude-haiku-*", "claude-haiku-4-5@20251001"}}, RPM: 10, Priority: 2, Org: "gcp"}
+	if fmt.Sprint(v[0]) != fmt.Sprint(wantV) {
+		t.Fatalf("vertex\n%+v\nwant\n%+v", v[0], wantV)
+	}
+	for _, bad := range []string{
+		"cc_relay {\n bedrock x {\n region r\n access_key_id a\n secret_access_key s\n colour blue\n }\n}",
+		"cc_relay {\n vertex x {\n project p\n region r\n }\n}",
+		"cc_relay {\n bedrock x {\n region r\n access_key_id a\n secret_access_key s\n model only-one\n }\n}",
+		"cc_relay {\n bedrock {\n }\n}",
+	} {
+		if _, err := parse(bad); err == nil {
+			t.Errorf("accepted:\n%s", bad)
+		}
+	}
+}
+
+// An Anthropic-compatible endpoint per key: each key's requests go to its
+// own upstream (base path kept, bearer auth where configured), and
+// {http.cc_relay.upstream} is that upstream's host:port.
+func TestProviderPerKeyUpstream(t *testing.T) {
+	var mu sync.Mutex
+	var paths []string
+	record := func(_ string, w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		paths = append(paths, r.Host+" "+r.URL.Path)
+		mu.Unlock()
+		okMessage(w)
+	}
+	up1 := newUpstream(t, record)
+	up2 := newUpstream(t, record)
+	startRelay(t, relaySite(`prov_per_key {
+		client_auth off
+		strategy round_robin
+		key sk-per-key-1 {
+			name one
+			upstream `+up1.URL+`/api/anthropic/
+			auth bearer
+		}
+		key sk-per-key-2 {
+			name two
+			upstream `+up2.URL+`
+		}
+	}`, providerProxy))
+	for i := range 4 {
+		// Distinct conversations: no session pin keeps them on one key.
+		if res, body := post(t, "", msgText(fmt.Sprint("conversation ", i)), "Anthropic-Beta", "x"); res.StatusCode != 200 {
+			t.Fatalf("%d %s", res.StatusCode, body)
+		}
+	}
+	r1, r2 := up1.all(), up2.all()
+	if len(r1) != 2 || len(r2) != 2 {
+		t.Fatalf("upstream 1 saw %d (%v), upstream 2 saw %d; paths %v", len(r1), up1.keys(), len(r2), paths)
+	}
+	for _, r := range r1 {
+		if r.header.Get("Authorization") != "Bearer sk-per-key-1" || r.header.Get("X-Api-Key") != "" || r.header.Get("Anthropic-Beta") != "x" {
+			t.Fatalf("upstream 1 headers %v", r.header)
+		}
+	}
+	for _, r := range r2 {
+		if r.key != "sk-per-key-2" {
+			t.Fatalf("upstream 2 key %q", r.key)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	want := map[string]int{up1.addr() + " /api/anthropic/v1/messages": 2, up2.addr() + " /v1/messages": 2}
+	for _, p := range paths {
+		want[p]--
+	}
+	for p, n := range want {
+		if n != 0 {
+			t.Fatalf("paths %v: %s seen %d times too few", paths, p, n)
+		}
 	}
 }
