@@ -533,7 +533,7 @@ func TestProviderCaddyfile(t *testing.T) {
 	wantB := BedrockKey{Name: "aws-main", Region: "us-east-1", AccessKeyID: "{env.AWS_ACCESS_KEY_ID}", SecretAccessKey: "{env.AWS_SECRET_ACCESS_KEY}",
 		SessionToken: "{env.AWS_SESSION_TOKEN}", Endpoint: "https://vpce-1.bedrock-runtime.us-east-1.vpce.amazonaws.com",
 		Models: []ModelRoute{{"claude-sonnet-4-5*", "us.anthropic.claude-sonnet-4-5-20250929-v1:0"}, {"claude-opus-*", "arn:aws:bedrock:us-east-1:1:application-inference-profile/x"}},
-		RPM: 50, ITPM: 200000, OTPM: 40000, Weight: 2, Priority: 1, Org: "aws-acct"}
+		RPM:    50, ITPM: 200000, OTPM: 40000, Weight: 2, Priority: 1, Org: "aws-acct"}
 	if fmt.Sprint(b[0]) != fmt.Sprint(wantB) {
 		t.Fatalf("bedrock\n%+v\nwant\n%+v", b[0], wantB)
 	}
