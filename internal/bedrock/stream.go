@@ -195,8 +195,9 @@ func eventType(ev []byte) ([]byte, bool) {
 func headerString(hs eventstream.Headers, name string) string {
 	for _, h := range hs {
 		if h.Name == name {
-			if v, ok := h.Value.Get().(string); ok {
-				return v
+			// A type assertion, not Get: Get boxes the string.
+			if v, ok := h.Value.(eventstream.StringValue); ok {
+				return string(v)
 			}
 			return h.Value.String()
 		}
