@@ -1,12 +1,14 @@
 package caddymodule
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -16,6 +18,7 @@ import (
 	"github.com/cc-relay/caddy-cc-relay/internal/mockanthropic"
 	"github.com/cc-relay/caddy-cc-relay/internal/mockbedrock"
 	"github.com/cc-relay/caddy-cc-relay/internal/mockvertex"
+	"github.com/cc-relay/caddy-cc-relay/internal/usage"
 )
 
 // End-to-end tests of Bedrock and Vertex keys through a real Caddy: the
@@ -611,5 +614,39 @@ func TestProviderPerKeyUpstream(t *testing.T) {
 		if n != 0 {
 			t.Fatalf("paths %v: %s seen %d times too few", paths, p, n)
 		}
+	}
+}
+
+// A real Claude Code request (captured from the CLI) answered through a
+// Bedrock-only pool: translated, signed, verified by the mock, and the
+// client gets the Anthropic SSE it expects, usage included.
+func TestProviderClaudeCodeRequestViaBedrock(t *testing.T) {
+	fake := useFakeClock(t)
+	setProviderEnv(t)
+	bm, bURL := newBedrockMock(t, fake, mockanthropic.Config{})
+	startRelay(t, relaySite(`prov_cc_bedrock {
+		client_token demo-token dev
+		`+bedrockBlock("aws", bURL, "")+"\n\t}", providerProxy))
+	path, hdr, body := loadClaudeCodeRequest(t)
+	req := newRequest(t, http.MethodPost, relayAddr+path, bytes.NewReader(body))
+	req.Header = hdr.Clone()
+	res, stream := roundTrip(t, relayHTTP, req)
+	if res.StatusCode != 200 || !strings.HasPrefix(res.Header.Get("Content-Type"), "text/event-stream") || res.Header.Get("X-CC-Relay-Key") != "aws" {
+		t.Fatalf("%d %s", res.StatusCode, stream)
+	}
+	var sc usage.SSEScanner
+	sc.Write([]byte(stream))
+	if u := sc.Usage(); !u.HaveInput || u.OutputTokens == 0 {
+		t.Fatalf("stream carried no usage: %+v\n%s", u, stream)
+	}
+	recs := bm.Records()
+	if len(recs) != 1 || !recs[0].Verified || !recs[0].Stream {
+		t.Fatalf("%+v", recs)
+	}
+	var sent struct {
+		Beta []string `json:"anthropic_beta"`
+	}
+	if err := json.Unmarshal(recs[0].Body, &sent); err != nil || !slices.Contains(sent.Beta, "claude-code-20250219") {
+		t.Fatalf("anthropic_beta %v (%v)", sent.Beta, err)
 	}
 }
