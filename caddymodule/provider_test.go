@@ -44,15 +44,17 @@ const providerProxy = `reverse_proxy {http.cc_relay.upstream} {
 
 func newBedrockMock(t *testing.T, fake *clock.Fake, cfg mockanthropic.Config) (*mockbedrock.Server, string) {
 	t.Helper()
+	now := time.Now
 	if fake != nil {
-		cfg.Now = fake.Now
+		now = fake.Now
 	}
+	cfg.Now = now
 	m := mockbedrock.New(mockbedrock.Config{
 		Region:        provRegion,
 		Credentials:   map[string]string{provAKID: provSecret},
 		SessionTokens: map[string]string{provAKID: provToken},
 		Anthropic:     cfg,
-		Now:           fake.Now,
+		Now:           now,
 	})
 	srv := httptest.NewServer(m)
 	t.Cleanup(srv.Close)
