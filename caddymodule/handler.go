@@ -46,7 +46,8 @@ type Handler struct {
 	// ClientAuth "off" lets any client use the relay. Default: on.
 	ClientAuth string `json:"client_auth,omitempty"`
 
-	// Keys are the upstream API keys. At least one is required.
+	// Keys are the upstream API keys. At least one key, bedrock or vertex
+	// entry is required.
 	Keys []Key `json:"keys,omitempty"`
 
 	// MaxWait is how long a request may wait for capacity, in arrival
