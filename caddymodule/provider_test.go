@@ -351,6 +351,10 @@ func TestProviderConfig(t *testing.T) {
 		if code != 200 {
 			t.Fatalf("%s: %d", path, code)
 		}
+		// The Bedrock key is there by name.
+		if path != "/config/" && !strings.Contains(body, `aws`) {
+			t.Fatalf("%s does not show the bedrock key:\n%s", path, body)
+		}
 		for _, s := range []string{provSecret, provToken, provAKID} {
 			if strings.Contains(body, s) {
 				t.Fatalf("%s shows a credential", path)
