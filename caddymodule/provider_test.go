@@ -79,11 +79,16 @@ func setProviderEnv(t *testing.T) {
 // exhaustedAnthropic is a mock Anthropic API whose organization allows
 // rpm requests a minute on the fake clock.
 func exhaustedAnthropic(t *testing.T, fake *clock.Fake, rpm int64) *recUpstream {
+	up, _ := anthropicMock(t, fake, rpm)
+	return up
+}
+
+func anthropicMock(t *testing.T, fake *clock.Fake, rpm int64) (*recUpstream, *mockanthropic.Server) {
 	m := mockanthropic.New(mockanthropic.Config{
 		Orgs: []mockanthropic.Org{{ID: "org-a", RPM: rpm}}, Keys: map[string]string{"sk-ant-prov-1": "org-a"},
 		Now: fake.Now, OutputTokens: func([]byte) int64 { return 20 },
 	})
-	return newRecUpstream(t, m)
+	return newRecUpstream(t, m), m
 }
 
 func sseBody(model string) string {
@@ -113,7 +118,7 @@ func events(body string) []string {
 func TestProviderSpillOverToBedrock(t *testing.T) {
 	fake := useFakeClock(t)
 	setProviderEnv(t)
-	ant := exhaustedAnthropic(t, fake, 2)
+	ant, antMock := anthropicMock(t, fake, 2)
 	bm, bURL := newBedrockMock(t, fake, mockanthropic.Config{OutputTokens: func([]byte) int64 { return 20 }})
 	startRelay(t, relaySite(`prov_bedrock_spill {
 		client_auth off
@@ -184,6 +189,17 @@ func TestProviderSpillOverToBedrock(t *testing.T) {
 	res, body := post(t, "", msgBody)
 	if res.StatusCode != 200 || res.Header.Get("X-CC-Relay-Key") != "aws" || !strings.Contains(body, `"type":"message"`) {
 		t.Fatalf("json: %d %s", res.StatusCode, body)
+	}
+	// A minute on, the relay expects the Anthropic organization to have
+	// room again, but it answers 429: the request is retried on Bedrock
+	// before any byte reached the client.
+	fake.Advance(time.Minute)
+	antMock.Force429("org-a", fake.Now().Add(time.Hour))
+	before := len(ant.all())
+	// A new conversation: the earlier one stays pinned to Bedrock.
+	res, body = post(t, "", msgText("a new conversation"))
+	if res.StatusCode != 200 || res.Header.Get("X-CC-Relay-Key") != "aws" || len(ant.all()) != before+1 {
+		t.Fatalf("after an Anthropic 429: %d key %s (anthropic saw %d more): %s", res.StatusCode, res.Header.Get("X-CC-Relay-Key"), len(ant.all())-before, body)
 	}
 }
 
