@@ -46,7 +46,10 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	        org       <label>
 //	        workspace <label>
 //	        auth      x-api-key | bearer
+//	        upstream  <base url>
 //	    }
+//	    bedrock <name> { ... }   (caddyfile_provider.go)
+//	    vertex  <name> { ... }
 //	    max_wait             <duration>
 //	    max_body             <size>
 //	    read_body_timeout    <duration> | off
@@ -119,6 +122,28 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			secrets[k.Key] = true
 			h.Keys = append(h.Keys, k)
+		case "bedrock", "vertex":
+			// Provider keys (caddyfile_provider.go) share the key names.
+			var name string
+			if d.Val() == "bedrock" {
+				b, err := parseBedrock(d)
+				if err != nil {
+					return err
+				}
+				name = b.Name
+				h.Bedrock = append(h.Bedrock, b)
+			} else {
+				v, err := parseVertex(d)
+				if err != nil {
+					return err
+				}
+				name = v.Name
+				h.Vertex = append(h.Vertex, v)
+			}
+			if names[name] {
+				return d.Errf("duplicate key name %q", name)
+			}
+			names[name] = true
 		case "max_wait":
 			dur, err := durationArg(d)
 			if err != nil {
@@ -235,8 +260,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			return d.Errf("unknown cc_relay subdirective %q", d.Val())
 		}
 	}
-	if len(h.Keys) == 0 {
-		return d.Err("cc_relay: no upstream keys: add at least one 'key <secret>'")
+	if len(h.Keys)+len(h.Bedrock)+len(h.Vertex) == 0 {
+		return d.Err("cc_relay: no upstream keys: add at least one 'key <secret>', 'bedrock' or 'vertex'")
 	}
 	if len(h.ClientTokens) == 0 && !h.DisableClientAuth {
 		return d.Err("cc_relay: no client_token: add one, or 'client_auth off' to let anyone use the relay")
@@ -256,7 +281,7 @@ func parseKey(d *caddyfile.Dispenser) (Key, error) {
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		sub := d.Val()
 		switch sub {
-		case "name", "org", "workspace", "auth":
+		case "name", "org", "workspace", "auth", "upstream":
 			if !d.NextArg() {
 				return k, d.ArgErr()
 			}
@@ -271,6 +296,8 @@ func parseKey(d *caddyfile.Dispenser) (Key, error) {
 				k.Org = v
 			case "workspace":
 				k.Workspace = v
+			case "upstream":
+				k.Upstream = v
 			case "auth":
 				if v != "x-api-key" && v != "bearer" {
 					return k, d.Errf("auth: want x-api-key or bearer, got %q", v)

@@ -80,8 +80,8 @@ type Handler struct {
 	// default is false: every request must present a client token.
 	DisableClientAuth bool `json:"disable_client_auth,omitempty"`
 
-	// Keys are the upstream API keys. At least one is required; there is
-	// no default.
+	// Keys are the upstream API keys. At least one key, bedrock or vertex
+	// entry is required; there is no default.
 	Keys []Key `json:"keys,omitempty"`
 
 	// MaxWait is how long a request may wait for capacity, in arrival
@@ -144,6 +144,12 @@ type Handler struct {
 	// are priced with them.
 	Prices []Price `json:"prices,omitempty"`
 
+	// Bedrock are keys that reach Claude on Amazon Bedrock. Default: none.
+	Bedrock []BedrockKey `json:"bedrock,omitempty"`
+
+	// Vertex are keys that reach Claude on Google Vertex AI. Default: none.
+	Vertex []VertexKey `json:"vertex,omitempty"`
+
 	logger   *zap.Logger
 	state    *keypool.State
 	pool     *keypool.Pool
@@ -160,6 +166,11 @@ type Handler struct {
 	clientSet *clientSet
 	// poolClosed makes Cleanup release the pool once, keeping h.pool.
 	poolClosed bool
+	// upstreams says how each key reaches its upstream; nil when every
+	// key is a plain Anthropic key (see provider.go).
+	upstreams       []upstream
+	providerSecrets []string
+	elig            *eligibility
 }
 
 // ClientToken is one client credential.
@@ -237,6 +248,10 @@ type Key struct {
 	// Auth is how the key is sent upstream: "x-api-key" or "bearer"
 	// (Authorization: Bearer). The default is "x-api-key".
 	Auth string `json:"auth,omitempty"`
+	// Upstream is the base URL of this key's Anthropic-compatible
+	// endpoint; reverse_proxy reaches it through {http.cc_relay.upstream}.
+	// Default: https://api.anthropic.com.
+	Upstream string `json:"upstream,omitempty"`
 }
 
 // ModelClass maps model names to a budget class, ahead of the built-in
@@ -254,6 +269,9 @@ type ModelClass struct {
 type keySecret struct {
 	value  string
 	bearer bool
+	// provider: a Bedrock or Vertex key, whose credentials provider.go
+	// puts on the request.
+	provider bool
 }
 
 type clientCred struct {
@@ -352,6 +370,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			Weight: k.Weight, Priority: k.Priority,
 		})
 	}
+	h.clk = newClock()
+	if err := h.provisionProviders(repl, &cfg, names); err != nil {
+		return err
+	}
 	var all []string // every secret, for the redactor
 	for i, c := range h.ClientTokens {
 		secret, err := resolveSecret(repl, c.Token)
@@ -368,9 +390,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	for _, s := range h.secrets {
 		all = append(all, s.value)
 	}
+	all = append(all, h.providerSecrets...)
 	h.redactor = newRedactor(all)
 
-	h.clk = newClock()
 	val, _, err := pools.LoadOrNew(h.Pool, func() (caddy.Destructor, error) {
 		return keypool.NewState(h.clk), nil
 	})
@@ -401,8 +423,11 @@ func (h *Handler) redact(s string) string { return h.redactor.String(s) }
 func (h *Handler) Validate() error { return h.validate() }
 
 func (h *Handler) validate() error {
-	if len(h.Keys) == 0 {
-		return fmt.Errorf("no upstream keys configured: add at least one 'key'")
+	if len(h.Keys)+len(h.Bedrock)+len(h.Vertex) == 0 {
+		return fmt.Errorf("no upstream keys configured: add at least one 'key', 'bedrock' or 'vertex'")
+	}
+	if err := h.validateProviders(); err != nil {
+		return err
 	}
 	if h.Strategy != "" {
 		if _, err := selector.Parse(h.Strategy); err != nil {

@@ -119,14 +119,16 @@ func provisionMetrics(ctx caddy.Context, h *Handler) *metrics {
 		waitVec:          registered(reg, waitSeconds),
 		pool:             h.poolName,
 	}
-	m.keys = make([]keySeries, len(h.Keys))
-	for i, k := range h.Keys {
+	// Every key of the pool, Bedrock and Vertex keys included.
+	m.keys = make([]keySeries, h.pool.Len())
+	for i := range m.keys {
+		name := h.pool.Name(i)
 		m.keys[i] = keySeries{
-			ok:            m.requestsVec.WithLabelValues(m.pool, k.Name, "ok"),
-			input:         m.tokensVec.WithLabelValues(m.pool, k.Name, "input"),
-			output:        m.tokensVec.WithLabelValues(m.pool, k.Name, "output"),
-			cacheRead:     m.tokensVec.WithLabelValues(m.pool, k.Name, "cache_read"),
-			cacheCreation: m.tokensVec.WithLabelValues(m.pool, k.Name, "cache_creation"),
+			ok:            m.requestsVec.WithLabelValues(m.pool, name, "ok"),
+			input:         m.tokensVec.WithLabelValues(m.pool, name, "input"),
+			output:        m.tokensVec.WithLabelValues(m.pool, name, "output"),
+			cacheRead:     m.tokensVec.WithLabelValues(m.pool, name, "cache_read"),
+			cacheCreation: m.tokensVec.WithLabelValues(m.pool, name, "cache_creation"),
 		}
 	}
 	// StickyNone is never counted: its series stays nil.

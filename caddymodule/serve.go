@@ -102,6 +102,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		req.Passive = true
 	}
 
+	if h.upstreams != nil && h.route(w, r, &req, body, info.Model, metered) {
+		return nil // no key can serve it: answered from the model tables or 404
+	}
+
 	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	extra, _ := r.Context().Value(caddyhttp.ExtraLogFieldsCtxKey).(*caddyhttp.ExtraLogFields)
 	if srv, ok := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok && srv.Logs == nil {
@@ -162,7 +166,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 		rw.canRetry = attempts.N() <= h.retries
 		h.prepare(r, bb, rw.res.KeyIndex())
-		ex.key, ex.attempts = rw.res.KeyName(), attempts.N()
+		ex.key, ex.attempts, ex.upstream = rw.res.KeyName(), attempts.N(), h.upstreamOf(rw.res.KeyIndex())
 		lastErr = h.attempt(rw, r, next)
 		if !rw.hold {
 			break
@@ -207,7 +211,7 @@ func (h *Handler) attempt(rw *observer, r *http.Request, next caddyhttp.Handler)
 			panic(p)
 		}
 	}()
-	err = next.ServeHTTP(rw, r)
+	err = h.send(rw, r, next)
 	rw.settle(err)
 	return err
 }
@@ -309,9 +313,12 @@ func (h *Handler) prepare(r *http.Request, bb *bodyBuf, idx int) {
 	r.Header.Del("X-Api-Key")
 	r.Header.Del("Authorization")
 	s := h.secrets[idx]
-	if s.bearer {
+	switch {
+	case s.provider:
+		// Signed or given a token in send, once the request is final.
+	case s.bearer:
 		r.Header.Set("Authorization", "Bearer "+s.value)
-	} else {
+	default:
 		r.Header["X-Api-Key"] = []string{s.value}
 	}
 	r.Body = bb.reader()
@@ -421,6 +428,7 @@ type exchange struct {
 	attempts                    int
 	disabled                    bool // this request disabled a key
 	cl                          clientExchange
+	upstream                    string // the key's dial address
 }
 
 // placeholder serves the relay's placeholders from the request's own
@@ -445,6 +453,8 @@ func (ex *exchange) placeholder(name string) (any, bool) {
 		return ex.attempts, ex.attempts > 0
 	case "cost_usd":
 		return ex.cl.costUSD()
+	case "upstream":
+		return ex.upstream, ex.attempts > 0
 	}
 	return nil, false
 }

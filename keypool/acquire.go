@@ -27,6 +27,10 @@ type Request struct {
 	// Attempts carries the keys and organizations a retry must avoid; nil
 	// for a first attempt.
 	Attempts *Attempts
+	// Only, when not nil, lists the keys (by index) that can serve the
+	// request at all, e.g. the ones whose upstream has its model: no
+	// other key is ever chosen, and only these count for the retry hint.
+	Only []bool
 	// Client names who sent the request, for fair shares under
 	// contention; "" is one anonymous client.
 	Client string
@@ -158,7 +162,7 @@ func (p *Pool) Acquire(ctx context.Context, req *Request, res *Reservation) erro
 		// waiters) come back before any key can take it.
 		need = max(need, e*(1+margin))
 	}
-	after, noKeys := p.retryAfter(now, class, need)
+	after, noKeys := p.retryAfter(now, class, need, req.Only)
 	if noKeys || !mayWait || ctx.Err() != nil {
 		st.mu.Unlock()
 		if err := ctx.Err(); err != nil && !noKeys && mayWait {
@@ -186,7 +190,7 @@ func (p *Pool) wait(ctx context.Context, now int64, class int, est, margin, need
 		}
 		if now >= w.deadline || w.noKeys {
 			st.waitq.remove(w, false)
-			after, noKeys := p.retryAfter(now, class, w.need)
+			after, noKeys := p.retryAfter(now, class, w.need, req.Only)
 			st.dispatch(class, now) // what it held is free for the others
 			st.mu.Unlock()
 			return &NoCapacityError{RetryAfter: after, NoKeys: noKeys}
@@ -230,8 +234,8 @@ func (p *Pool) wait(ctx context.Context, now int64, class int, est, margin, need
 // admission for est*(1+margin); it returns the estimate to reserve.
 func (p *Pool) pick(now int64, class int, est, margin float64, req *Request) (int, StickyOutcome, float64) {
 	v := &p.view
-	v.now, v.class, v.est, v.exclude = now, class, est*(1+margin), req.Attempts
-	defer func() { v.exclude = nil }()
+	v.now, v.class, v.est, v.exclude, v.only = now, class, est*(1+margin), req.Attempts, req.Only
+	defer func() { v.exclude, v.only = nil, nil }()
 	so := StickyNone
 	if p.cfg.Sticky && req.Session != 0 {
 		so = StickyNew
@@ -337,8 +341,8 @@ func (p *Pool) reserve(i int, now int64, class int, est float64, req *Request, r
 // retryAfter is how long until some enabled key could admit the request,
 // counting every budget, every cooldown and what waiters hold. noKeys
 // reports that every key is disabled.
-func (p *Pool) retryAfter(now int64, class int, est float64) (time.Duration, bool) {
-	at, _, _, noKeys := p.earliest(now, class, est)
+func (p *Pool) retryAfter(now int64, class int, est float64, only []bool) (time.Duration, bool) {
+	at, _, _, noKeys := p.earliest(now, class, est, only)
 	if noKeys {
 		return p.cfg.DefaultCooldown, true
 	}
@@ -346,9 +350,9 @@ func (p *Pool) retryAfter(now int64, class int, est float64) (time.Duration, boo
 }
 
 // noKeys reports whether every key of the pool is disabled.
-func (p *Pool) noKeys() bool {
+func (p *Pool) noKeys(only []bool) bool {
 	for i := range p.members {
-		if p.members[i].ks.disabled == "" {
+		if p.members[i].ks.disabled == "" && servable(only, i) {
 			return false
 		}
 	}
@@ -357,13 +361,13 @@ func (p *Pool) noKeys() bool {
 
 // earliest is when some enabled key could admit a request of est input
 // tokens, with the budget that would and its input capacity (0: unknown).
-func (p *Pool) earliest(now int64, class int, est float64) (int64, *budget, float64, bool) {
+func (p *Pool) earliest(now int64, class int, est float64, only []bool) (int64, *budget, float64, bool) {
 	best := int64(math.MaxInt64)
 	var bestB *budget
 	var bestIn float64
 	for i := range p.members {
 		m := &p.members[i]
-		if m.ks.disabled != "" {
+		if m.ks.disabled != "" || !servable(only, i) {
 			continue
 		}
 		o := m.ks.org.resolve()
@@ -402,5 +406,9 @@ func (p *Pool) RetryAfter(model string, bytes int) (time.Duration, bool) {
 	defer st.mu.Unlock()
 	class := p.classIndexOf(model)
 	e := &st.est[class]
-	return p.retryAfter(st.clock.Now().UnixNano(), class, e.estimate(bytes, p.cfg.TokenEstimateRatio)*(1+e.margin()))
+	return p.retryAfter(st.clock.Now().UnixNano(), class, e.estimate(bytes, p.cfg.TokenEstimateRatio)*(1+e.margin()), nil)
 }
+
+// servable reports whether key i may serve a request restricted to only
+// (nil: every key may).
+func servable(only []bool, i int) bool { return only == nil || i < len(only) && only[i] }

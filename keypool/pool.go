@@ -535,6 +535,7 @@ type view struct {
 	class   int
 	est     float64
 	exclude *Attempts
+	only    []bool
 }
 
 func (v *view) Len() int { return len(v.p.members) }
@@ -542,7 +543,7 @@ func (v *view) Len() int { return len(v.p.members) }
 func (v *view) Load(i int) (bool, float64, int) {
 	m := &v.p.members[i]
 	ks := m.ks
-	if ks.disabled != "" || v.exclude != nil && v.exclude.excludes(ks) {
+	if ks.disabled != "" || v.exclude != nil && v.exclude.excludes(ks) || !servable(v.only, i) {
 		return false, 0, 0
 	}
 	o := ks.org

@@ -229,9 +229,9 @@ func (st *State) dispatch(class int, now int64) {
 		blocked++
 		w.wakeAt = w.deadline
 		if blocked > holdDepth {
-			w.noKeys = p.noKeys()
+			w.noKeys = p.noKeys(w.req.Only)
 		} else {
-			at, b, capIn, noKeys := p.earliest(now, class, w.need)
+			at, b, capIn, noKeys := p.earliest(now, class, w.need, w.req.Only)
 			w.noKeys = noKeys
 			if b != nil && at <= w.deadline {
 				w.hold, w.holdIn = b, w.need
