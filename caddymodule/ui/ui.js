@@ -51,8 +51,8 @@
     const t = new Date(iso);
     if (isNaN(t)) return String(iso);
     const sameDay = Math.abs(t.getTime() - nowMs) < 20 * 3600 * 1000;
-    const opts = sameDay ? { hour: "2-digit", minute: "2-digit", second: "2-digit" }
-      : { year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" };
+    const opts = sameDay ? { hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23" }
+      : { year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", hourCycle: "h23" };
     return t.toLocaleString([], opts);
   }
 
@@ -108,7 +108,12 @@
           "cooling " + fmtDur(new Date(b.cooling_until).getTime() - relayNow()) + (b.cool_reason ? " · " + b.cool_reason : "")));
       }
       const box = el("div", { class: "klass", "data-class": b.class }, head);
-      for (const [field, label] of BUDGETS) box.appendChild(barRow(label, b[field]));
+      const known = BUDGETS.some(function (x) { const v = b[x[0]]; return v && (v.configured > 0 || v.learned > 0); });
+      if (known) {
+        for (const [field, label] of BUDGETS) box.appendChild(barRow(label, b[field]));
+      } else {
+        box.appendChild(el("span", { class: "small" }, "no limit known yet"));
+      }
       td.appendChild(box);
     }
     return td;
@@ -135,7 +140,7 @@
     if (k.priority) who.push("priority " + k.priority);
     if (k.weight && k.weight !== 1) who.push("weight " + k.weight);
     const tr = el("tr", { "data-key": k.name, "data-state": k.state },
-      el("td", { "data-label": "Key" }, el("span", { class: "key-name" }, k.name), el("span", { class: "small" }, who.join(" · "))),
+      el("td", { class: "key-cell", "data-label": "Key" }, el("span", { class: "key-name" }, k.name), el("span", { class: "small" }, who.join(" · "))),
       stateCell(k),
       budgetsCell(k),
       el("td", { class: "n", "data-label": "In flight" }, fmtNum(k.in_flight || 0)),
