@@ -96,8 +96,8 @@ func TestCommandStatusAndEnable(t *testing.T) {
 		"pool cmd_ok — 1 of 2 keys ready · strategy priority",
 		"beta   beta   disabled", "alpha  alpha  ok",
 		"reasons", "upstream 403", "[redacted]",
-		"budgets per minute, used / limit", "org alpha  (alpha)", "org beta   (beta)",
-		"sonnet             no limit known yet", "sonnet   requests  [#-------------------]     1 / 20  configured",
+		"budgets per minute, used / limit", "org alpha (alpha)", "org beta (beta)",
+		"sonnet            no limit known yet", "sonnet  requests  [#-------------------]     1 / 20  configured",
 		"input     [--------------------]  12 / 1000  configured", "output    [                    ]          –  no limit known\n",
 		"total",
 	} {

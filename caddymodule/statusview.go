@@ -143,7 +143,7 @@ func printPool(w io.Writer, ps PoolStatus, now time.Time, p painter) bool {
 				members = append(members, m.Name)
 			}
 		}
-		budgets.row(ansiBold, "org "+k.Org, ansiDim, "("+strings.Join(members, ", ")+")")
+		budgets.heading(ansiBold, "org "+k.Org, ansiDim, "("+strings.Join(members, ", ")+")")
 		for _, b := range k.Budgets {
 			class := b.Class
 			if !limitKnown(b) {
@@ -249,6 +249,7 @@ func shortDuration(d time.Duration) string {
 type textTable struct {
 	color painter
 	rows  [][]cell
+	span  map[int]bool // rows written as they are, outside the columns
 	right map[int]bool // right-aligned columns
 }
 
@@ -263,9 +264,21 @@ func (t *textTable) row(pairs ...string) {
 	t.rows = append(t.rows, r)
 }
 
+// heading adds a row that is written as it is, not in columns.
+func (t *textTable) heading(pairs ...string) {
+	if t.span == nil {
+		t.span = map[int]bool{}
+	}
+	t.span[len(t.rows)] = true
+	t.row(pairs...)
+}
+
 func (t *textTable) write(w io.Writer, indent string) {
 	var widths []int
-	for _, r := range t.rows {
+	for n, r := range t.rows {
+		if t.span[n] {
+			continue
+		}
 		for i, c := range r {
 			if i >= len(widths) {
 				widths = append(widths, 0)
@@ -273,9 +286,19 @@ func (t *textTable) write(w io.Writer, indent string) {
 			widths[i] = max(widths[i], utf8.RuneCountInString(c.text))
 		}
 	}
-	for _, r := range t.rows {
+	for n, r := range t.rows {
 		var b strings.Builder
 		b.WriteString(indent)
+		if t.span[n] {
+			for i, c := range r {
+				if i > 0 {
+					b.WriteString(" ")
+				}
+				b.WriteString(t.color.paint(c.code, c.text))
+			}
+			fmt.Fprintln(w, b.String())
+			continue
+		}
 		for i, c := range r {
 			pad := strings.Repeat(" ", widths[i]-utf8.RuneCountInString(c.text))
 			text := t.color.paint(c.code, c.text)
