@@ -1,8 +1,10 @@
 package caddymodule
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"image"
 	"image/png"
@@ -308,6 +310,22 @@ func TestUIBrowser(t *testing.T) {
 		t.Fatalf("dark page background has luminance %d", l)
 	}
 	keepScreenshot(t, dark, "status-page-dark.png")
+
+	// A real click on beta's Enable: the page's own POST (same origin,
+	// its token in the header, a JSON body) passes the checks that refuse
+	// cross-site requests, and the next poll shows the key ok.
+	b := startCDP(t)
+	b.open(url)
+	b.waitFor("the page to render", `!!document.body && document.body.dataset.rendered === "1"`)
+	b.eval(`window.confirm = () => true; document.querySelector('button[data-enable="beta"]').click(); true`)
+	b.waitFor("the enable answer", `!document.getElementById("notice").hidden`)
+	if got := b.eval(`document.getElementById("notice").textContent`); got != "Enabled key beta of pool "+pool+": now ok." {
+		t.Fatalf("after clicking Enable the page says %q", got)
+	}
+	if k := keySnap(t, pool, "beta"); k.State != "ok" {
+		t.Fatalf("beta after the click: %+v", k)
+	}
+	b.waitFor("beta's row to show ok", `document.querySelector('tr[data-key="beta"]').dataset.state === "ok"`)
 }
 
 // TestUIBrowserOptionalSections serves the embedded page with a status
@@ -347,4 +365,117 @@ func TestUIBrowserOptionalSections(t *testing.T) {
 			t.Fatalf("rendered page lacks %q:\n%s", want, dom)
 		}
 	}
+}
+
+// cdp drives headless Chromium over the DevTools protocol on a pipe
+// (--remote-debugging-pipe: commands on the browser's fd 3, answers and
+// events on its fd 4, each message ending in a NUL byte).
+type cdp struct {
+	t      *testing.T
+	in     *os.File // our end of the browser's fd 3
+	out    *bufio.Reader
+	id     int
+	sessID string
+}
+
+func startCDP(t *testing.T) *cdp {
+	t.Helper()
+	bin := chromium(t)
+	toBrowser, browserIn, err := os.Pipe() // browser reads toBrowser as fd 3
+	if err != nil {
+		t.Fatal(err)
+	}
+	browserOut, fromBrowser, err := os.Pipe() // browser writes fromBrowser as fd 4
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	cmd := exec.CommandContext(ctx, bin, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+		"--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-extensions",
+		"--no-default-browser-check", "--user-data-dir="+t.TempDir(), "--remote-debugging-pipe", "about:blank")
+	cmd.ExtraFiles = []*os.File{toBrowser, fromBrowser}
+	cmd.Env = append(os.Environ(), "TZ=UTC")
+	if err := cmd.Start(); err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	toBrowser.Close()
+	fromBrowser.Close()
+	t.Cleanup(func() {
+		browserIn.Close()
+		cancel()
+		_ = cmd.Wait()
+		browserOut.Close()
+	})
+	return &cdp{t: t, in: browserIn, out: bufio.NewReader(browserOut)}
+}
+
+// call sends a command and returns its result, skipping events.
+func (c *cdp) call(method string, params map[string]any) map[string]any {
+	c.t.Helper()
+	c.id++
+	msg := map[string]any{"id": c.id, "method": method, "params": params}
+	if c.sessID != "" {
+		msg["sessionId"] = c.sessID
+	}
+	b, _ := json.Marshal(msg)
+	if _, err := c.in.Write(append(b, 0)); err != nil {
+		c.t.Fatalf("cdp %s: %v", method, err)
+	}
+	for {
+		raw, err := c.out.ReadBytes(0)
+		if err != nil {
+			c.t.Fatalf("cdp %s: %v", method, err)
+		}
+		var res struct {
+			ID     int            `json:"id"`
+			Result map[string]any `json:"result"`
+			Error  *struct {
+				Message string `json:"message"`
+			} `json:"error"`
+		}
+		if err := json.Unmarshal(raw[:len(raw)-1], &res); err != nil {
+			c.t.Fatalf("cdp %s: %v: %s", method, err, raw)
+		}
+		if res.ID != c.id {
+			continue // an event, or an answer to nothing we wait for
+		}
+		if res.Error != nil {
+			c.t.Fatalf("cdp %s: %s", method, res.Error.Message)
+		}
+		return res.Result
+	}
+}
+
+// eval evaluates a JavaScript expression in the page (awaiting a promise)
+// and returns its value.
+func (c *cdp) eval(expr string) any {
+	c.t.Helper()
+	r := c.call("Runtime.evaluate", map[string]any{"expression": expr, "awaitPromise": true, "returnByValue": true})
+	if ex, ok := r["exceptionDetails"]; ok {
+		c.t.Fatalf("evaluating %s: %v", expr, ex)
+	}
+	v, _ := r["result"].(map[string]any)
+	return v["value"]
+}
+
+// open opens url in a new tab and attaches to it.
+func (c *cdp) open(url string) {
+	c.t.Helper()
+	target := c.call("Target.createTarget", map[string]any{"url": url})
+	att := c.call("Target.attachToTarget", map[string]any{"targetId": target["targetId"], "flatten": true})
+	c.sessID, _ = att["sessionId"].(string)
+	c.call("Runtime.enable", nil)
+}
+
+// waitFor evaluates cond until it is true, bounded.
+func (c *cdp) waitFor(what, cond string) {
+	c.t.Helper()
+	for range 200 {
+		if v, _ := c.eval(cond).(bool); v {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	c.t.Fatalf("timed out waiting for %s", what)
 }
