@@ -303,7 +303,7 @@ func TestUIBrowser(t *testing.T) {
 		t.Fatalf("light page background has luminance %d", l)
 	}
 	keepScreenshot(t, wide, "status-page.png")
-	phone, _ := screenshot(t, url, 390, 1400)
+	phone, _ := screenshot(t, url, 390, 1800)
 	keepScreenshot(t, phone, "status-page-phone.png")
 	dark, img := screenshot(t, url, 1280, 800, "--force-dark-mode", "--blink-settings=preferredColorScheme=0")
 	if l := luminance(img, 4, 4); l > 60 {
