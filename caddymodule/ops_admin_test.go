@@ -35,6 +35,7 @@ func TestOpsAdminAPI(t *testing.T) {
 		}
 	})
 	startRelay(t, fmt.Sprintf(`http://localhost:9080 {
+	cc_relay_ui /ops/*
 	cc_relay %s {
 		strategy priority
 		client_token {env.CC_RELAY_OPS_ADMIN_TOKEN} admin-client
@@ -176,9 +177,19 @@ func TestOpsAdminAPI(t *testing.T) {
 	}
 
 	// Secrets reach no admin answer: the pool views, the config (which
-	// holds {env.*} placeholders, not secrets) and the metrics.
+	// holds {env.*} placeholders, not secrets) and the metrics; nor the
+	// status page, its JSON, assets and errors.
 	get("/config/", 200)
 	get("/metrics", 200)
+	for _, q := range []string{"", "?format=json", "?asset=ui.js", "?asset=ui.css", "?asset=nope", "?format=nope"} {
+		_, body := roundTrip(t, relayHTTP, newRequest(t, http.MethodGet, relayAddr+"/ops/"+q, nil))
+		outputs = append(outputs, body)
+	}
+	_, body := roundTrip(t, relayHTTP, newRequest(t, http.MethodPost, relayAddr+"/ops/?action=enable", strings.NewReader(`{"pool":"ops_admin","key":"beta"}`)))
+	outputs = append(outputs, body)
+	if !strings.Contains(outputs[len(outputs)-6], `"name":"beta"`) {
+		t.Fatalf("the status page JSON does not show the pool: %s", outputs[len(outputs)-6])
+	}
 	for _, out := range outputs {
 		for name, secret := range secrets {
 			if strings.Contains(out, secret) {
