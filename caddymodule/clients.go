@@ -503,8 +503,9 @@ func toPricing(u usage.Usage) pricing.Usage {
 		OutputTokens:             u.OutputTokens,
 		CacheCreationInputTokens: u.CacheCreationInputTokens,
 		CacheReadInputTokens:     u.CacheReadInputTokens,
-		// The lifetime breakdown (cache_creation.ephemeral_5m/1h_input_tokens)
-		// goes in CacheCreation5m / CacheCreation1h once the usage scanner
-		// reports it; without it every write is priced at the 5-minute rate.
+		// The lifetime breakdown (cache_creation.ephemeral_5m/1h_input_tokens);
+		// without it every write is priced at the 5-minute rate.
+		CacheCreation5m: u.CacheCreation.Ephemeral5mInputTokens,
+		CacheCreation1h: u.CacheCreation.Ephemeral1hInputTokens,
 	}
 }
