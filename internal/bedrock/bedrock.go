@@ -73,7 +73,7 @@ func TranslateBody(dst, body []byte, betas []string) ([]byte, bool, error) {
 			if i > 0 {
 				b = append(b, ',')
 			}
-			b = appendJSONString(b, v)
+			b = jsonedit.AppendString(b, v)
 		}
 		add = append(add, append(b, ']'))
 	}
@@ -92,23 +92,4 @@ func Betas(values []string) []string {
 		}
 	}
 	return out
-}
-
-// appendJSONString appends s as a JSON string; beta names are plain ASCII,
-// anything else is escaped.
-func appendJSONString(b []byte, s string) []byte {
-	const hex = "0123456789abcdef"
-	b = append(b, '"')
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c == '"' || c == '\\':
-			b = append(b, '\\', c)
-		case c < 0x20:
-			b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&15])
-		default:
-			b = append(b, c)
-		}
-	}
-	return append(b, '"')
 }

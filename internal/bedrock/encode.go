@@ -5,6 +5,8 @@ import (
 	"io"
 
 	"github.com/aws/aws-sdk-go-v2/aws/protocol/eventstream"
+
+	"github.com/cc-relay/caddy-cc-relay/internal/jsonedit"
 )
 
 // WriteChunk writes one InvokeModelWithResponseStream chunk event carrying
@@ -33,7 +35,7 @@ func WriteException(enc *eventstream.Encoder, w io.Writer, exceptionType, messag
 	m.Headers.Set(":exception-type", eventstream.StringValue(exceptionType))
 	m.Headers.Set(":content-type", eventstream.StringValue("application/json"))
 	m.Headers.Set(":message-type", eventstream.StringValue("exception"))
-	m.Payload = appendJSONString([]byte(`{"message":`), message)
+	m.Payload = jsonedit.AppendString([]byte(`{"message":`), message)
 	m.Payload = append(m.Payload, '}')
 	return enc.Encode(w, m)
 }

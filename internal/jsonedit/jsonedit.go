@@ -202,3 +202,23 @@ func skipValue(b []byte, i int) (int, bool) {
 		return j, true
 	}
 }
+
+// AppendString appends s to b as a JSON string literal: quotes and
+// backslashes escaped, control bytes as \u00XX, everything else as is
+// (the values it serves — model ids, beta names — are plain ASCII).
+func AppendString(b []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	b = append(b, '"')
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '"' || c == '\\':
+			b = append(b, '\\', c)
+		case c < 0x20:
+			b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&15])
+		default:
+			b = append(b, c)
+		}
+	}
+	return append(b, '"')
+}

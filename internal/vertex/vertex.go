@@ -60,23 +60,6 @@ func TranslateBody(dst, body []byte) ([]byte, bool, error) {
 // TranslateCountTokens appends the count-tokens body: the model is the
 // Vertex model id, and anthropic_version is added.
 func TranslateCountTokens(dst, body []byte, modelID string) ([]byte, error) {
-	m := appendString([]byte(`"model":`), modelID)
+	m := jsonedit.AppendString([]byte(`"model":`), modelID)
 	return jsonedit.Rewrite(dst, body, nil, []byte(`"anthropic_version":"`+Version+`"`), m)
-}
-
-func appendString(b []byte, s string) []byte {
-	const hex = "0123456789abcdef"
-	b = append(b, '"')
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c == '"' || c == '\\':
-			b = append(b, '\\', c)
-		case c < 0x20:
-			b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&15])
-		default:
-			b = append(b, c)
-		}
-	}
-	return append(b, '"')
 }
