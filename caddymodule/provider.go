@@ -43,11 +43,15 @@ type BedrockKey struct {
 	// inference profiles, before the built-in table. Default: the built-in
 	// table, with the inference profile of the region's geography.
 	Models []ModelRoute `json:"models,omitempty"`
-	// RPM, ITPM and OTPM are the account's per-minute quotas for this
-	// key. Bedrock sends no rate-limit headers, so unset limits stay
-	// unknown and only its 429s slow the key down. Default: 0.
-	RPM  int64 `json:"rpm,omitempty"`
+	// RPM is the account's quota of requests per minute for this key.
+	// Bedrock sends no rate-limit headers, so an unset quota stays unknown
+	// and only the key's 429s slow it down. Default: 0 (unknown).
+	RPM int64 `json:"rpm,omitempty"`
+	// ITPM is the account's quota of input tokens per minute for this key.
+	// Default: 0 (unknown).
 	ITPM int64 `json:"itpm,omitempty"`
+	// OTPM is the account's quota of output tokens per minute for this
+	// key. Default: 0 (unknown).
 	OTPM int64 `json:"otpm,omitempty"`
 	// Weight is the key's share under the weighted strategy. Default: 1.
 	Weight int `json:"weight,omitempty"`
@@ -76,10 +80,14 @@ type VertexKey struct {
 	// Models map client model names (globs) to Vertex AI model ids,
 	// before the built-in table. Default: the built-in table.
 	Models []ModelRoute `json:"models,omitempty"`
-	// RPM, ITPM and OTPM are the project's per-minute quotas for this
-	// key. Default: 0 (unknown; only 429s slow the key down).
-	RPM  int64 `json:"rpm,omitempty"`
+	// RPM is the project's quota of requests per minute for this key.
+	// Default: 0 (unknown; only the key's 429s slow it down).
+	RPM int64 `json:"rpm,omitempty"`
+	// ITPM is the project's quota of input tokens per minute for this key.
+	// Default: 0 (unknown).
 	ITPM int64 `json:"itpm,omitempty"`
+	// OTPM is the project's quota of output tokens per minute for this
+	// key. Default: 0 (unknown).
 	OTPM int64 `json:"otpm,omitempty"`
 	// Weight is the key's share under the weighted strategy. Default: 1.
 	Weight int `json:"weight,omitempty"`
@@ -92,8 +100,12 @@ type VertexKey struct {
 // ModelRoute maps client model names matching Pattern (path.Match syntax)
 // to a provider's model id.
 type ModelRoute struct {
+	// Pattern matches the model names clients send, in path.Match syntax
+	// (e.g. "claude-sonnet-4-5*"). It is required.
 	Pattern string `json:"pattern"`
-	ID      string `json:"id"`
+	// ID is the provider's model id or inference profile that serves
+	// them. It is required.
+	ID string `json:"id"`
 }
 
 // providerKind is the API an upstream key speaks.
