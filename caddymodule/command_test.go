@@ -51,7 +51,11 @@ func TestCommandStatusAndEnable(t *testing.T) {
 	handle {
 		cc_relay cmd_ok {
 			strategy priority
-			client_token {env.CC_RELAY_CMD_TOKEN}
+			client_token {env.CC_RELAY_CMD_TOKEN} dev {
+				rpm 50
+				max_concurrent 4
+				budget 10 day
+			}
 			key {env.CC_RELAY_CMD_BETA} {
 				name beta
 			}
@@ -100,6 +104,7 @@ func TestCommandStatusAndEnable(t *testing.T) {
 		"sonnet            no limit known yet", "sonnet  requests  [#-------------------]     1 / 20  configured",
 		"input     [--------------------]  12 / 1000  configured", "output    [                    ]          –  no limit known\n",
 		"total",
+		"clients: spend this period", "dev           0/4       1  rpm 1 / 50", "$0.00 / $10.00 day  2026-06-02 00:00 UTC",
 	} {
 		if !strings.Contains(out, want) {
 			t.Fatalf("status lacks %q:\n%s", want, out)

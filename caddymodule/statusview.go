@@ -172,7 +172,53 @@ func printPool(w io.Writer, ps PoolStatus, now time.Time, p painter) bool {
 		fmt.Fprintln(w, "  "+p.paint(ansiDim, "budgets per minute, used / limit"))
 		budgets.write(w, "    ")
 	}
+	printClients(w, ps.Clients, p)
 	return ready > 0
+}
+
+// printClients shows each configured client: in flight, its own
+// per-minute limits that are set, and its spend against its budget.
+func printClients(w io.Writer, clients []keypool.ClientSnapshot, p painter) {
+	if len(clients) == 0 {
+		return
+	}
+	t := &textTable{color: p, right: map[int]bool{1: true, 2: true, 5: true}}
+	t.row("", "CLIENT", "", "IN FLIGHT", "", "WEIGHT", "", "LIMITS", "", "BUDGET", "", "SPENT", "", "RESETS")
+	for _, c := range clients {
+		inFlight := strconv.Itoa(c.InFlight)
+		if c.MaxConcurrent > 0 {
+			inFlight += "/" + strconv.Itoa(c.MaxConcurrent)
+		}
+		var limits []string
+		for _, x := range []struct {
+			label string
+			bs    keypool.BucketSnapshot
+		}{{"rpm", c.Requests}, {"itpm", c.InputTokens}, {"otpm", c.OutputTokens}} {
+			if x.bs.Configured > 0 {
+				_, used, _, _ := budgetBar(x.bs)
+				limits = append(limits, x.label+" "+used)
+			}
+		}
+		bar, barCode, spent := "", "", fmt.Sprintf("$%.2f", c.Spend.SpentUSD)
+		if c.Spend.BudgetUSD != nil && *c.Spend.BudgetUSD > 0 {
+			share := math.Min(1, math.Max(0, c.Spend.SpentUSD / *c.Spend.BudgetUSD))
+			n := int(math.Round(share * barWidth))
+			bar = "[" + strings.Repeat("#", n) + strings.Repeat("-", barWidth-n) + "]"
+			switch {
+			case share >= 0.95:
+				barCode = ansiRed
+			case share >= 0.75:
+				barCode = ansiYellow
+			default:
+				barCode = ansiGreen
+			}
+			spent += fmt.Sprintf(" / $%.2f %s", *c.Spend.BudgetUSD, c.Spend.Period)
+		}
+		t.row("", c.Name, "", inFlight, "", strconv.Itoa(c.Weight), "", strings.Join(limits, " · "),
+			barCode, bar, "", spent, ansiDim, c.Spend.Resets.UTC().Format("2006-01-02 15:04 UTC"))
+	}
+	fmt.Fprintln(w, "  "+p.paint(ansiDim, "clients: spend this period"))
+	t.write(w, "    ")
 }
 
 // limitKnown reports whether any budget of b has a limit, configured or
