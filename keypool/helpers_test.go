@@ -24,12 +24,36 @@ const (
 func newPool(t testing.TB, cfg Config) (*Pool, *clock.Fake) {
 	t.Helper()
 	clk := clock.NewFake(t0)
-	p, err := NewState(clk).NewPool(cfg)
+	p, err := newPoolOn(NewState(clk), cfg)
 	if err != nil {
 		t.Fatalf("NewPool: %v", err)
 	}
 	return p, clk
 }
+
+// withDefaults fills what keypool leaves to its caller with the values
+// the Caddy module's Provision sets, so tests state only what they test.
+func withDefaults(cfg Config) Config {
+	if cfg.TokenEstimateRatio == 0 {
+		cfg.TokenEstimateRatio = DefaultTokenEstimateRatio
+	}
+	if cfg.StickyTTL == 0 {
+		cfg.StickyTTL = time.Hour
+	}
+	if cfg.StickyMaxSessions == 0 {
+		cfg.StickyMaxSessions = 100000
+	}
+	if cfg.DefaultCooldown == 0 {
+		cfg.DefaultCooldown = 10 * time.Second
+	}
+	if cfg.SpendCapPark == 0 {
+		cfg.SpendCapPark = time.Hour
+	}
+	return cfg
+}
+
+// newPoolOn is st.NewPool(withDefaults(cfg)).
+func newPoolOn(st *State, cfg Config) (*Pool, error) { return st.NewPool(withDefaults(cfg)) }
 
 func keys(names ...string) []KeyConfig {
 	out := make([]KeyConfig, len(names))
