@@ -31,6 +31,20 @@ func newPool(t testing.TB, cfg Config) (*Pool, *clock.Fake) {
 	return p, clk
 }
 
+// onlyKey is a Request.Only that lets only the named key serve.
+func onlyKey(t testing.TB, p *Pool, name string) []bool {
+	t.Helper()
+	only := make([]bool, p.Len())
+	for i := range only {
+		if p.Name(i) == name {
+			only[i] = true
+			return only
+		}
+	}
+	t.Fatalf("no key %q in the pool", name)
+	return nil
+}
+
 // withDefaults fills what keypool leaves to its caller with the values
 // the Caddy module's Provision sets, so tests state only what they test.
 func withDefaults(cfg Config) Config {
@@ -92,26 +106,10 @@ func keyOf(r *Reservation) string {
 	return r.ks.name
 }
 
-// acquireOn reserves req on the named key by hiding the others for the
-// duration of the call.
+// acquireOn reserves req on the named key, through Request.Only.
 func acquireOn(t testing.TB, p *Pool, name string, req Request) *Reservation {
 	t.Helper()
-	p.st.mu.Lock()
-	var hidden []*keyState
-	for i := range p.members {
-		if ks := p.members[i].ks; ks.name != name && ks.disabled == "" {
-			ks.disabled = "hidden by test"
-			hidden = append(hidden, ks)
-		}
-	}
-	p.st.mu.Unlock()
-	defer func() {
-		p.st.mu.Lock()
-		for _, ks := range hidden {
-			ks.disabled = ""
-		}
-		p.st.mu.Unlock()
-	}()
+	req.Only = onlyKey(t, p, name)
 	r := acquire(t, p, req)
 	if r.KeyName() != name {
 		t.Fatalf("acquireOn(%q) reserved %q", name, r.KeyName())
