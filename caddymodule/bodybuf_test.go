@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 	"weak"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -125,7 +126,7 @@ func TestStreamDoesNotKeepBody(t *testing.T) {
 	h := &Handler{DisableClientAuth: true, MaxBody: 1 << 20, clk: clock.NewFake(clockT0), logger: zap.NewNop(),
 		secrets: []keySecret{{value: "sk-test-body"}}}
 	st := keypool.NewState(h.clk)
-	p, err := st.NewPool(keypool.Config{Keys: []keypool.KeyConfig{{Name: "k"}}})
+	p, err := st.NewPool(keypool.Config{Keys: []keypool.KeyConfig{{Name: "k"}}, TokenEstimateRatio: 4, DefaultCooldown: time.Second, SpendCapPark: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}

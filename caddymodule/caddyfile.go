@@ -71,8 +71,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
-	names := map[string]bool{}
-	secrets := map[string]bool{}
+	// Only what one line says is checked here, so that the error names the
+	// line; what concerns the whole configuration (keys at all, client
+	// tokens, duplicate names) is Validate's, and duplicate secrets are
+	// Provision's, for JSON and Caddyfile alike.
 	for d.NextBlock(0) {
 		switch d.Val() {
 		case "strategy":
@@ -111,39 +113,22 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err != nil {
 				return err
 			}
-			if k.Name != "" {
-				if names[k.Name] {
-					return d.Errf("duplicate key name %q", k.Name)
-				}
-				names[k.Name] = true
-			}
-			if secrets[k.Key] {
-				return d.Errf("the same key secret is listed twice")
-			}
-			secrets[k.Key] = true
 			h.Keys = append(h.Keys, k)
 		case "bedrock", "vertex":
-			// Provider keys (caddyfile_provider.go) share the key names.
-			var name string
+			// Provider keys: caddyfile_provider.go.
 			if d.Val() == "bedrock" {
 				b, err := parseBedrock(d)
 				if err != nil {
 					return err
 				}
-				name = b.Name
 				h.Bedrock = append(h.Bedrock, b)
 			} else {
 				v, err := parseVertex(d)
 				if err != nil {
 					return err
 				}
-				name = v.Name
 				h.Vertex = append(h.Vertex, v)
 			}
-			if names[name] {
-				return d.Errf("duplicate key name %q", name)
-			}
-			names[name] = true
 		case "max_wait":
 			dur, err := durationArg(d)
 			if err != nil {
@@ -259,12 +244,6 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		default:
 			return d.Errf("unknown cc_relay subdirective %q", d.Val())
 		}
-	}
-	if len(h.Keys)+len(h.Bedrock)+len(h.Vertex) == 0 {
-		return d.Err("cc_relay: no upstream keys: add at least one 'key <secret>', 'bedrock' or 'vertex'")
-	}
-	if len(h.ClientTokens) == 0 && !h.DisableClientAuth {
-		return d.Err("cc_relay: no client_token: add one, or 'client_auth off' to let anyone use the relay")
 	}
 	return nil
 }

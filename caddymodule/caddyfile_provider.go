@@ -62,10 +62,7 @@ func parseBedrock(d *caddyfile.Dispenser) (BedrockKey, error) {
 			}
 		}
 	}
-	if b.Region == "" || b.AccessKeyID == "" || b.SecretAccessKey == "" {
-		return b, d.Errf("bedrock %q: region, access_key_id and secret_access_key are required", b.Name)
-	}
-	return b, nil
+	return b, nil // required fields: validateProviders
 }
 
 // parseVertex reads a vertex block:
@@ -121,10 +118,7 @@ func parseVertex(d *caddyfile.Dispenser) (VertexKey, error) {
 			}
 		}
 	}
-	if v.Project == "" || v.Region == "" || v.Credentials == "" {
-		return v, d.Errf("vertex %q: project, region and credentials are required", v.Name)
-	}
-	return v, nil
+	return v, nil // required fields: validateProviders
 }
 
 func oneArg(d *caddyfile.Dispenser) (string, error) {

@@ -84,17 +84,13 @@ func TestCaddyfileFullDirective(t *testing.T) {
 
 func TestCaddyfileErrorsNameTheProblem(t *testing.T) {
 	cases := map[string]string{
-		"cc_relay {\nclient_auth off\n}":                                         "no upstream keys",
-		"cc_relay {\nkey k\n}":                                                   "no client_token",
-		"cc_relay {\nclient_auth off\nkey k\nbogus 1\n}":                         "unknown cc_relay subdirective \"bogus\"",
-		"cc_relay {\nclient_auth off\nkey k {\nfoo 1\n}\n}":                      "unknown key subdirective \"foo\"",
-		"cc_relay {\nclient_auth off\nkey k {\nrpm -5\n}\n}":                     "must not be negative",
-		"cc_relay {\nclient_auth off\nkey k {\nrpm many\n}\n}":                   "not a whole number",
-		"cc_relay {\nclient_auth off\nkey a {\nname x\n}\nkey b {\nname x\n}\n}": "duplicate key name \"x\"",
-		"cc_relay {\nclient_auth maybe\nkey k\n}":                                "client_auth",
-		"cc_relay {\nclient_auth off\nkey k {\nauth basic\n}\n}":                 "auth: want x-api-key or bearer",
-		"cc_relay {\nclient_auth off\nkey k\nmax_wait soon\n}":                   "bad duration",
-		"cc_relay {\nclient_auth off\nkey k\nkey k\n}":                           "listed twice",
+		"cc_relay {\nclient_auth off\nkey k\nbogus 1\n}":         "unknown cc_relay subdirective \"bogus\"",
+		"cc_relay {\nclient_auth off\nkey k {\nfoo 1\n}\n}":      "unknown key subdirective \"foo\"",
+		"cc_relay {\nclient_auth off\nkey k {\nrpm -5\n}\n}":     "must not be negative",
+		"cc_relay {\nclient_auth off\nkey k {\nrpm many\n}\n}":   "not a whole number",
+		"cc_relay {\nclient_auth maybe\nkey k\n}":                "client_auth",
+		"cc_relay {\nclient_auth off\nkey k {\nauth basic\n}\n}": "auth: want x-api-key or bearer",
+		"cc_relay {\nclient_auth off\nkey k\nmax_wait soon\n}":   "bad duration",
 	}
 	for src, want := range cases {
 		_, err := parse(src)
@@ -104,6 +100,25 @@ func TestCaddyfileErrorsNameTheProblem(t *testing.T) {
 		}
 		if !strings.Contains(err.Error(), "Testfile:") {
 			t.Errorf("%q: error %q does not name the line", src, err)
+		}
+	}
+	// What concerns the whole configuration parses, and is refused by
+	// Validate (or, for a secret listed twice, by Provision, which alone
+	// sees resolved secrets), for a Caddyfile as for JSON.
+	for src, want := range map[string]string{
+		"cc_relay {\nclient_auth off\n}": "no upstream keys",
+		"cc_relay {\nkey k\n}":           "no client_token",
+		"cc_relay {\nclient_auth off\nkey a {\nname x\n}\nkey b {\nname x\n}\n}": "duplicate key name \"x\"",
+		"cc_relay {\nclient_auth off\nkey k\nkey k\n}":                           "keys 1 and 2 have the same secret",
+	} {
+		h, err := parse(src)
+		if err != nil {
+			t.Errorf("%q: the parser refused a well-formed block: %v", src, err)
+			continue
+		}
+		h.Pool = "errors_name_problem"
+		if err := provision(t, h); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: error %v, want it to mention %q", src, err, want)
 		}
 	}
 }
@@ -160,6 +175,15 @@ func TestProvisionResolvesSecretsAndRejectsUnset(t *testing.T) {
 	}
 	if h.secrets[0].value != "sk-ant-resolved" || !strings.HasPrefix(h.Keys[0].Name, "key-") {
 		t.Fatalf("secret not resolved or name not derived: %q", h.Keys[0].Name)
+	}
+	// Provision is the one place defaults are set (keypool has none), and
+	// the provisioned handler still passes Validate, as Caddy then calls it.
+	if h.DefaultCooldown != caddy.Duration(defaultCooldown) || h.SpendCapPark != caddy.Duration(defaultSpendCapPark) ||
+		h.StickyTTL != caddy.Duration(defaultStickyTTL) || h.TokenEstimateRatio != 4 || h.Pool != "prov_ok" {
+		t.Fatalf("defaults not set by Provision: cooldown %v, park %v, ttl %v, ratio %v", h.DefaultCooldown, h.SpendCapPark, h.StickyTTL, h.TokenEstimateRatio)
+	}
+	if err := h.Validate(); err != nil {
+		t.Fatalf("a provisioned handler fails Validate: %v", err)
 	}
 	_ = h.Cleanup()
 

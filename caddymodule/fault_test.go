@@ -978,7 +978,7 @@ func TestHeaderSnapshotRestore(t *testing.T) {
 func oneKeyHandler(t *testing.T) (*Handler, *keypool.Pool) {
 	t.Helper()
 	h := &Handler{clk: clock.NewFake(clockT0)}
-	p, err := keypool.NewState(h.clk).NewPool(keypool.Config{Keys: []keypool.KeyConfig{{Name: "k"}}})
+	p, err := keypool.NewState(h.clk).NewPool(keypool.Config{Keys: []keypool.KeyConfig{{Name: "k"}}, TokenEstimateRatio: 4, DefaultCooldown: time.Second, SpendCapPark: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}

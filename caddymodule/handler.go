@@ -293,48 +293,42 @@ var pools = caddy.NewUsagePool()
 // newClock is the clock new pool states read; tests replace it.
 var newClock = func() clock.Clock { return clock.Real{} }
 
-const defaultMaxBody = 32 << 20
+// The handler's defaults, set in Provision only (keypool has none of its
+// own). Each is stated in its field's doc comment.
+const (
+	defaultPool              = "default"
+	defaultStrategy          = "least_loaded"
+	defaultMaxBody           = 32 << 20
+	defaultRetries           = 2
+	defaultStickyTTL         = time.Hour
+	defaultStickyMaxSessions = 100000
+	defaultCooldown          = 10 * time.Second
+	defaultSpendCapPark      = time.Hour
+)
 
 // defaultReadBodyTimeout leaves a 32 MiB body about 4.5 Mbit/s.
 const defaultReadBodyTimeout = time.Minute
 
 // Provision sets defaults, resolves secrets and attaches the pool state.
+//
+// Caddy calls Provision before Validate, so Provision runs Validate's pure
+// checks itself, once defaults are set and before it acquires anything (a
+// pool, goroutines, metrics) or hands numbers to keypool; Caddy's own call
+// of Validate afterwards finds the same answer. The checks that need
+// resolved secrets (two keys with the same secret) can only run here.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
-	if h.Pool == "" {
-		h.Pool = "default"
-	}
-	if h.Strategy == "" {
-		h.Strategy = "least_loaded"
-	}
-	if h.MaxBody == 0 {
-		h.MaxBody = defaultMaxBody
-	}
-	if h.ReadBodyTimeout == 0 {
-		h.ReadBodyTimeout = caddy.Duration(defaultReadBodyTimeout)
-	}
-	h.retries = 2
-	if h.Retries != nil {
-		h.retries = *h.Retries
-	}
-	if h.StickyTTL == 0 {
-		h.StickyTTL = caddy.Duration(time.Hour)
-	}
-	if h.StickyMaxSessions == 0 {
-		h.StickyMaxSessions = 100000
-	}
-	if h.TokenEstimateRatio == 0 {
-		h.TokenEstimateRatio = keypool.DefaultTokenEstimateRatio
-	}
-	if err := h.validate(); err != nil {
+	h.setDefaults()
+	if err := h.Validate(); err != nil {
 		return err
 	}
-	h.strategy, _ = selector.Parse(h.Strategy)
+	h.strategy, _ = selector.Parse(h.Strategy) // checked in Validate
 
 	// Secrets resolve here, not at adapt time, so the JSON config can hold
 	// {env.*} / {file.*} instead of the secret itself.
 	repl := caddy.NewReplacer()
 	names := map[string]int{}
+	bySecret := map[string]int{}
 	h.secrets = make([]keySecret, len(h.Keys))
 	cfg := keypool.Config{
 		Strategy:           h.strategy,
@@ -356,11 +350,17 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if err != nil {
 			return fmt.Errorf("key %d (%s): %v", i+1, describeKey(k), err)
 		}
+		if j, dup := bySecret[secret]; dup {
+			return fmt.Errorf("keys %d and %d have the same secret", j+1, i+1)
+		}
+		bySecret[secret] = i
 		if k.Name == "" {
 			k.Name = "key-" + shortHash(secret)
 		}
+		// Validate saw the configured names; a derived one may still
+		// collide with another key's.
 		if j, dup := names[k.Name]; dup {
-			return fmt.Errorf("keys %d and %d have the same name %q (or the same secret)", j+1, i+1, k.Name)
+			return fmt.Errorf("keys %d and %d have the same name %q", j+1, i+1, k.Name)
 		}
 		names[k.Name] = i
 		h.secrets[i] = keySecret{value: secret, bearer: k.Auth == "bearer"}
@@ -419,14 +419,54 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 // key's reason may echo the key, whole or in part).
 func (h *Handler) redact(s string) string { return h.redactor.String(s) }
 
-// Validate checks the configuration for errors.
-func (h *Handler) Validate() error { return h.validate() }
+// setDefaults gives every unset field its documented default. It is the
+// only place defaults are set.
+func (h *Handler) setDefaults() {
+	if h.Pool == "" {
+		h.Pool = defaultPool
+	}
+	if h.Strategy == "" {
+		h.Strategy = defaultStrategy
+	}
+	if h.MaxBody == 0 {
+		h.MaxBody = defaultMaxBody
+	}
+	if h.ReadBodyTimeout == 0 {
+		h.ReadBodyTimeout = caddy.Duration(defaultReadBodyTimeout)
+	}
+	h.retries = defaultRetries
+	if h.Retries != nil {
+		h.retries = *h.Retries
+	}
+	if h.StickyTTL == 0 {
+		h.StickyTTL = caddy.Duration(defaultStickyTTL)
+	}
+	if h.StickyMaxSessions == 0 {
+		h.StickyMaxSessions = defaultStickyMaxSessions
+	}
+	if h.TokenEstimateRatio == 0 {
+		h.TokenEstimateRatio = keypool.DefaultTokenEstimateRatio
+	}
+	if h.DefaultCooldown == 0 {
+		h.DefaultCooldown = caddy.Duration(defaultCooldown)
+	}
+	if h.SpendCapPark == 0 {
+		h.SpendCapPark = caddy.Duration(defaultSpendCapPark)
+	}
+}
 
-func (h *Handler) validate() error {
+// Validate checks the configuration, provisioned or not (0 stands for a
+// default everywhere it is allowed), and changes nothing. It is the only
+// place the configuration's values are checked; the Caddyfile parser
+// checks only what a line says, to name the line.
+func (h *Handler) Validate() error {
 	if len(h.Keys)+len(h.Bedrock)+len(h.Vertex) == 0 {
 		return fmt.Errorf("no upstream keys configured: add at least one 'key', 'bedrock' or 'vertex'")
 	}
 	if err := h.validateProviders(); err != nil {
+		return err
+	}
+	if err := h.validateKeyNames(); err != nil {
 		return err
 	}
 	if h.Strategy != "" {
@@ -461,6 +501,38 @@ func (h *Handler) validate() error {
 		}
 	}
 	return h.validateNumbers()
+}
+
+// validateKeyNames refuses two keys (of any kind) with the same configured
+// name; names derived from secrets are checked in Provision.
+func (h *Handler) validateKeyNames() error {
+	seen := map[string]bool{}
+	add := func(name string) error {
+		if name == "" {
+			return nil
+		}
+		if seen[name] {
+			return fmt.Errorf("duplicate key name %q", name)
+		}
+		seen[name] = true
+		return nil
+	}
+	for _, k := range h.Keys {
+		if err := add(k.Name); err != nil {
+			return err
+		}
+	}
+	for _, b := range h.Bedrock {
+		if err := add(b.Name); err != nil {
+			return err
+		}
+	}
+	for _, v := range h.Vertex {
+		if err := add(v.Name); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Bounds of the configuration's numbers. They are checked in Validate, so

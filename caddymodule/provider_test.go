@@ -569,13 +569,21 @@ func TestProviderCaddyfile(t *testing.T) {
 	}
 	for _, bad := range []string{
 		"cc_relay {\n bedrock x {\n region r\n access_key_id a\n secret_access_key s\n colour blue\n }\n}",
-		"cc_relay {\n vertex x {\n project p\n region r\n }\n}",
 		"cc_relay {\n bedrock x {\n region r\n access_key_id a\n secret_access_key s\n model only-one\n }\n}",
 		"cc_relay {\n bedrock {\n }\n}",
 	} {
 		if _, err := parse(bad); err == nil {
 			t.Errorf("accepted:\n%s", bad)
 		}
+	}
+	// A block missing a required field parses; Validate names what is
+	// missing, for a Caddyfile as for JSON.
+	hv, err := parse("cc_relay {\n client_auth off\n vertex x {\n project p\n region r\n }\n}")
+	if err != nil {
+		t.Fatalf("a well-formed vertex block was refused by the parser: %v", err)
+	}
+	if err := hv.Validate(); err == nil || !strings.Contains(err.Error(), `vertex "x": project, region and credentials are required`) {
+		t.Errorf("vertex without credentials: %v", err)
 	}
 }
 

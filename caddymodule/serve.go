@@ -3,7 +3,6 @@ package caddymodule
 import (
 	"crypto/sha256"
 	"crypto/subtle"
-	"encoding/json"
 	"errors"
 	"hash/maphash"
 	"math"
@@ -498,81 +497,5 @@ func retryAfterSeconds(d time.Duration) int {
 	return max(s, 1)
 }
 
-// writeError answers in the Anthropic error JSON shape. The handler writes
-// its own errors instead of returning a caddyhttp.Error, which would go to
-// the server's handle_errors routes (or Caddy's empty default answer):
-// clients such as Claude Code and the Anthropic SDKs read the error type
-// and message from this shape, and retry 429 by its Retry-After, as they
-// do for the upstream's own errors.
-func writeError(w http.ResponseWriter, status int, typ, msg string, retryAfter int) {
-	b, _ := json.Marshal(apiError{Type: "error", Error: apiErrorBody{Type: typ, Message: msg}})
-	hdr := w.Header()
-	hdr.Set("Content-Type", "application/json")
-	hdr.Set("Content-Length", strconv.Itoa(len(b)))
-	if retryAfter > 0 {
-		hdr.Set("Retry-After", strconv.Itoa(retryAfter))
-	}
-	w.WriteHeader(status)
-	_, _ = w.Write(b)
-}
-
-type apiError struct {
-	Type  string       `json:"type"`
-	Error apiErrorBody `json:"error"`
-}
-
-type apiErrorBody struct {
-	Type    string `json:"type"`
-	Message string `json:"message"`
-}
-
 // maxReason bounds a disabled key's reason, after redaction.
 const maxReason = 200
-
-// errorMessage extracts error.type and error.message from an upstream
-// error body for the reason a key was disabled. The caller redacts, then
-// bounds it (maxReason); the body itself is bounded by maxHeld.
-func errorMessage(body []byte) string {
-	var e apiError
-	if json.Unmarshal(body, &e) != nil || e.Error.Type == "" {
-		return "rejected"
-	}
-	msg := e.Error.Type
-	if e.Error.Message != "" {
-		msg += ": " + e.Error.Message
-	}
-	return msg
-}
-
-// spendCap recognises a 429 that is about the organization's spend cap
-// rather than its rate limits: it has no retry-after, and its message
-// speaks of usage or spend limits. The upstream states the date access
-// returns ("You will regain access on 2026-12-01 at 00:00 UTC"); that is
-// when the organization is parked until, if it can be read.
-func spendCap(h http.Header, body []byte, now time.Time) (time.Time, bool) {
-	if h.Get("Retry-After") != "" {
-		return time.Time{}, false
-	}
-	var e apiError
-	_ = json.Unmarshal(body, &e)
-	text := strings.ToLower(e.Error.Type + " " + e.Error.Message)
-	if !strings.Contains(text, "spend") && !strings.Contains(text, "usage limit") && !strings.Contains(text, "regain access") {
-		return time.Time{}, false
-	}
-	if i := strings.Index(text, "regain access on "); i >= 0 {
-		rest := text[i+len("regain access on "):]
-		if len(rest) >= 10 {
-			if t, err := time.Parse("2006-01-02", rest[:10]); err == nil {
-				if j := strings.Index(rest, " at "); j == 10 && len(rest) >= 19 {
-					if hm, err := time.Parse("15:04", rest[14:19]); err == nil {
-						t = t.Add(time.Duration(hm.Hour())*time.Hour + time.Duration(hm.Minute())*time.Minute)
-					}
-				}
-				if t.After(now) {
-					return t, true
-				}
-			}
-		}
-	}
-	return time.Time{}, true
-}

@@ -1,6 +1,7 @@
 package keypool
 
 import (
+	"math"
 	"testing"
 	"time"
 
@@ -9,22 +10,28 @@ import (
 
 // Tests for admission behaviours found by the load benchmark (bench/quota).
 
-// setLevel refills the named key's organization bucket of the given kind
-// for model's class to now and then sets its level, so admission can be
-// probed on either side of a threshold without refill arithmetic.
-func setLevel(t testing.TB, p *Pool, name, model string, kind int, v float64) {
+// setLevel brings the named key's organization bucket of the given kind
+// to v through the public API, as the upstream does: a one-byte probe on
+// the key whose response headers say v of the configured limit remain,
+// settled without usage (which neither charges nor calibrates anything).
+// v is whole; a multiple of 1000 only raises the level (the
+// upstream rounds token counts down to thousands, so such a header lowers
+// a level only to v+999).
+func setLevel(t testing.TB, p *Pool, name, model string, kind int, v int64) {
 	t.Helper()
-	i := memberIndex(t, p, name)
-	st := p.st
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	b := p.members[i].ks.org.resolve().budget(p.classIndexOf(model))
-	caps := p.capsOf(i, b)
-	if caps[kind] <= 0 {
-		t.Fatalf("setLevel: %s has no %s limit", name, kindNames[kind])
+	var h RateLimitHeaders
+	for _, l := range []*Limit{&h.Requests, &h.InputTokens, &h.OutputTokens, &h.Tokens} {
+		*l = Limit{Limit: -1, Remaining: -1}
 	}
-	b.b[kind].refill(st.clock.Now().UnixNano(), caps[kind])
-	b.b[kind].level = v
+	limit := p.members[memberIndex(t, p, name)].caps[kind]
+	if limit <= 0 {
+		t.Fatalf("setLevel: %s has no configured %s limit", name, kindNames[kind])
+	}
+	*[]*Limit{&h.Requests, &h.InputTokens, &h.OutputTokens}[kind] = Limit{Limit: int64(limit), Remaining: v}
+	r := acquireOn(t, p, name, Request{Model: model, Bytes: 1})
+	r.ObserveHeaders(200, h)
+	r.Settle(Result{Status: 200})
+	wantLevel(t, p, name, model, kind, float64(v), 0)
 }
 
 // estimates is what the estimator of model's class says now about a body
@@ -189,12 +196,12 @@ func TestAdmissionPadsEstimateByCalibratedError(t *testing.T) {
 
 	// With the padded amount there it is admitted, and charged only the
 	// estimate.
-	setLevel(t, p, "a", sonnet, kindInput, need+0.5)
+	setLevel(t, p, "a", sonnet, kindInput, int64(math.Ceil(need)))
 	r = acquire(t, p, Request{Model: sonnet, Bytes: 4000})
 	if got := reserved(r); !near(got, est, 1e-9) || r.Estimate() != int64(est) {
 		t.Fatalf("reserved %v (Estimate %d), want the estimate %v", got, r.Estimate(), est)
 	}
-	wantLevel(t, p, "a", sonnet, kindInput, need+0.5-est, 1e-6)
+	wantLevel(t, p, "a", sonnet, kindInput, math.Ceil(need)-est, 1e-6)
 }
 
 func TestAdmissionMarginCappedAtHalf(t *testing.T) {

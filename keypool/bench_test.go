@@ -36,7 +36,7 @@ func benchPoolClock(b *testing.B, n int, s selector.Strategy, c clock.Clock) *Po
 			Priority: i % 2,
 		}
 	}
-	p, err := NewState(c).NewPool(Config{Keys: ks, Strategy: s, Seed: 1})
+	p, err := newPoolOn(NewState(c), Config{Keys: ks, Strategy: s, Seed: 1})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -105,7 +105,7 @@ func BenchmarkAcquireSettleSticky(b *testing.B) {
 	for i := range ks {
 		ks[i] = KeyConfig{Name: fmt.Sprintf("key-%04d", i), Limits: Limits{RPM: 1 << 40, ITPM: 1 << 50, OTPM: 1 << 50}}
 	}
-	p, err := NewState(clock.Real{}).NewPool(Config{Keys: ks, Sticky: true})
+	p, err := newPoolOn(NewState(clock.Real{}), Config{Keys: ks, Sticky: true})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -167,7 +167,7 @@ func BenchmarkWaitPass(b *testing.B) {
 			for i := range ks {
 				ks[i] = KeyConfig{Name: fmt.Sprintf("key-%02d", i), Limits: Limits{RPM: 1, ITPM: 1 << 20}}
 			}
-			p, err := NewState(clk).NewPool(Config{Keys: ks, MaxWait: time.Hour})
+			p, err := newPoolOn(NewState(clk), Config{Keys: ks, MaxWait: time.Hour})
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -191,7 +191,7 @@ func TestReloadClampsBudgetToNewLimits(t *testing.T) {
 	r := acquire(t, clkPool, Request{Model: sonnet, Bytes: 4000000})
 	r.Settle(Result{Status: 200, Usage: Usage{InputTokens: 2000000, HaveInput: true}})
 	wantLevel(t, clkPool, "a", sonnet, kindInput, -1000000, 1e-6)
-	p2, err := st.NewPool(Config{Keys: []KeyConfig{{Name: "a", Limits: Limits{ITPM: 1000}}}})
+	p2, err := newPoolOn(st, Config{Keys: []KeyConfig{{Name: "a", Limits: Limits{ITPM: 1000}}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -209,7 +209,7 @@ func TestReloadToLearnedLimitClamps(t *testing.T) {
 	observe(r, clk, 200, "anthropic-ratelimit-input-tokens-limit", "1000")
 	r.Settle(Result{Status: 200, Usage: Usage{InputTokens: 2000000, HaveInput: true}})
 	wantLevel(t, p, "a", sonnet, kindInput, -1000000, 1e-6)
-	p2, err := p.st.NewPool(Config{Keys: keys("a")})
+	p2, err := newPoolOn(p.st, Config{Keys: keys("a")})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,6 +5,9 @@ import (
 	"time"
 )
 
+// These are unit tests of the unexported bucket type itself; the pool's
+// behaviour is tested through its public API elsewhere.
+
 func TestBucketContinuousRefill(t *testing.T) {
 	var b bucket
 	now := t0.UnixNano()

@@ -37,7 +37,8 @@ type ClientsConfig struct {
 	// Prices prices usage; nil prices nothing.
 	Prices *pricing.Table
 	// TokenEstimateRatio is request-body bytes per input token before the
-	// client's estimator has seen real usage. Default: 4.
+	// client's estimator has seen real usage. It must be positive; there
+	// is no default (the caller sets it, e.g. to DefaultTokenEstimateRatio).
 	TokenEstimateRatio float64
 }
 
@@ -152,8 +153,9 @@ func (cs *ClientState) NewClients(cfg ClientsConfig) (*Clients, error) {
 			}
 		}
 	}
-	if cfg.TokenEstimateRatio <= 0 {
-		cfg.TokenEstimateRatio = DefaultTokenEstimateRatio
+	// No default here: the caller sets the ratio (see ClientsConfig).
+	if r := cfg.TokenEstimateRatio; !(r > 0) || math.IsInf(r, 1) {
+		return nil, fmt.Errorf("token estimate ratio must be a positive number of bytes per token, got %v", r)
 	}
 	cs.mu.Lock()
 	defer cs.mu.Unlock()

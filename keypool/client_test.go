@@ -29,7 +29,7 @@ func mustClients(t *testing.T, cs *ClientState, cfgs ...ClientConfig) *Clients {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := cs.NewClients(ClientsConfig{Clients: cfgs, Prices: tab})
+	c, err := cs.NewClients(ClientsConfig{Clients: cfgs, Prices: tab, TokenEstimateRatio: DefaultTokenEstimateRatio})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,7 +163,7 @@ func TestClientModels(t *testing.T) {
 	if !errors.As(err, &me) || !me.NoPrice {
 		t.Fatalf("unpriced model under a budget: %v", err)
 	}
-	if _, err := NewClientState(clk).NewClients(ClientsConfig{Clients: []ClientConfig{{Name: "x", Models: []string{"["}}}}); err == nil {
+	if _, err := NewClientState(clk).NewClients(ClientsConfig{Clients: []ClientConfig{{Name: "x", Models: []string{"["}}}, TokenEstimateRatio: DefaultTokenEstimateRatio}); err == nil {
 		t.Fatal("bad pattern accepted")
 	}
 }
@@ -202,7 +202,7 @@ func TestClientPriceAtAdmission(t *testing.T) {
 	cs, c := newClients(t, clk, ClientConfig{Name: "alice"})
 	r := admit(t, c, "alice", 40, 10)
 	tab, _ := pricing.NewTable([]pricing.Rule{{Pattern: "claude-sonnet-*", Price: pricing.NewPrice(100_000_000, 100_000_000)}})
-	c2, err := cs.NewClients(ClientsConfig{Clients: []ClientConfig{{Name: "alice"}}, Prices: tab})
+	c2, err := cs.NewClients(ClientsConfig{Clients: []ClientConfig{{Name: "alice"}}, Prices: tab, TokenEstimateRatio: DefaultTokenEstimateRatio})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -546,8 +546,12 @@ func TestClientsConfigErrors(t *testing.T) {
 		{{Name: "a", Budget: -1}},
 		{{Name: "a", Period: 9}},
 	} {
-		if _, err := cs.NewClients(ClientsConfig{Clients: cfg}); err == nil {
+		if _, err := cs.NewClients(ClientsConfig{Clients: cfg, TokenEstimateRatio: DefaultTokenEstimateRatio}); err == nil {
 			t.Errorf("%+v accepted", cfg)
 		}
+	}
+	// keypool sets no default: a missing ratio is the caller's mistake.
+	if _, err := cs.NewClients(ClientsConfig{Clients: []ClientConfig{{Name: "a"}}}); err == nil || !strings.Contains(err.Error(), "token estimate ratio") {
+		t.Errorf("zero token estimate ratio: %v", err)
 	}
 }

@@ -58,7 +58,7 @@ func FuzzParseHeaders(f *testing.F) {
 		}
 		// Feeding the result to a pool must not panic either.
 		st := NewState(nil)
-		pool, err := st.NewPool(Config{Keys: []KeyConfig{{Name: "k"}}})
+		pool, err := newPoolOn(st, Config{Keys: []KeyConfig{{Name: "k"}}})
 		if err != nil {
 			t.Fatal(err)
 		}

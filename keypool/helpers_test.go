@@ -24,12 +24,50 @@ const (
 func newPool(t testing.TB, cfg Config) (*Pool, *clock.Fake) {
 	t.Helper()
 	clk := clock.NewFake(t0)
-	p, err := NewState(clk).NewPool(cfg)
+	p, err := newPoolOn(NewState(clk), cfg)
 	if err != nil {
 		t.Fatalf("NewPool: %v", err)
 	}
 	return p, clk
 }
+
+// onlyKey is a Request.Only that lets only the named key serve.
+func onlyKey(t testing.TB, p *Pool, name string) []bool {
+	t.Helper()
+	only := make([]bool, p.Len())
+	for i := range only {
+		if p.Name(i) == name {
+			only[i] = true
+			return only
+		}
+	}
+	t.Fatalf("no key %q in the pool", name)
+	return nil
+}
+
+// withDefaults fills what keypool leaves to its caller with the values
+// the Caddy module's Provision sets, so tests state only what they test.
+func withDefaults(cfg Config) Config {
+	if cfg.TokenEstimateRatio == 0 {
+		cfg.TokenEstimateRatio = DefaultTokenEstimateRatio
+	}
+	if cfg.StickyTTL == 0 {
+		cfg.StickyTTL = time.Hour
+	}
+	if cfg.StickyMaxSessions == 0 {
+		cfg.StickyMaxSessions = 100000
+	}
+	if cfg.DefaultCooldown == 0 {
+		cfg.DefaultCooldown = 10 * time.Second
+	}
+	if cfg.SpendCapPark == 0 {
+		cfg.SpendCapPark = time.Hour
+	}
+	return cfg
+}
+
+// newPoolOn is st.NewPool(withDefaults(cfg)).
+func newPoolOn(st *State, cfg Config) (*Pool, error) { return st.NewPool(withDefaults(cfg)) }
 
 func keys(names ...string) []KeyConfig {
 	out := make([]KeyConfig, len(names))
@@ -68,26 +106,10 @@ func keyOf(r *Reservation) string {
 	return r.ks.name
 }
 
-// acquireOn reserves req on the named key by hiding the others for the
-// duration of the call.
+// acquireOn reserves req on the named key, through Request.Only.
 func acquireOn(t testing.TB, p *Pool, name string, req Request) *Reservation {
 	t.Helper()
-	p.st.mu.Lock()
-	var hidden []*keyState
-	for i := range p.members {
-		if ks := p.members[i].ks; ks.name != name && ks.disabled == "" {
-			ks.disabled = "hidden by test"
-			hidden = append(hidden, ks)
-		}
-	}
-	p.st.mu.Unlock()
-	defer func() {
-		p.st.mu.Lock()
-		for _, ks := range hidden {
-			ks.disabled = ""
-		}
-		p.st.mu.Unlock()
-	}()
+	req.Only = onlyKey(t, p, name)
 	r := acquire(t, p, req)
 	if r.KeyName() != name {
 		t.Fatalf("acquireOn(%q) reserved %q", name, r.KeyName())

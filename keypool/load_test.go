@@ -5,6 +5,11 @@ import (
 	"testing"
 )
 
+// These tests stay inside the package on purpose: they compare view.Load,
+// an unexported function, with its reference on budget states written
+// directly (random levels, debts, cooldowns, parks), most of which no
+// sequence of public calls reaches in a test's time.
+
 // loadLoop is view.Load as it was before it was unrolled for speed: the
 // reference the unrolled one must match exactly.
 func (v *view) loadLoop(i int) (bool, float64, int) {

@@ -2,6 +2,7 @@ package keypool
 
 import (
 	"fmt"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -32,12 +33,12 @@ func TestNewPoolValidation(t *testing.T) {
 	} {
 		st := NewState(clock.NewFake(t0))
 		// A failing configuration changes nothing in the state.
-		good, err := st.NewPool(Config{Keys: keys("keep")})
+		good, err := newPoolOn(st, Config{Keys: keys("keep")})
 		if err != nil {
 			t.Fatal(err)
 		}
 		orgs := len(st.orgs)
-		p, err := st.NewPool(c.cfg)
+		p, err := newPoolOn(st, c.cfg)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: NewPool = %v, %v; want error containing %q", c.name, p, err, c.want)
 			continue
@@ -47,9 +48,29 @@ func TestNewPoolValidation(t *testing.T) {
 		}
 		good.Close()
 	}
+	// keypool has no defaults: what the caller must set is refused when
+	// missing, and names what is missing.
+	for _, c := range []struct {
+		name string
+		cfg  Config
+		want string
+	}{
+		{"no ratio", Config{Keys: keys("a"), DefaultCooldown: time.Second, SpendCapPark: time.Hour}, "token estimate ratio"},
+		{"NaN ratio", Config{Keys: keys("a"), TokenEstimateRatio: math.NaN(), DefaultCooldown: time.Second, SpendCapPark: time.Hour}, "token estimate ratio"},
+		{"sticky without ttl", Config{Keys: keys("a"), Sticky: true, StickyMaxSessions: 5, TokenEstimateRatio: 4, DefaultCooldown: time.Second, SpendCapPark: time.Hour}, "sticky"},
+		{"no cooldown", Config{Keys: keys("a"), TokenEstimateRatio: 4, SpendCapPark: time.Hour}, "default cooldown"},
+		{"no park", Config{Keys: keys("a"), TokenEstimateRatio: 4, DefaultCooldown: time.Second}, "spend cap park"},
+	} {
+		if _, err := NewState(clock.NewFake(t0)).NewPool(c.cfg); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: NewPool error %v, want one naming %q", c.name, err, c.want)
+		}
+	}
+	if _, err := NewState(clock.NewFake(t0)).NewPool(Config{Keys: keys("a"), TokenEstimateRatio: 4, DefaultCooldown: time.Second, SpendCapPark: time.Hour}); err != nil {
+		t.Errorf("a config setting every number (not sticky) was refused: %v", err)
+	}
 	// Same limits on several keys of one org, or limits on one of them, are fine.
 	st := NewState(clock.NewFake(t0))
-	if _, err := st.NewPool(Config{Keys: []KeyConfig{
+	if _, err := newPoolOn(st, Config{Keys: []KeyConfig{
 		{Name: "a", Org: "X", Limits: Limits{RPM: 50}},
 		{Name: "b", Org: "X", Limits: Limits{RPM: 50, ITPM: 100}},
 		{Name: "c", Org: "X"},
@@ -297,7 +318,7 @@ func TestOrgIDChangeKeepsBudget(t *testing.T) {
 func TestLearnedOrgsAreBounded(t *testing.T) {
 	clk := clock.NewFake(t0)
 	st := NewState(clk)
-	p, err := st.NewPool(Config{Keys: keys("a", "b")})
+	p, err := newPoolOn(st, Config{Keys: keys("a", "b")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -314,7 +335,7 @@ func TestLearnedOrgsAreBounded(t *testing.T) {
 		t.Fatalf("%d organizations after 1000 ids, want a handful", n)
 	}
 	// A reload without b, then closing the old pool, forgets b's.
-	p2, err := st.NewPool(Config{Keys: keys("a")})
+	p2, err := newPoolOn(st, Config{Keys: keys("a")})
 	if err != nil {
 		t.Fatal(err)
 	}

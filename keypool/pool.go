@@ -52,12 +52,16 @@ type ClassRule struct {
 	Class   string
 }
 
-// Config is one configuration of a pool.
+// Config is one configuration of a pool. It has no defaults: the caller
+// sets every number (the Caddy module does so in Provision), and NewPool
+// refuses a zero TokenEstimateRatio, DefaultCooldown or SpendCapPark, and
+// a zero StickyTTL or StickyMaxSessions when Sticky is set.
 type Config struct {
 	Keys     []KeyConfig
 	Strategy selector.Strategy
 	// Sticky pins sessions to keys for StickyTTL (refreshed on use), at
-	// most StickyMaxSessions at a time.
+	// most StickyMaxSessions at a time; both must be positive when Sticky
+	// is set.
 	Sticky            bool
 	StickyTTL         time.Duration
 	StickyMaxSessions int
@@ -65,14 +69,17 @@ type Config struct {
 	// refused; 0 refuses at once.
 	MaxWait time.Duration
 	// TokenEstimateRatio is request-body bytes per input token used before
-	// the estimator has calibrated itself from real usage.
+	// the estimator has calibrated itself from real usage; it must be
+	// positive (DefaultTokenEstimateRatio is a fair first guess).
 	TokenEstimateRatio float64
 	ModelClasses       []ClassRule
 	// DefaultCooldown applies to an upstream 429 that says neither
-	// retry-after nor a reset time.
+	// retry-after nor a reset time; it must be positive and is capped at
+	// MaxCooldown.
 	DefaultCooldown time.Duration
 	// SpendCapPark is how long a key whose organization hit its spend cap
-	// stays out when the upstream names no date.
+	// stays out when the upstream names no date; it must be positive and
+	// is capped at MaxPark.
 	SpendCapPark time.Duration
 	// Seed seeds random choices (tests pass a fixed one).
 	Seed uint64
@@ -335,8 +342,10 @@ type Pool struct {
 	lastOK    bool
 }
 
-// NewPool builds cfg's view over st, matching keys by name. It validates
-// the configuration first and changes nothing in st when it fails.
+// NewPool builds cfg's view over st, matching keys by name. It refuses a
+// configuration it cannot work with (see Config; duplicate or unnamed
+// keys, negative limits, one organization with two different limits)
+// and changes nothing in st when it does.
 func (st *State) NewPool(cfg Config) (*Pool, error) {
 	if len(cfg.Keys) == 0 {
 		return nil, fmt.Errorf("no keys configured")
@@ -376,21 +385,19 @@ func (st *State) NewPool(cfg Config) (*Pool, error) {
 			return nil, fmt.Errorf("bad model_class %q %q", r.Pattern, r.Class)
 		}
 	}
-	if cfg.TokenEstimateRatio <= 0 {
-		cfg.TokenEstimateRatio = DefaultTokenEstimateRatio
+	// keypool has no defaults of its own: the caller (the Caddy module's
+	// Provision) sets them. What it cannot work with is refused.
+	if r := cfg.TokenEstimateRatio; !(r > 0) || math.IsInf(r, 1) {
+		return nil, fmt.Errorf("token estimate ratio must be a positive number of bytes per token, got %v", r)
 	}
-	if cfg.StickyTTL <= 0 {
-		cfg.StickyTTL = time.Hour
+	if cfg.Sticky && (cfg.StickyTTL <= 0 || cfg.StickyMaxSessions <= 0) {
+		return nil, fmt.Errorf("sticky sessions need a positive ttl and session bound, got %v and %d", cfg.StickyTTL, cfg.StickyMaxSessions)
 	}
-	if cfg.StickyMaxSessions <= 0 {
-		cfg.StickyMaxSessions = 100000
+	if cfg.DefaultCooldown <= 0 || cfg.SpendCapPark <= 0 {
+		return nil, fmt.Errorf("default cooldown and spend cap park must be positive, got %v and %v", cfg.DefaultCooldown, cfg.SpendCapPark)
 	}
-	if cfg.DefaultCooldown <= 0 {
-		cfg.DefaultCooldown = 10 * time.Second
-	}
-	if cfg.SpendCapPark <= 0 {
-		cfg.SpendCapPark = time.Hour
-	}
+	// Bounds, not defaults: nothing configured may hold a key out longer
+	// than the package's own caps (bounds.go).
 	cfg.DefaultCooldown = min(cfg.DefaultCooldown, MaxCooldown)
 	cfg.SpendCapPark = min(cfg.SpendCapPark, MaxPark)
 

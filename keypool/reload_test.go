@@ -18,7 +18,7 @@ func TestReloadKeepsState(t *testing.T) {
 		{Name: "cooling", Org: "C"},
 		{Name: "gone"},
 	}}
-	p1, err := st.NewPool(cfg1)
+	p1, err := newPoolOn(st, cfg1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,7 +40,7 @@ func TestReloadKeepsState(t *testing.T) {
 	inflight := acquireOn(t, p1, "learned", Request{Model: sonnet, Bytes: 4000})
 
 	// Reload: new limits, "gone" removed, "new" added, order changed.
-	p2, err := st.NewPool(Config{Sticky: true, Strategy: selector.RoundRobin, Keys: []KeyConfig{
+	p2, err := newPoolOn(st, Config{Sticky: true, Strategy: selector.RoundRobin, Keys: []KeyConfig{
 		{Name: "new"},
 		{Name: "cooling", Org: "C"},
 		{Name: "disabled"},
@@ -115,7 +115,7 @@ func TestReloadKeepsState(t *testing.T) {
 	}
 
 	// A key that comes back later starts fresh but finds its organization.
-	p3, err := st.NewPool(Config{Keys: []KeyConfig{{Name: "gone", Org: "C"}, {Name: "cooling", Org: "C", Limits: Limits{RPM: 1}}}})
+	p3, err := newPoolOn(st, Config{Keys: []KeyConfig{{Name: "gone", Org: "C"}, {Name: "cooling", Org: "C", Limits: Limits{RPM: 1}}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,10 +135,10 @@ func TestReloadKeepsState(t *testing.T) {
 func TestReloadMovesKeyBetweenConfiguredOrgs(t *testing.T) {
 	clk := clock.NewFake(t0)
 	st := NewState(clk)
-	p1, _ := st.NewPool(Config{Keys: []KeyConfig{{Name: "a", Org: "A", Limits: Limits{RPM: 1}}}})
+	p1, _ := newPoolOn(st, Config{Keys: []KeyConfig{{Name: "a", Org: "A", Limits: Limits{RPM: 1}}}})
 	acquire(t, p1, Request{Model: sonnet})
 	refused(t, p1, Request{Model: sonnet})
-	p2, err := st.NewPool(Config{Keys: []KeyConfig{{Name: "a", Org: "B", Limits: Limits{RPM: 1}}}})
+	p2, err := newPoolOn(st, Config{Keys: []KeyConfig{{Name: "a", Org: "B", Limits: Limits{RPM: 1}}}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -49,7 +49,7 @@ func TestSnapshotJSON(t *testing.T) {
 
 func TestNewStateDefaultsToRealClock(t *testing.T) {
 	st := NewState(nil)
-	p, err := st.NewPool(Config{Keys: keys("a")})
+	p, err := newPoolOn(st, Config{Keys: keys("a")})
 	if err != nil {
 		t.Fatal(err)
 	}

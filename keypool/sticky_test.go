@@ -203,7 +203,7 @@ func TestStickyExpiredEntriesRecycled(t *testing.T) {
 // stickyBytesPerSession pins n sessions and measures the heap they hold.
 func stickyBytesPerSession(tb testing.TB, n int) float64 {
 	st := NewState(clock.NewFake(t0))
-	p, err := st.NewPool(Config{Sticky: true, StickyMaxSessions: n, Keys: keys("a", "b", "c", "d")})
+	p, err := newPoolOn(st, Config{Sticky: true, StickyMaxSessions: n, Keys: keys("a", "b", "c", "d")})
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -93,7 +93,8 @@ func benchPool(b *testing.B, s selector.Strategy, n int, sticky bool) *keypool.P
 			Weight: 1 + i%3, Priority: i % 2,
 		}
 	}
-	p, err := keypool.NewState(clock.Real{}).NewPool(keypool.Config{Keys: ks, Strategy: s, Sticky: sticky, Seed: 1})
+	p, err := keypool.NewState(clock.Real{}).NewPool(keypool.Config{Keys: ks, Strategy: s, Sticky: sticky, Seed: 1,
+		TokenEstimateRatio: keypool.DefaultTokenEstimateRatio, StickyTTL: 3600e9, StickyMaxSessions: 100000, DefaultCooldown: 10e9, SpendCapPark: 3600e9})
 	if err != nil {
 		b.Fatal(err)
 	}

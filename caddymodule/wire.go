@@ -1,0 +1,34 @@
+package caddymodule
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/cc-relay/caddy-cc-relay/internal/apierr"
+)
+
+// What the upstream sends and the client expects back is Anthropic's wire
+// format, which lives in internal/apierr; these keep the handler's call
+// sites as they were.
+
+// writeError answers in the Anthropic error JSON shape. The handler writes
+// its own errors instead of returning a caddyhttp.Error, which would go to
+// the server's handle_errors routes (or Caddy's empty default answer):
+// clients such as Claude Code and the Anthropic SDKs read the error type
+// and message from this shape, and retry 429 by its Retry-After, as they
+// do for the upstream's own errors.
+func writeError(w http.ResponseWriter, status int, typ, msg string, retryAfter int) {
+	apierr.Write(w, status, typ, msg, retryAfter)
+}
+
+// errorMessage is the reason a key was disabled, from an upstream error
+// body (apierr.Reason). The caller redacts, then bounds it (maxReason);
+// the body itself is bounded by maxHeld.
+func errorMessage(body []byte) string { return apierr.Reason(body) }
+
+// spendCap recognises a 429 about the organization's spend cap, and the
+// date access returns if the upstream names it (apierr.SpendCap): that is
+// when the organization is parked until.
+func spendCap(h http.Header, body []byte, now time.Time) (time.Time, bool) {
+	return apierr.SpendCap(h, body, now)
+}
