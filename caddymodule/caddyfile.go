@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"fmt"
 	"strconv"
 
 	"github.com/caddyserver/caddy/v2"
@@ -17,9 +18,21 @@ func init() {
 }
 
 func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	h.Next() // the directive, to know its line; UnmarshalCaddyfile reads it again
+	file, line := h.File(), h.Line()
+	h.Prev()
 	m := new(Handler)
-	err := m.UnmarshalCaddyfile(h.Dispenser)
-	return m, err
+	if err := m.UnmarshalCaddyfile(h.Dispenser); err != nil {
+		return nil, err
+	}
+	// What concerns the whole block (keys at all, client tokens, duplicate
+	// names) is Validate's alone; running it here too makes 'caddy adapt'
+	// refuse such a block and name the directive's line, as the Caddyfile
+	// contract promises.
+	if err := m.Validate(); err != nil {
+		return nil, fmt.Errorf("%v, at %s:%d", err, file, line)
+	}
+	return m, nil
 }
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens:

@@ -254,3 +254,19 @@ func TestJSONOldSwitchNamesRejected(t *testing.T) {
 		}
 	}
 }
+
+// 'caddy adapt' refuses a cc_relay block that is wrong as a whole (no
+// keys, no client token, a name used twice) and names the directive's
+// line, as the Caddyfile contract promises; Validate holds the checks.
+func TestAdaptNamesTheLineOfAWholeBlockError(t *testing.T) {
+	for src, want := range map[string]string{
+		":8080\n\ncc_relay nokeys {\n\tclient_token t\n}\n":                                                      "Caddyfile:3",
+		":8080\n\ncc_relay notok {\n\tkey k\n}\n":                                                                "client_token",
+		":8080\n\ncc_relay dup {\n\tclient_token t\n\tkey a {\n\t\tname x\n\t}\n\tkey b {\n\t\tname x\n\t}\n}\n": "Caddyfile:3",
+	} {
+		_, err := adapt(t, src)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("adapt %q: %v, want an error naming %q", src, err, want)
+		}
+	}
+}
