@@ -239,7 +239,7 @@ func scenarioFairness() bool {
 				medOK := iv(p50) <= 1.5
 				ok = ok && allOK && medOK
 				targets = append(targets,
-					fmt.Sprintf("target (fair): light's requests all succeed (no 429 on the way): %d of %d, %d relay 429s %s", t.ok, t.reqs, t.relay429, check(allOK)),
+					fmt.Sprintf("target (fair): light's requests all succeed (no 429 on the way): %d of %d ok, %d relay 429s, %d upstream 429s %s", t.ok, t.reqs, t.relay429, t.up429, check(allOK)),
 					fmt.Sprintf("target (fair): light's median latency about one admission interval (<= 1.5 x %s): %.0f ms = %.2f intervals %s", interval, ms(p50), iv(p50), check(medOK)))
 			}
 		}
