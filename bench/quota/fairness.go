@@ -279,7 +279,7 @@ func scenarioFairness() bool {
 		printKeys(vs)
 	}
 	if !fairJudged {
-		fmt.Printf("(fairness targets not judged: the run is shorter than twice the warm-up, %s)\n", 2*warm)
+		fmt.Printf("(fairness targets not judged: the run is shorter than twice -fair-warmup, %s)\n", 2**flagFairWarmup)
 		return true
 	}
 	return ok

@@ -120,7 +120,7 @@ func main() {
 		fmt.Println("RESULT: some targets missed (see above)")
 		os.Exit(1)
 	case !judged:
-		fmt.Printf("RESULT: smoke run completed; targets are judged only with -duration >= %s (the limits' initial burst dominates shorter runs)\n", judgeFrom)
+		fmt.Printf("RESULT: smoke run completed; targets are judged only with -duration >= %s, fairness's with twice -fair-warmup (the limits' initial burst dominates shorter runs)\n", judgeFrom)
 	case smoke && (want["quota"] || want["failover"] || want["affinity"]) || !fairJudged && want["fairness"]:
 		fmt.Printf("RESULT: the targets judged were met; quota, failover and affinity targets are judged only with -duration >= %s, fairness with twice -fair-warmup\n", judgeFrom)
 	default:
