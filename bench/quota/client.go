@@ -39,6 +39,7 @@ type result struct {
 	other    int // other non-200 answers seen (5xx, 4xx)
 	abandon  bool
 	ttfb     time.Duration // response headers of the final attempt
+	headers  time.Time     // when they came
 	id       string        // X-Bench-Id of the final attempt
 	key      string        // X-Cc-Relay-Key of the final attempt
 	usage    usage.Usage
@@ -52,6 +53,7 @@ type client struct {
 	url    string
 	http   *http.Client
 	prefix string
+	token  string // the client token it presents as x-api-key
 	seq    atomic.Uint64
 	end    time.Time // no attempt starts after this
 
@@ -71,6 +73,7 @@ func newClient(port int, prefix string, end time.Time) *client {
 		url:    "http://127.0.0.1:" + strconv.Itoa(port) + "/v1/messages",
 		http:   &http.Client{Transport: tr},
 		prefix: prefix,
+		token:  "bench-client",
 		end:    end,
 	}
 }
@@ -90,8 +93,10 @@ func (c *client) do(ctx context.Context, req genReq, rng *rand.Rand) *result {
 	for attempt := 1; ; attempt++ {
 		res.attempts = attempt
 		res.id = fmt.Sprintf("%s-%d", c.prefix, c.seq.Add(1))
+		start := time.Now()
 		status, hdr, u, ttfb, err := c.once(ctx, req, res.id)
 		res.status, res.ttfb, res.usage = status, ttfb, u
+		res.headers = start.Add(ttfb)
 		res.key = hdr.Get("X-Cc-Relay-Key")
 		if err != nil {
 			res.errText = err.Error()
@@ -146,7 +151,7 @@ func (c *client) once(ctx context.Context, req genReq, id string) (int, http.Hea
 	h.Set("Anthropic-Version", "2023-06-01")
 	h.Set("Anthropic-Beta", "claude-code-20250219,interleaved-thinking-2025-05-14")
 	h.Set("User-Agent", "claude-cli/2.0.14 (external, cli)")
-	h.Set("X-Api-Key", "bench-client")
+	h.Set("X-Api-Key", c.token)
 	h.Set("X-Bench-Id", id)
 	if req.session != "" {
 		h.Set("X-Claude-Code-Session-Id", req.session)

@@ -12,13 +12,17 @@
 //     1 s retry-afters renewed for 30 s);
 //   - affinity: 20 concurrent growing Claude Code sessions over 4 keys in 4
 //     organizations with and without session affinity, plus a single-key
-//     baseline; then the same with limits oversubscribed 2x.
+//     baseline; then the same with limits oversubscribed 2x;
+//   - fairness: one saturated organization with max_wait, a greedy client
+//     (16 in flight) and a light one (15% of the pool), weighted fair
+//     queueing against first come first served, plus weights 2:1.
 //
 // Usage:
 //
-//	cd bench && go run ./quota                      # full run, 60 s per phase (about 4 minutes)
+//	cd bench && go run ./quota                      # full run, 60 s per phase (about 5 minutes)
 //	cd bench && go run ./quota -duration 10s        # smoke run (about 45 s; targets not judged)
-//	cd bench && go run ./quota -scenarios quota     # a subset: quota, failover, affinity
+//	cd bench && go run ./quota -scenarios quota     # a subset: quota, failover, affinity, fairness
+//	cd bench && go run ./quota -scenarios fairness -quick   # 30 s; fairness targets still judged
 //
 // docs/perf/quota.md explains every figure.
 package main
@@ -39,7 +43,8 @@ import (
 
 var (
 	flagDuration   = flag.Duration("duration", 60*time.Second, "load time of each phase (quota, failover, affinity fit, affinity oversubscribed)")
-	flagScenarios  = flag.String("scenarios", "quota,failover,affinity", "comma-separated scenarios to run: quota, failover, affinity")
+	flagScenarios  = flag.String("scenarios", "quota,failover,affinity,fairness", "comma-separated scenarios to run: quota, failover, affinity, fairness")
+	flagQuick      = flag.Bool("quick", false, "30 s per phase unless -duration is given (quota, failover and affinity targets are then not judged; fairness targets are)")
 	flagFactor     = flag.Float64("factor", 2, "quota: offered input tokens / what the limits admit over the run")
 	flagFailLoad   = flag.Float64("failover-load", 0.5, "failover: offered input tokens / the three organizations' per-minute limits")
 	flagOutMean    = flag.Int("out-mean", 500, "quota: mean output tokens of a main-model request")
@@ -47,10 +52,24 @@ var (
 	flagDeltaDelay = flag.Duration("delta-delay", 100*time.Millisecond, "mock: pause before each of the 8 stream deltas")
 	flagSeed       = flag.Uint64("seed", 1, "seed of the generated traffic")
 	flagVerbose    = flag.Bool("v", false, "print per-organization and per-key detail")
+
+	flagFairRPM      = flag.Int64("fair-rpm", 600, "fairness: the organization's requests per minute (the binding limit)")
+	flagFairLight    = flag.Float64("fair-light", 0.15, "fairness: the light client's paced rate as a share of the pool's RPM")
+	flagFairInFlight = flag.Int("fair-in-flight", 16, "fairness: the greedy client's requests in flight (closed loop)")
+	flagFairMaxWait  = flag.Duration("fair-max-wait", 30*time.Second, "fairness: the relay's max_wait")
+	flagFairWarmup   = flag.Duration("fair-warmup", 10*time.Second, "fairness: time the greedy client runs alone before light starts and the window opens (it drains the buckets' initial burst)")
+	flagFairDelta    = flag.Duration("fair-delta-delay", 10*time.Millisecond, "fairness: mock pause before each of the 8 stream deltas")
 )
 
 func main() {
 	flag.Parse()
+	if *flagQuick {
+		set := false
+		flag.Visit(func(f *flag.Flag) { set = set || f.Name == "duration" })
+		if !set {
+			*flagDuration = 30 * time.Second
+		}
+	}
 	if *flagDuration < 2*time.Second {
 		fmt.Fprintln(os.Stderr, "-duration must be at least 2s")
 		os.Exit(2)
@@ -59,17 +78,21 @@ func main() {
 	for _, s := range strings.Split(*flagScenarios, ",") {
 		s = strings.TrimSpace(s)
 		switch s {
-		case "quota", "failover", "affinity":
+		case "quota", "failover", "affinity", "fairness":
 			want[s] = true
 		case "":
 		default:
-			fmt.Fprintf(os.Stderr, "unknown scenario %q (want quota, failover, affinity)\n", s)
+			fmt.Fprintf(os.Stderr, "unknown scenario %q (want quota, failover, affinity, fairness)\n", s)
 			os.Exit(2)
 		}
 	}
 	fmt.Printf("cc_relay quota benchmark: %s, GOMAXPROCS=%d, NumCPU=%d, %s, duration %s per phase, seed %d\n",
 		runtime.Version(), runtime.GOMAXPROCS(0), runtime.NumCPU(), time.Now().UTC().Format(time.RFC3339), *flagDuration, *flagSeed)
 	start := time.Now()
+	// Quota, failover and affinity measure from the start of the run, so
+	// their targets are judged only on runs of judgeFrom or more; fairness
+	// measures after its own warm-up and is always judged.
+	smoke := *flagDuration < judgeFrom
 	ok := true
 	if want["quota"] {
 		ok = scenarioQuota() && ok
@@ -80,16 +103,26 @@ func main() {
 	if want["affinity"] {
 		ok = scenarioAffinity() && ok
 	}
+	if smoke {
+		ok = true
+	}
+	judged := !smoke && (want["quota"] || want["failover"] || want["affinity"])
+	if want["fairness"] {
+		ok = scenarioFairness() && ok
+		judged = judged || fairJudged
+	}
 	fmt.Printf("\ntotal wall time %s\n", time.Since(start).Round(time.Second))
 	switch {
 	case runFailed:
 		fmt.Println("RESULT: a scenario could not run (see above)")
 		os.Exit(1)
-	case *flagDuration < judgeFrom:
-		fmt.Printf("RESULT: smoke run completed; targets are judged only with -duration >= %s (the limits' initial burst dominates shorter runs)\n", judgeFrom)
 	case !ok:
 		fmt.Println("RESULT: some targets missed (see above)")
 		os.Exit(1)
+	case !judged:
+		fmt.Printf("RESULT: smoke run completed; targets are judged only with -duration >= %s, fairness's with twice -fair-warmup (the limits' initial burst dominates shorter runs)\n", judgeFrom)
+	case smoke && (want["quota"] || want["failover"] || want["affinity"]) || !fairJudged && want["fairness"]:
+		fmt.Printf("RESULT: the targets judged were met; quota, failover and affinity targets are judged only with -duration >= %s, fairness with twice -fair-warmup\n", judgeFrom)
 	default:
 		fmt.Println("RESULT: all targets met")
 	}

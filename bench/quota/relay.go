@@ -161,6 +161,15 @@ type relaySpec struct {
 	limits    bool // configure org labels and limits; else learn everything
 	stickyOff bool
 	up        *upstream
+	// clients are client tokens to configure; none: client auth off.
+	clients []clientTokenSpec
+	maxWait time.Duration
+}
+
+// clientTokenSpec is one client_token of a relay.
+type clientTokenSpec struct {
+	token, name string
+	weight      int
 }
 
 // freePort is a free port on 127.0.0.1 outside caddytest's fixed ports.
@@ -184,14 +193,25 @@ func (s relaySpec) handler() map[string]any {
 			keys = append(keys, k)
 		}
 	}
-	return map[string]any{
+	h := map[string]any{
 		"handler":             "cc_relay",
 		"pool":                s.pool,
 		"strategy":            s.strategy,
-		"disable_client_auth": true,
+		"disable_client_auth": len(s.clients) == 0,
 		"keys":                keys,
 		"disable_sticky":      s.stickyOff,
 	}
+	if len(s.clients) > 0 {
+		var cts []any
+		for _, c := range s.clients {
+			cts = append(cts, map[string]any{"token": c.token, "name": c.name, "weight": c.weight})
+		}
+		h["client_tokens"] = cts
+	}
+	if s.maxWait > 0 {
+		h["max_wait"] = s.maxWait.String()
+	}
+	return h
 }
 
 // caddyConfig is one Caddy configuration serving every relay of a scenario
