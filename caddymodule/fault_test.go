@@ -361,7 +361,7 @@ func TestFaultHeldResponseNeverLeaks(t *testing.T) {
 func TestFaultFlushOfHeldAttemptIsNoop(t *testing.T) {
 	rec := httptest.NewRecorder()
 	h, p := oneKeyHandler(t)
-	o := &observer{w: rec, h: h, metered: true, canRetry: true}
+	o := &observer{w: rec, h: h, ctx: context.Background(), metered: true, attempt: 1}
 	if err := p.Acquire(context.Background(), &keypool.Request{Model: "claude-sonnet-4-5", Bytes: 10}, &o.res); err != nil {
 		t.Fatal(err)
 	}

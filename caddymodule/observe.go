@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"bytes"
+	"context"
 	"net/http"
 	"strconv"
 	"strings"
@@ -18,21 +19,22 @@ const maxHeld = 64 << 10
 
 // observer wraps the ResponseWriter for one attempt. It learns from the
 // response headers at WriteHeader, reads usage from the body as it passes
-// through (never buffering a stream or delaying a flush), and holds back a
-// 429/401/403 answer that can still be retried on another key.
+// through (never buffering a stream or delaying a flush), and holds back an
+// answer that retryDecision may retry or the relay answers for.
 type observer struct {
-	w        http.ResponseWriter
-	h        *Handler
-	metered  bool
-	res      keypool.Reservation
-	canRetry bool
-	cl       *clientExchange // the request's client limits, settled with the attempt that answers
+	w       http.ResponseWriter
+	h       *Handler
+	ctx     context.Context // the client's request: no retry once it ended
+	metered bool
+	res     keypool.Reservation
+	attempt int             // the request's attempts, this one included
+	cl      *clientExchange // the request's client limits, settled with the attempt that answers
 
 	body        *bodyBuf       // the request body, released once a stream is committed
 	base        headerSnapshot // the writer's headers before the relay ran
 	status      int
 	wroteHeader bool
-	hold        bool
+	action      retryAction // retryDecision's, at WriteHeader
 	held        *heldResponse
 	writeErr    bool
 	settled     bool
@@ -50,7 +52,7 @@ type heldResponse struct {
 }
 
 func (o *observer) reset() {
-	*o = observer{w: o.w, h: o.h, metered: o.metered, body: o.body, base: o.base, cl: o.cl}
+	*o = observer{w: o.w, h: o.h, ctx: o.ctx, metered: o.metered, body: o.body, base: o.base, cl: o.cl}
 }
 
 // Header is the writer's own map: an attempt's headers go straight to the
@@ -59,7 +61,7 @@ func (o *observer) reset() {
 // nothing is copied on the path of an answer that is passed on. A held
 // answer's trailers land in its own copy.
 func (o *observer) Header() http.Header {
-	if o.hold {
+	if o.action.holds() {
 		return o.held.header
 	}
 	return o.w.Header()
@@ -128,13 +130,11 @@ func (o *observer) WriteHeader(code int) {
 	o.status = code
 	hdr := o.w.Header()
 	o.res.ObserveHeaders(code, keypool.ParseHeaders(hdr, o.h.clk.Now()))
-	retryable := code == http.StatusTooManyRequests || code == http.StatusUnauthorized || code == http.StatusForbidden ||
-		(o.h.RetryOverloaded && o.canRetry && code >= 500)
-	if retryable {
+	o.action = o.h.retryDecision(o.ctx, code, o.attempt)
+	if o.action.holds() {
 		// Nothing of a held answer reaches the client: it keeps its own
 		// copy of the headers and the writer's map is put back.
 		o.held = &heldResponse{status: code, header: hdr.Clone(), key: o.res.KeyName()}
-		o.hold = true
 		o.base.restore(hdr)
 		return
 	}
@@ -160,7 +160,7 @@ func (o *observer) Write(p []byte) (int, error) {
 	if !o.wroteHeader {
 		o.WriteHeader(http.StatusOK)
 	}
-	if o.hold {
+	if o.action.holds() {
 		if room := maxHeld - o.held.body.Len(); room > 0 {
 			o.held.body.Write(p[:min(len(p), room)])
 		}
@@ -185,12 +185,12 @@ func (o *observer) Write(p []byte) (int, error) {
 // FlushError flushes through to the client, except for a held response:
 // nothing of it may reach the client.
 func (o *observer) FlushError() error {
-	if o.hold {
+	if o.action.holds() {
 		return nil
 	}
 	if !o.wroteHeader {
 		o.WriteHeader(http.StatusOK)
-		if o.hold {
+		if o.action.holds() {
 			return nil
 		}
 	}
@@ -227,8 +227,8 @@ func (o *observer) settle(err error) {
 		status = 0 // reverse_proxy returned an error: no upstream answer
 	}
 	o.res.Settle(keypool.Result{Status: status, Usage: toPool(u)})
-	o.cl.attempt(status, o.hold, u)
-	if err == nil && o.wroteHeader && !o.hold {
+	o.cl.attempt(status, o.action.holds(), u)
+	if err == nil && o.wroteHeader && !o.action.holds() {
 		// The answer is complete and accounted for (a client's next
 		// request sees this one settled): let it reach the client now
 		// rather than after the metrics, the log fields and the
@@ -237,7 +237,7 @@ func (o *observer) settle(err error) {
 	}
 	outcome := "ok"
 	switch {
-	case o.hold:
+	case o.action.holds():
 		outcome = "upstream_" + strconv.Itoa(o.status)
 	case status == 0:
 		outcome = "upstream_error"

@@ -25,7 +25,7 @@ var sessionSeed = maphash.MakeSeed()
 
 // ServeHTTP authenticates the client, reserves a key and calls next with it,
 // retrying on another key when the upstream refuses the key before any byte
-// reached the client.
+// reached the client, as retryDecision decides.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	client, ok := h.authenticate(r)
 	// The client's credential never goes upstream, and neither it (right
@@ -134,7 +134,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// Each attempt starts from the headers the response had before the
 	// relay ran, never from an earlier attempt's.
 	rw := &ex.obs
-	*rw = observer{w: w, h: h, metered: metered, body: bb, cl: &ex.cl}
+	*rw = observer{w: w, h: h, ctx: r.Context(), metered: metered, body: bb, cl: &ex.cl}
 	rw.base.take(w.Header())
 	var held *heldResponse
 	// The access log gets the relay's fields however the request ends,
@@ -142,14 +142,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// Not info: it aliases the body, which a committed stream lets go.
 	defer func() { h.finish(ex, held, extra, attempts.N()) }()
 	start := h.clk.Now()
-	var lastErr error
 	for {
 		rw.reset()
-		if attempts.N() > 0 && r.Context().Err() != nil {
-			// The client left while an attempt was refused: no retry.
-			h.metrics.answered("client_gone")
-			return nil
-		}
 		err := h.pool.Acquire(r.Context(), &req, &rw.res)
 		if attempts.N() <= 1 {
 			h.metrics.waited(h.clk.Now().Sub(start))
@@ -162,30 +156,37 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 				return nil
 			}
 			h.refuse(w, held, nc)
-			break
+			return nil
 		}
-		rw.canRetry = attempts.N() <= h.retries
+		rw.attempt = attempts.N()
 		h.prepare(r, bb, rw.res.KeyIndex())
 		ex.key, ex.attempts, ex.upstream = rw.res.KeyName(), attempts.N(), h.upstreamOf(rw.res.KeyIndex())
-		lastErr = h.attempt(rw, r, next)
-		if !rw.hold {
-			break
+		err = h.attempt(rw, r, next)
+		if !rw.action.holds() {
+			return err
 		}
 		held = rw.takeHeld()
-		h.judge(&rw.res, held, &attempts, &ex.disabled)
-		if !rw.canRetry {
+		h.judge(&rw.res, held, &ex.disabled)
+		// Asked again: the client may have left while the answer was held.
+		switch h.retryDecision(r.Context(), held.status, rw.attempt) {
+		case answerHeld:
 			after := -1
 			if held.status == http.StatusTooManyRequests {
 				d, _ := h.pool.RetryAfter(req.Model, req.Bytes)
 				after = retryAfterSeconds(d)
 			}
 			h.answerHeld(w, held, after)
-			break
+			return err
+		case clientLeft:
+			h.metrics.answered("client_gone")
+			return nil
+		case retryOtherOrg:
+			attempts.ExcludeOrg(&rw.res)
+		default:
+			attempts.ExcludeKey(&rw.res)
 		}
 		h.metrics.retry()
-		lastErr = nil
 	}
-	return lastErr
 }
 
 // errAborted stands for a response that broke off: reverse_proxy panics
@@ -204,7 +205,7 @@ func (h *Handler) attempt(rw *observer, r *http.Request, next caddyhttp.Handler)
 	defer func() {
 		if p := recover(); p != nil {
 			rw.settle(errAborted)
-			if p == http.ErrAbortHandler && rw.hold {
+			if p == http.ErrAbortHandler && rw.action.holds() {
 				err = nil
 				return
 			}
@@ -216,19 +217,18 @@ func (h *Handler) attempt(rw *observer, r *http.Request, next caddyhttp.Handler)
 	return err
 }
 
-// judge learns from a response held back for a retry: a rejected key is
-// disabled, a rate-limited organization is avoided (and parked when it hit
-// its spend cap), and the next attempt avoids what failed.
+// judge learns from a response held back: a rejected key is disabled, and
+// an organization that reached its spend cap is parked. Which key or
+// organization the next attempt avoids is retryDecision's.
 //
 // One request disables at most one key (*disabled records that it did): a
 // transient 401/403 of the upstream (an outage of its auth service) would
 // otherwise take retries+1 keys out with one request. A further key
 // refused within the same request is only avoided by this request; the
 // next request to meet it decides on its own.
-func (h *Handler) judge(res *keypool.Reservation, held *heldResponse, attempts *keypool.Attempts, disabled *bool) {
+func (h *Handler) judge(res *keypool.Reservation, held *heldResponse, disabled *bool) {
 	switch code := held.status; {
 	case (code == http.StatusUnauthorized || code == http.StatusForbidden) && *disabled:
-		attempts.ExcludeKey(res)
 		if ce := h.logger.Check(zap.DebugLevel, "upstream rejected a second key in one request; avoided, not disabled"); ce != nil {
 			ce.Write(zap.String("key", res.KeyName()), zap.Int("status", code))
 		}
@@ -238,7 +238,6 @@ func (h *Handler) judge(res *keypool.Reservation, held *heldResponse, attempts *
 		reason := truncate(h.redact("upstream "+strconv.Itoa(code)+": "+errorMessage(held.body.Bytes())), maxReason)
 		res.Disable(reason)
 		h.prober.wake()
-		attempts.ExcludeKey(res)
 		h.metrics.disabled(res.KeyName())
 		h.logger.Warn("upstream rejected key; disabled until a probe passes, a reload or enable",
 			zap.String("key", res.KeyName()), zap.Int("status", code), zap.String("reason", reason))
@@ -248,10 +247,7 @@ func (h *Handler) judge(res *keypool.Reservation, held *heldResponse, attempts *
 			h.logger.Warn("organization reached its spend cap; parked",
 				zap.String("key", res.KeyName()), zap.Time("until", until))
 		}
-		attempts.ExcludeOrg(res)
 		h.metrics.cooldown(res.KeyName())
-	default:
-		attempts.ExcludeKey(res)
 	}
 }
 
