@@ -65,8 +65,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 
 	// One allocation for what the request needs whatever its attempts.
-	ex := &exchange{}
-	bb := &ex.body
+	rq := &relayedRequest{}
+	bb := &rq.body
 	status, typ, msg := h.readBody(w, r, bb)
 	if status != 0 {
 		closeUnread(w, r)
@@ -75,7 +75,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return nil
 	}
 
-	defer bb.done()
+	defer bb.endRequest()
 	h.prober.remember(r, next)
 	body := bb.b
 	req := keypool.Request{Bytes: len(body)}
@@ -115,32 +115,32 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		session = info.SessionID
 	}
 	// Session ids are the client's to choose: bounded where they land.
-	ex.client, ex.model, ex.session = client, info.Model, capString(session)
-	if !h.admitClient(w, &ex.cl, client, metered, &info, body) {
+	rq.client, rq.model, rq.session = client, info.Model, capString(session)
+	if !h.admitClient(w, &rq.cl, client, metered, &info, body) {
 		return nil
 	}
-	defer ex.cl.done()
+	defer rq.cl.done()
 	// Fair shares under contention are kept per client, by its weight.
 	req.Client, req.ClientWeight = client, 1
 	if cs := h.clientSet; cs != nil && cs.clients != nil {
 		req.ClientWeight = cs.clients.Weight(client)
 	}
 	if repl != nil {
-		repl.Map(ex.placeholder)
+		repl.Map(rq.placeholder)
 	}
 
 	var attempts keypool.Attempts
 	req.Attempts = &attempts
 	// Each attempt starts from the headers the response had before the
 	// relay ran, never from an earlier attempt's.
-	rw := &ex.obs
-	*rw = observer{w: w, h: h, ctx: r.Context(), metered: metered, body: bb, cl: &ex.cl}
+	rw := &rq.writer
+	*rw = attemptWriter{w: w, h: h, ctx: r.Context(), metered: metered, body: bb, cl: &rq.cl}
 	rw.base.take(w.Header())
 	var held *heldResponse
 	// The access log gets the relay's fields however the request ends,
 	// also while a panic (reverse_proxy aborting a broken stream) unwinds.
 	// Not info: it aliases the body, which a committed stream lets go.
-	defer func() { h.finish(ex, held, extra, attempts.N()) }()
+	defer func() { h.setLogFields(rq, held, extra, attempts.N()) }()
 	start := h.clk.Now()
 	for {
 		rw.reset()
@@ -159,14 +159,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			return nil
 		}
 		rw.attempt = attempts.N()
-		h.prepare(r, bb, rw.res.KeyIndex())
-		ex.key, ex.attempts, ex.upstream = rw.res.KeyName(), attempts.N(), h.upstreamOf(rw.res.KeyIndex())
+		h.setKeyAndBody(r, bb, rw.res.KeyIndex())
+		rq.key, rq.attempts, rq.upstream = rw.res.KeyName(), attempts.N(), h.upstreamOf(rw.res.KeyIndex())
 		err = h.attempt(rw, r, next)
 		if !rw.action.holds() {
 			return err
 		}
 		held = rw.takeHeld()
-		h.judge(&rw.res, held, &ex.disabled)
+		h.learnFromRefusal(&rw.res, held, &rq.disabled)
 		// Asked again: the client may have left while the answer was held.
 		switch h.retryDecision(r.Context(), held.status, rw.attempt) {
 		case answerHeld:
@@ -200,8 +200,8 @@ var errAborted = errors.New("response aborted")
 // and the panic goes on, so the server aborts the client's connection and
 // the client cannot take the broken stream for a complete one. Only an
 // answer being held back (nothing of it reached the client) is kept: it is
-// judged, then retried or replayed like any other held answer.
-func (h *Handler) attempt(rw *observer, r *http.Request, next caddyhttp.Handler) (err error) {
+// learnt from, then retried or replayed like any other held answer.
+func (h *Handler) attempt(rw *attemptWriter, r *http.Request, next caddyhttp.Handler) (err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			rw.settle(errAborted)
@@ -217,7 +217,7 @@ func (h *Handler) attempt(rw *observer, r *http.Request, next caddyhttp.Handler)
 	return err
 }
 
-// judge learns from a response held back: a rejected key is disabled, and
+// learnFromRefusal learns from a response held back: a rejected key is disabled, and
 // an organization that reached its spend cap is parked. Which key or
 // organization the next attempt avoids is retryDecision's.
 //
@@ -226,7 +226,7 @@ func (h *Handler) attempt(rw *observer, r *http.Request, next caddyhttp.Handler)
 // otherwise take retries+1 keys out with one request. A further key
 // refused within the same request is only avoided by this request; the
 // next request to meet it decides on its own.
-func (h *Handler) judge(res *keypool.Reservation, held *heldResponse, disabled *bool) {
+func (h *Handler) learnFromRefusal(res *keypool.Reservation, held *heldResponse, disabled *bool) {
 	switch code := held.status; {
 	case (code == http.StatusUnauthorized || code == http.StatusForbidden) && *disabled:
 		if ce := h.logger.Check(zap.DebugLevel, "upstream rejected a second key in one request; avoided, not disabled"); ce != nil {
@@ -304,8 +304,8 @@ func (h *Handler) answerHeld(w http.ResponseWriter, held *heldResponse, retryAft
 	held.replay(w, retryAfter, h.redactor)
 }
 
-// prepare sets the attempt's key and a fresh copy of the body on r.
-func (h *Handler) prepare(r *http.Request, bb *bodyBuf, idx int) {
+// setKeyAndBody sets the attempt's key and a fresh copy of the body on r.
+func (h *Handler) setKeyAndBody(r *http.Request, bb *bodyBuf, idx int) {
 	r.Header.Del("X-Api-Key")
 	r.Header.Del("Authorization")
 	s := h.secrets[idx]
@@ -326,6 +326,10 @@ func (h *Handler) prepare(r *http.Request, bb *bodyBuf, idx int) {
 	}
 }
 
+// bearerPrefix starts an Authorization header that carries a token, in
+// any case.
+const bearerPrefix = "bearer "
+
 // authenticate returns the client's name. Every configured token is
 // compared, in constant time, so timing tells nothing about which matched.
 func (h *Handler) authenticate(r *http.Request) (string, bool) {
@@ -334,8 +338,8 @@ func (h *Handler) authenticate(r *http.Request) (string, bool) {
 	}
 	tok := r.Header.Get("X-Api-Key")
 	if tok == "" {
-		if a := r.Header.Get("Authorization"); len(a) > 7 && strings.EqualFold(a[:7], "bearer ") {
-			tok = strings.TrimSpace(a[7:])
+		if a := r.Header.Get("Authorization"); len(a) > len(bearerPrefix) && strings.EqualFold(a[:len(bearerPrefix)], bearerPrefix) {
+			tok = strings.TrimSpace(a[len(bearerPrefix):])
 		}
 	}
 	if tok == "" {
@@ -387,7 +391,7 @@ func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, bb *bodyBuf) 
 	case err != nil:
 		return http.StatusBadRequest, "invalid_request_error", "could not read request body"
 	case tooBig:
-		bb.free()
+		bb.returnToPool()
 		return http.StatusRequestEntityTooLarge, "request_too_large", tooLarge(limit)
 	}
 	return 0, "", ""
@@ -412,11 +416,11 @@ func (h *Handler) bodyDeadline(r *http.Request) time.Duration {
 	return d
 }
 
-// exchange is what one request through the relay keeps, whatever its
+// relayedRequest is what one request through the relay keeps, whatever its
 // attempts.
-type exchange struct {
-	obs  observer
-	body bodyBuf
+type relayedRequest struct {
+	writer attemptWriter
+	body   bodyBuf
 
 	// What the placeholders show; key and attempts are the latest
 	// attempt's.
@@ -431,26 +435,26 @@ type exchange struct {
 // state: one provider per request instead of a boxed value and a locked
 // map write per placeholder and attempt. Key and attempts are known once
 // an attempt has started.
-func (ex *exchange) placeholder(name string) (any, bool) {
+func (rq *relayedRequest) placeholder(name string) (any, bool) {
 	name, ok := strings.CutPrefix(name, "http.cc_relay.")
 	if !ok {
 		return nil, false
 	}
 	switch name {
 	case "client":
-		return ex.client, true
+		return rq.client, true
 	case "model":
-		return ex.model, true
+		return rq.model, true
 	case "session":
-		return ex.session, true
+		return rq.session, true
 	case "key":
-		return ex.key, ex.attempts > 0
+		return rq.key, rq.attempts > 0
 	case "attempts":
-		return ex.attempts, ex.attempts > 0
+		return rq.attempts, rq.attempts > 0
 	case "cost_usd":
-		return ex.cl.costUSD()
+		return rq.cl.costUSD()
 	case "upstream":
-		return ex.upstream, ex.attempts > 0
+		return rq.upstream, rq.attempts > 0
 	}
 	return nil, false
 }
@@ -546,6 +550,8 @@ func errorMessage(body []byte) string {
 // returns ("You will regain access on 2026-12-01 at 00:00 UTC"); that is
 // when the organization is parked until, if it can be read.
 func spendCap(h http.Header, body []byte, now time.Time) (time.Time, bool) {
+	// "... regain access on 2026-12-01 at 00:00 UTC", lowercased.
+	const capRegain, capDate, capAt, capTime = "regain access on ", "2006-01-02", " at ", "15:04"
 	if h.Get("Retry-After") != "" {
 		return time.Time{}, false
 	}
@@ -555,12 +561,13 @@ func spendCap(h http.Header, body []byte, now time.Time) (time.Time, bool) {
 	if !strings.Contains(text, "spend") && !strings.Contains(text, "usage limit") && !strings.Contains(text, "regain access") {
 		return time.Time{}, false
 	}
-	if i := strings.Index(text, "regain access on "); i >= 0 {
-		rest := text[i+len("regain access on "):]
-		if len(rest) >= 10 {
-			if t, err := time.Parse("2006-01-02", rest[:10]); err == nil {
-				if j := strings.Index(rest, " at "); j == 10 && len(rest) >= 19 {
-					if hm, err := time.Parse("15:04", rest[14:19]); err == nil {
+	if i := strings.Index(text, capRegain); i >= 0 {
+		rest := text[i+len(capRegain):]
+		if len(rest) >= len(capDate) {
+			if t, err := time.Parse(capDate, rest[:len(capDate)]); err == nil {
+				const atFrom, timeFrom = len(capDate), len(capDate) + len(capAt)
+				if j := strings.Index(rest, capAt); j == atFrom && len(rest) >= timeFrom+len(capTime) {
+					if hm, err := time.Parse(capTime, rest[timeFrom:timeFrom+len(capTime)]); err == nil {
 						t = t.Add(time.Duration(hm.Hour())*time.Hour + time.Duration(hm.Minute())*time.Minute)
 					}
 				}
