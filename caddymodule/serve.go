@@ -550,8 +550,6 @@ func errorMessage(body []byte) string {
 // returns ("You will regain access on 2026-12-01 at 00:00 UTC"); that is
 // when the organization is parked until, if it can be read.
 func spendCap(h http.Header, body []byte, now time.Time) (time.Time, bool) {
-	// "... regain access on 2026-12-01 at 00:00 UTC", lowercased.
-	const capRegain, capDate, capAt, capTime = "regain access on ", "2006-01-02", " at ", "15:04"
 	if h.Get("Retry-After") != "" {
 		return time.Time{}, false
 	}
@@ -561,13 +559,12 @@ func spendCap(h http.Header, body []byte, now time.Time) (time.Time, bool) {
 	if !strings.Contains(text, "spend") && !strings.Contains(text, "usage limit") && !strings.Contains(text, "regain access") {
 		return time.Time{}, false
 	}
-	if i := strings.Index(text, capRegain); i >= 0 {
-		rest := text[i+len(capRegain):]
-		if len(rest) >= len(capDate) {
-			if t, err := time.Parse(capDate, rest[:len(capDate)]); err == nil {
-				const atFrom, timeFrom = len(capDate), len(capDate) + len(capAt)
-				if j := strings.Index(rest, capAt); j == atFrom && len(rest) >= timeFrom+len(capTime) {
-					if hm, err := time.Parse(capTime, rest[timeFrom:timeFrom+len(capTime)]); err == nil {
+	if i := strings.Index(text, "regain access on "); i >= 0 {
+		rest := text[i+len("regain access on "):]
+		if len(rest) >= 10 {
+			if t, err := time.Parse("2006-01-02", rest[:10]); err == nil {
+				if j := strings.Index(rest, " at "); j == 10 && len(rest) >= 19 {
+					if hm, err := time.Parse("15:04", rest[14:19]); err == nil {
 						t = t.Add(time.Duration(hm.Hour())*time.Hour + time.Duration(hm.Minute())*time.Minute)
 					}
 				}
