@@ -15,7 +15,7 @@ import (
 // the buffer is left to the garbage collector.
 type bodyBuf struct {
 	b            []byte
-	class        int     // pool class, -1 when not pooled
+	class        int     // pool class, or unpooled
 	ptr          *[]byte // what goes back to the pool, kept to save its allocation
 	open         atomic.Int32
 	replaysEnded bool // endReplays ran: no replay can follow
@@ -23,6 +23,9 @@ type bodyBuf struct {
 	first     replayReader // the first attempt's reader, to save its allocation
 	firstUsed bool
 }
+
+// unpooled is the class of a body allocated to size, outside the pools.
+const unpooled = -1
 
 // Body buffers come from sync.Pools in size classes of four per power of
 // two (at most 25% unused), so that a request's body costs no allocation
@@ -44,10 +47,10 @@ const lastClassExp = 22 // maxPooledBody: 4 MiB
 var bodyPools [(lastClassExp - firstClassExp + 1) * classesPerDoubling]sync.Pool
 
 // bodyClass returns the pool class of an n-byte body and the capacity of
-// its buffers, or -1 for a body allocated to size.
+// its buffers, or unpooled for a body allocated to size.
 func bodyClass(n int) (class, size int) {
 	if n <= minPooledBody || n > maxPooledBody {
-		return -1, n
+		return unpooled, n
 	}
 	e := bits.Len(uint(n - 1)) // 2^(e-1) < n <= 2^e
 	step := (1 << (e - 1)) / classesPerDoubling
@@ -59,7 +62,7 @@ func bodyClass(n int) (class, size int) {
 func (bb *bodyBuf) get(n int) {
 	c, size := bodyClass(n)
 	bb.class = c
-	if c < 0 {
+	if c == unpooled {
 		bb.b = make([]byte, n)
 		return
 	}
@@ -123,7 +126,7 @@ func (bb *bodyBuf) regrow(size, n int) {
 	old, oldClass, oldPtr := bb.b, bb.class, bb.ptr
 	bb.get(size)
 	copy(bb.b, old[:n])
-	if oldClass >= 0 {
+	if oldClass != unpooled {
 		*oldPtr = old[:0]
 		bodyPools[oldClass].Put(oldPtr)
 	}
@@ -132,7 +135,7 @@ func (bb *bodyBuf) regrow(size, n int) {
 // returnToPool gives the buffer back to its size class's pool now, and
 // forgets it. Only for a buffer no reader can touch.
 func (bb *bodyBuf) returnToPool() {
-	if bb.class >= 0 && bb.b != nil {
+	if bb.class != unpooled && bb.b != nil {
 		*bb.ptr = bb.b[:0]
 		bodyPools[bb.class].Put(bb.ptr)
 	}

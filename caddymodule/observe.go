@@ -279,8 +279,11 @@ func (o *attemptWriter) takeHeld() *heldResponse {
 	return h
 }
 
+// keepRetryAfter has replay pass on the upstream's own Retry-After.
+const keepRetryAfter = -1
+
 // replay sends a held-back answer to the client; retryAfter >= 1 replaces
-// the upstream's Retry-After with the pool's. The relay held it and chose to
+// the upstream's Retry-After with the pool's, keepRetryAfter keeps it. The relay held it and chose to
 // pass it on, so what it says is the relay's to answer for: every secret
 // and fragment of one is hidden in its body and header values (an upstream
 // that echoes the key it was sent would otherwise show it to the client).

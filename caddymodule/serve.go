@@ -170,7 +170,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		// Asked again: the client may have left while the answer was held.
 		switch h.retryDecision(r.Context(), held.status, rw.attempt) {
 		case answerHeld:
-			after := -1
+			after := keepRetryAfter
 			if held.status == http.StatusTooManyRequests {
 				d, _ := h.pool.RetryAfter(req.Model, req.Bytes)
 				after = retryAfterSeconds(d)
@@ -258,7 +258,7 @@ func (h *Handler) refuse(w http.ResponseWriter, held *heldResponse, nc *keypool.
 	after := retryAfterSeconds(nc.RetryAfter)
 	if held != nil {
 		if held.status != http.StatusTooManyRequests {
-			after = -1
+			after = keepRetryAfter
 		}
 		h.answerHeld(w, held, after)
 		return
@@ -362,7 +362,7 @@ func (h *Handler) authenticate(r *http.Request) (string, bool) {
 // read_body_timeout: a slow client holds a small buffer for a bounded time,
 // and no reservation (none is made before the body is read).
 func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, bb *bodyBuf) (int, string, string) {
-	bb.class = -1
+	bb.class = unpooled
 	if r.Body == nil || r.Body == http.NoBody {
 		return 0, "", ""
 	}
