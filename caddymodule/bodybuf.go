@@ -8,20 +8,24 @@ import (
 )
 
 // bodyBuf is a request body kept for replay on another key. Its buffer goes
-// back to a pool when the request ends, if every reader handed out reached
-// the end (a reader still in the transport's hands may yet read it), or is
-// dropped as soon as a response is committed to a stream, so that a long
-// stream does not keep the body alive.
+// back to its pool (returnToPool) when the request ends (endRequest) or as
+// soon as a response is committed to a stream (endReplays, so that a long
+// stream does not keep the body alive), if every reader handed out reached
+// the end; a reader still in the transport's hands may yet read it, and then
+// the buffer is left to the garbage collector.
 type bodyBuf struct {
-	b     []byte
-	class int     // pool class, -1 when not pooled
-	ptr   *[]byte // what goes back to the pool, kept to save its allocation
-	open  atomic.Int32
-	gone  bool // released: no replay can follow
+	b            []byte
+	class        int     // pool class, or unpooled
+	ptr          *[]byte // what goes back to the pool, kept to save its allocation
+	open         atomic.Int32
+	replaysEnded bool // endReplays ran: no replay can follow
 
 	first     replayReader // the first attempt's reader, to save its allocation
 	firstUsed bool
 }
+
+// unpooled is the class of a body allocated to size, outside the pools.
+const unpooled = -1
 
 // Body buffers come from sync.Pools in size classes of four per power of
 // two (at most 25% unused), so that a request's body costs no allocation
@@ -34,25 +38,31 @@ const (
 	firstClassExp = 11 // bodies of 1 KiB + 1 to 2 KiB
 )
 
-var bodyPools [(22 - firstClassExp + 1) * 4]sync.Pool
+// classesPerDoubling is how many size classes share one power of two.
+const classesPerDoubling = 4
+
+// lastClassExp is the power of two of the largest pooled body.
+const lastClassExp = 22 // maxPooledBody: 4 MiB
+
+var bodyPools [(lastClassExp - firstClassExp + 1) * classesPerDoubling]sync.Pool
 
 // bodyClass returns the pool class of an n-byte body and the capacity of
-// its buffers, or -1 for a body allocated to size.
+// its buffers, or unpooled for a body allocated to size.
 func bodyClass(n int) (class, size int) {
 	if n <= minPooledBody || n > maxPooledBody {
-		return -1, n
+		return unpooled, n
 	}
 	e := bits.Len(uint(n - 1)) // 2^(e-1) < n <= 2^e
-	step := 1 << (e - 3)
+	step := (1 << (e - 1)) / classesPerDoubling
 	size = (n + step - 1) &^ (step - 1) // 5 to 8 steps
-	return (e-firstClassExp)*4 + size/step - 5, size
+	return (e-firstClassExp)*classesPerDoubling + size/step - (classesPerDoubling + 1), size
 }
 
 // get makes bb an n-byte buffer.
 func (bb *bodyBuf) get(n int) {
 	c, size := bodyClass(n)
 	bb.class = c
-	if c < 0 {
+	if c == unpooled {
 		bb.b = make([]byte, n)
 		return
 	}
@@ -74,7 +84,7 @@ const firstBodyChunk = 64 << 10
 // than twice the bytes received: a client that declares 32 MiB and sends
 // five bytes costs 64 KiB, not 32 MiB. Buffers come from the size-class
 // pools, and one that is outgrown goes back at once. On an error the
-// buffer is freed.
+// buffer goes back to its pool.
 func (bb *bodyBuf) fill(r io.Reader, declared, limit int64) (tooBig bool, err error) {
 	end := limit + 1 // read one byte past the limit to see a body over it
 	if declared >= 0 {
@@ -98,12 +108,12 @@ func (bb *bodyBuf) fill(r io.Reader, declared, limit int64) (tooBig bool, err er
 			break
 		}
 		if rerr != nil {
-			bb.free()
+			bb.returnToPool()
 			return false, rerr
 		}
 	}
 	if declared >= 0 && int64(n) < declared {
-		bb.free()
+		bb.returnToPool()
 		return false, io.ErrUnexpectedEOF
 	}
 	bb.b = bb.b[:n]
@@ -116,41 +126,45 @@ func (bb *bodyBuf) regrow(size, n int) {
 	old, oldClass, oldPtr := bb.b, bb.class, bb.ptr
 	bb.get(size)
 	copy(bb.b, old[:n])
-	if oldClass >= 0 {
+	if oldClass != unpooled {
 		*oldPtr = old[:0]
 		bodyPools[oldClass].Put(oldPtr)
 	}
 }
 
-func (bb *bodyBuf) free() {
-	if bb.class >= 0 && bb.b != nil {
+// returnToPool gives the buffer back to its size class's pool now, and
+// forgets it. Only for a buffer no reader can touch.
+func (bb *bodyBuf) returnToPool() {
+	if bb.class != unpooled && bb.b != nil {
 		*bb.ptr = bb.b[:0]
 		bodyPools[bb.class].Put(bb.ptr)
 	}
 	bb.b, bb.ptr = nil, nil
 }
 
-// release lets go of the buffer: no attempt will replay it. It goes back
-// to its pool at once if no reader can touch it any more (the transport
-// has sent the whole body, the usual case by the time a response arrives);
-// otherwise readers still reading keep their own reference until they
-// reach the end, and the buffer is left to the garbage collector.
-func (bb *bodyBuf) release() {
-	bb.gone = true
+// endReplays lets go of the buffer once a response is committed to a
+// stream: no attempt will replay it. It goes back to its pool at once if no
+// reader can touch it any more (the transport has sent the whole body, the
+// usual case by the time a response arrives); otherwise readers still
+// reading keep their own reference until they reach the end, and the
+// buffer is left to the garbage collector.
+func (bb *bodyBuf) endReplays() {
+	bb.replaysEnded = true
 	if bb.open.Load() == 0 {
-		bb.free()
+		bb.returnToPool()
 	}
 	bb.b = nil
 }
 
-// done ends the request: the buffer goes back to the pool when no reader
-// can touch it any more.
-func (bb *bodyBuf) done() {
-	if bb == nil || bb.gone {
+// endRequest lets go of the buffer when the request ends, unless
+// endReplays already did: it goes back to its pool when no reader can touch
+// it any more, else it is left to the garbage collector.
+func (bb *bodyBuf) endRequest() {
+	if bb == nil || bb.replaysEnded {
 		return
 	}
 	if bb.open.Load() == 0 {
-		bb.free()
+		bb.returnToPool()
 	}
 	bb.b = nil
 }

@@ -62,13 +62,13 @@ func TestBodyBufRelease(t *testing.T) {
 	if bb.open.Load() != 0 {
 		t.Fatalf("open readers %d after EOF", bb.open.Load())
 	}
-	bb.release()
-	bb.done() // the request ends later: nothing more to do
+	bb.endReplays()
+	bb.endRequest() // the request ends later: nothing more to do
 	if bb.b != nil {
 		t.Fatal("released buffer still referenced")
 	}
 
-	// Half-read: the reader keeps its slice, intact, after release and done.
+	// Half-read: the reader keeps its slice, intact, after endReplays and endRequest.
 	bb = new(bodyBuf)
 	bb.get(n)
 	for i := range bb.b {
@@ -79,15 +79,15 @@ func TestBodyBufRelease(t *testing.T) {
 	if _, err := io.ReadFull(r, head); err != nil {
 		t.Fatal(err)
 	}
-	bb.release()
-	bb.done()
+	bb.endReplays()
+	bb.endRequest()
 	for range 4 {
 		other := new(bodyBuf) // may reuse pooled buffers, never r's
 		other.get(n)
 		for i := range other.b {
 			other.b[i] = 'y'
 		}
-		defer other.done()
+		defer other.endRequest()
 	}
 	rest, err := io.ReadAll(r)
 	if err != nil || len(rest) != n-100 {
@@ -115,7 +115,7 @@ func BenchmarkBodyBuf(b *testing.B) {
 				break
 			}
 		}
-		bb.done()
+		bb.endRequest()
 	}
 }
 
@@ -235,7 +235,7 @@ func TestBodyFillGrows(t *testing.T) {
 			if cap(bb.b) > max(2*n, firstBodyChunk) && cap(bb.b) > n+n/4 {
 				t.Fatalf("n=%d declared=%d: buffer of %d bytes", n, declared, cap(bb.b))
 			}
-			bb.done()
+			bb.endRequest()
 		}
 	}
 	var bb bodyBuf

@@ -441,7 +441,7 @@ func (ce *clientExchange) attempt(status int, held bool, u usage.Usage) {
 // request (max_concurrent 1, one after the other) finds it ended. The
 // body has been read for usage by then. A stream has no length: the client
 // sees it end only when the handler returns, after settle.
-func (ce *clientExchange) writing(o *observer, n int) {
+func (ce *clientExchange) writing(o *attemptWriter, n int) {
 	if ce == nil || ce.cs == nil || ce.final {
 		return
 	}

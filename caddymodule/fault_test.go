@@ -355,13 +355,13 @@ func TestFaultHeldResponseNeverLeaks(t *testing.T) {
 	}
 }
 
-// TestFaultFlushOfHeldAttemptIsNoop drives the observer directly: while a
+// TestFaultFlushOfHeldAttemptIsNoop drives the attempt writer directly: while a
 // 429 is held, FlushError (what http.ResponseController and reverse_proxy
 // call) must return nil and neither flush nor write the real writer.
 func TestFaultFlushOfHeldAttemptIsNoop(t *testing.T) {
 	rec := httptest.NewRecorder()
 	h, p := oneKeyHandler(t)
-	o := &observer{w: rec, h: h, metered: true, canRetry: true}
+	o := &attemptWriter{w: rec, h: h, ctx: context.Background(), metered: true, attempt: 1}
 	if err := p.Acquire(context.Background(), &keypool.Request{Model: "claude-sonnet-4-5", Bytes: 10}, &o.res); err != nil {
 		t.Fatal(err)
 	}
@@ -974,7 +974,7 @@ func TestHeaderSnapshotRestore(t *testing.T) {
 }
 
 // oneKeyHandler is a handler with a one-key pool and a fake clock, for
-// driving an observer directly.
+// driving an attempt writer directly.
 func oneKeyHandler(t *testing.T) (*Handler, *keypool.Pool) {
 	t.Helper()
 	h := &Handler{clk: clock.NewFake(clockT0)}
@@ -1009,7 +1009,7 @@ func (f *flushProbe) Flush() {
 func TestCompleteAnswerFlushedOnceSettled(t *testing.T) {
 	h, p := oneKeyHandler(t)
 	fw := &flushProbe{ResponseWriter: httptest.NewRecorder(), p: p}
-	o := &observer{w: fw, h: h, metered: true}
+	o := &attemptWriter{w: fw, h: h, metered: true}
 	if err := p.Acquire(context.Background(), &keypool.Request{Model: "claude-sonnet-4-5", Bytes: 10}, &o.res); err != nil {
 		t.Fatal(err)
 	}

@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"bytes"
+	"context"
 	"net/http"
 	"strconv"
 	"strings"
@@ -16,31 +17,43 @@ import (
 // maxHeld bounds a held-back error body; upstream error bodies are small.
 const maxHeld = 64 << 10
 
-// observer wraps the ResponseWriter for one attempt. It learns from the
+// attemptWriter is the ResponseWriter of one attempt. It learns from the
 // response headers at WriteHeader, reads usage from the body as it passes
-// through (never buffering a stream or delaying a flush), and holds back a
-// 429/401/403 answer that can still be retried on another key.
-type observer struct {
-	w        http.ResponseWriter
-	h        *Handler
-	metered  bool
-	res      keypool.Reservation
-	canRetry bool
-	cl       *clientExchange // the request's client limits, settled with the attempt that answers
+// through (never buffering a stream or delaying a flush), holds back an
+// answer that retryDecision may retry or the relay answers for (replayed
+// later by heldResponse.replay), and at the attempt's end settles the
+// reservation and flushes a complete answer (settle).
+type attemptWriter struct {
+	w       http.ResponseWriter
+	h       *Handler
+	ctx     context.Context // the client's request: no retry once it ended
+	metered bool
+	res     keypool.Reservation
+	attempt int             // the request's attempts, this one included
+	cl      *clientExchange // the request's client limits, settled with the attempt that answers
 
-	body        *bodyBuf       // the request body, released once a stream is committed
+	body        *bodyBuf       // the request body, let go once a stream is committed (endReplays)
 	base        headerSnapshot // the writer's headers before the relay ran
 	status      int
 	wroteHeader bool
-	hold        bool
+	action      retryAction // retryDecision's, at WriteHeader
 	held        *heldResponse
 	writeErr    bool
 	settled     bool
 
-	kind int // 0 none, 1 SSE, 2 JSON
-	sse  usage.SSEScanner
-	js   usage.JSONScanner
+	format bodyFormat // how usage is read from the answer's body
+	sse    usage.SSEScanner
+	js     usage.JSONScanner
 }
+
+// bodyFormat is how an answer's body carries its usage.
+type bodyFormat uint8
+
+const (
+	bodyUnread bodyFormat = iota // not metered, compressed or of another type: usage is not read
+	bodySSE                      // text/event-stream: read by usage.SSEScanner
+	bodyJSON                     // application/json: read by usage.JSONScanner
+)
 
 type heldResponse struct {
 	status int
@@ -49,8 +62,8 @@ type heldResponse struct {
 	key    string
 }
 
-func (o *observer) reset() {
-	*o = observer{w: o.w, h: o.h, metered: o.metered, body: o.body, base: o.base, cl: o.cl}
+func (o *attemptWriter) reset() {
+	*o = attemptWriter{w: o.w, h: o.h, ctx: o.ctx, metered: o.metered, body: o.body, base: o.base, cl: o.cl}
 }
 
 // Header is the writer's own map: an attempt's headers go straight to the
@@ -58,8 +71,8 @@ func (o *observer) reset() {
 // back as it was before the relay ran, so the next attempt starts clean and
 // nothing is copied on the path of an answer that is passed on. A held
 // answer's trailers land in its own copy.
-func (o *observer) Header() http.Header {
-	if o.hold {
+func (o *attemptWriter) Header() http.Header {
+	if o.action.holds() {
 		return o.held.header
 	}
 	return o.w.Header()
@@ -78,9 +91,12 @@ func setHeaders(dst, hdr http.Header) {
 // allocating for the usual few.
 type headerSnapshot struct {
 	n    int
-	kv   [4]headerField
+	kv   [inlineHeaders]headerField
 	more http.Header // all of them, when there are more than fit in kv
 }
+
+// inlineHeaders is how many headers a snapshot keeps without allocating.
+const inlineHeaders = 4
 
 type headerField struct {
 	k string
@@ -114,7 +130,7 @@ func (s *headerSnapshot) restore(h http.Header) {
 	}
 }
 
-func (o *observer) WriteHeader(code int) {
+func (o *attemptWriter) WriteHeader(code int) {
 	if o.wroteHeader {
 		return
 	}
@@ -128,13 +144,11 @@ func (o *observer) WriteHeader(code int) {
 	o.status = code
 	hdr := o.w.Header()
 	o.res.ObserveHeaders(code, keypool.ParseHeaders(hdr, o.h.clk.Now()))
-	retryable := code == http.StatusTooManyRequests || code == http.StatusUnauthorized || code == http.StatusForbidden ||
-		(o.h.RetryOverloaded && o.canRetry && code >= 500)
-	if retryable {
+	o.action = o.h.retryDecision(o.ctx, code, o.attempt)
+	if o.action.holds() {
 		// Nothing of a held answer reaches the client: it keeps its own
 		// copy of the headers and the writer's map is put back.
 		o.held = &heldResponse{status: code, header: hdr.Clone(), key: o.res.KeyName()}
-		o.hold = true
 		o.base.restore(hdr)
 		return
 	}
@@ -142,36 +156,36 @@ func (o *observer) WriteHeader(code int) {
 	if o.metered && hdr.Get("Content-Encoding") == "" {
 		switch {
 		case strings.HasPrefix(ct, "text/event-stream"):
-			o.kind = 1
+			o.format = bodySSE
 		case strings.HasPrefix(ct, "application/json"):
-			o.kind = 2
+			o.format = bodyJSON
 		}
 	}
-	if o.kind == 1 && o.body != nil {
+	if o.format == bodySSE && o.body != nil {
 		// A stream is committed: no retry will replay the body, and the
 		// stream may last minutes.
-		o.body.release()
+		o.body.endReplays()
 	}
 	hdr.Set("X-Cc-Relay-Key", o.res.KeyName())
 	o.w.WriteHeader(code)
 }
 
-func (o *observer) Write(p []byte) (int, error) {
+func (o *attemptWriter) Write(p []byte) (int, error) {
 	if !o.wroteHeader {
 		o.WriteHeader(http.StatusOK)
 	}
-	if o.hold {
+	if o.action.holds() {
 		if room := maxHeld - o.held.body.Len(); room > 0 {
 			o.held.body.Write(p[:min(len(p), room)])
 		}
 		return len(p), nil
 	}
-	switch o.kind {
-	case 1:
+	switch o.format {
+	case bodySSE:
 		if o.sse.Write(p) {
 			o.res.Charge(toPool(o.sse.Usage()))
 		}
-	case 2:
+	case bodyJSON:
 		o.js.Write(p)
 	}
 	o.cl.writing(o, len(p))
@@ -184,13 +198,13 @@ func (o *observer) Write(p []byte) (int, error) {
 
 // FlushError flushes through to the client, except for a held response:
 // nothing of it may reach the client.
-func (o *observer) FlushError() error {
-	if o.hold {
+func (o *attemptWriter) FlushError() error {
+	if o.action.holds() {
 		return nil
 	}
 	if !o.wroteHeader {
 		o.WriteHeader(http.StatusOK)
-		if o.hold {
+		if o.action.holds() {
 			return nil
 		}
 	}
@@ -198,16 +212,16 @@ func (o *observer) FlushError() error {
 }
 
 // Flush is FlushError for code that asserts http.Flusher.
-func (o *observer) Flush() { _ = o.FlushError() }
+func (o *attemptWriter) Flush() { _ = o.FlushError() }
 
 // Unwrap lets http.ResponseController reach the underlying writer.
-func (o *observer) Unwrap() http.ResponseWriter { return o.w }
+func (o *attemptWriter) Unwrap() http.ResponseWriter { return o.w }
 
-func (o *observer) usage() usage.Usage {
-	switch o.kind {
-	case 1:
+func (o *attemptWriter) usage() usage.Usage {
+	switch o.format {
+	case bodySSE:
 		return o.sse.Usage()
-	case 2:
+	case bodyJSON:
 		return o.js.Usage()
 	}
 	return usage.Usage{}
@@ -216,7 +230,7 @@ func (o *observer) usage() usage.Usage {
 // settle ends the attempt's reservation: usage read so far, or a refund
 // when the upstream never answered; then it flushes a complete answer and
 // records the attempt's metrics.
-func (o *observer) settle(err error) {
+func (o *attemptWriter) settle(err error) {
 	if o.settled {
 		return
 	}
@@ -227,8 +241,8 @@ func (o *observer) settle(err error) {
 		status = 0 // reverse_proxy returned an error: no upstream answer
 	}
 	o.res.Settle(keypool.Result{Status: status, Usage: toPool(u)})
-	o.cl.attempt(status, o.hold, u)
-	if err == nil && o.wroteHeader && !o.hold {
+	o.cl.attempt(status, o.action.holds(), u)
+	if err == nil && o.wroteHeader && !o.action.holds() {
 		// The answer is complete and accounted for (a client's next
 		// request sees this one settled): let it reach the client now
 		// rather than after the metrics, the log fields and the
@@ -237,7 +251,7 @@ func (o *observer) settle(err error) {
 	}
 	outcome := "ok"
 	switch {
-	case o.hold:
+	case o.action.holds():
 		outcome = "upstream_" + strconv.Itoa(o.status)
 	case status == 0:
 		outcome = "upstream_error"
@@ -259,14 +273,17 @@ func (o *observer) settle(err error) {
 	}
 }
 
-func (o *observer) takeHeld() *heldResponse {
+func (o *attemptWriter) takeHeld() *heldResponse {
 	h := o.held
 	o.held = nil
 	return h
 }
 
+// keepRetryAfter has replay pass on the upstream's own Retry-After.
+const keepRetryAfter = -1
+
 // replay sends a held-back answer to the client; retryAfter >= 1 replaces
-// the upstream's Retry-After with the pool's. The relay held it and chose to
+// the upstream's Retry-After with the pool's, keepRetryAfter keeps it. The relay held it and chose to
 // pass it on, so what it says is the relay's to answer for: every secret
 // and fragment of one is hidden in its body and header values (an upstream
 // that echoes the key it was sent would otherwise show it to the client).
@@ -291,23 +308,23 @@ func (hr *heldResponse) replay(w http.ResponseWriter, retryAfter int, red *redac
 	_, _ = w.Write(body)
 }
 
-// finish records the request in the access log's fields.
-func (h *Handler) finish(ex *exchange, held *heldResponse, extra *caddyhttp.ExtraLogFields, attempts int) {
+// setLogFields records the request in the access log's fields.
+func (h *Handler) setLogFields(rq *relayedRequest, held *heldResponse, extra *caddyhttp.ExtraLogFields, attempts int) {
 	if extra == nil {
 		return
 	}
-	o := &ex.obs
+	o := &rq.writer
 	key := o.res.KeyName()
 	if key == "" && held != nil {
 		key = held.key // a refused retry: the answer replayed is held's
 	}
 	extra.Set(zap.String("cc_relay_key", key))
-	extra.Set(zap.String("cc_relay_client", ex.client))
-	extra.Set(zap.String("cc_relay_model", ex.model))
-	extra.Set(zap.String("cc_relay_session", ex.session))
+	extra.Set(zap.String("cc_relay_client", rq.client))
+	extra.Set(zap.String("cc_relay_model", rq.model))
+	extra.Set(zap.String("cc_relay_session", rq.session))
 	extra.Set(zap.Int("cc_relay_attempts", attempts))
 	extra.Set(zap.String("cc_relay_sticky", o.res.Sticky.String()))
-	ex.cl.logCost(extra)
+	rq.cl.logCost(extra)
 	if u := o.usage(); u.HaveInput || u.HaveOutput {
 		extra.Set(zap.Int64("cc_relay_input_tokens", u.InputTokens))
 		extra.Set(zap.Int64("cc_relay_output_tokens", u.OutputTokens))

@@ -65,7 +65,7 @@ func setBody(r *http.Request, b []byte) {
 
 // send runs one attempt through next, translating the request for the
 // key's upstream and its answer back into the Anthropic API's.
-func (h *Handler) send(rw *observer, r *http.Request, next caddyhttp.Handler) error {
+func (h *Handler) send(rw *attemptWriter, r *http.Request, next caddyhttp.Handler) error {
 	if h.upstreams == nil {
 		return next.ServeHTTP(rw, r)
 	}
@@ -93,7 +93,7 @@ func (h *Handler) send(rw *observer, r *http.Request, next caddyhttp.Handler) er
 	}
 }
 
-func (h *Handler) sendBedrock(u *upstream, rw *observer, r *http.Request, body []byte, next caddyhttp.Handler) error {
+func (h *Handler) sendBedrock(u *upstream, rw *attemptWriter, r *http.Request, body []byte, next caddyhttp.Handler) error {
 	model := modelOf(body)
 	id, ok := u.modelID(model)
 	if !ok {
@@ -133,7 +133,7 @@ func (h *Handler) sendBedrock(u *upstream, rw *observer, r *http.Request, body [
 	return err
 }
 
-func (h *Handler) sendVertex(u *upstream, rw *observer, r *http.Request, body []byte, next caddyhttp.Handler) error {
+func (h *Handler) sendVertex(u *upstream, rw *attemptWriter, r *http.Request, body []byte, next caddyhttp.Handler) error {
 	model := modelOf(body)
 	count := !rw.metered
 	id, ok := u.modelID(model)
@@ -182,7 +182,7 @@ func (h *Handler) sendVertex(u *upstream, rw *observer, r *http.Request, body []
 }
 
 // errorCapture holds back an upstream error answer until it has been read
-// whole, so that it can be translated before the observer judges it.
+// whole, so that it can be translated before the attempt writer reads it.
 type errorCapture struct {
 	status int
 	hdr    http.Header
@@ -195,8 +195,8 @@ func (c *errorCapture) write(p []byte) {
 	}
 }
 
-// writeMapped sends the translated error to the observer.
-func writeMapped(o *observer, status int, body []byte) {
+// writeMapped sends the translated error to the attempt writer.
+func writeMapped(o *attemptWriter, status int, body []byte) {
 	hdr := o.Header()
 	hdr.Del("Content-Encoding")
 	hdr.Del("Transfer-Encoding")
@@ -208,12 +208,12 @@ func writeMapped(o *observer, status int, body []byte) {
 }
 
 // bedrockWriter turns a Bedrock answer into the Anthropic API's before
-// the observer sees it: an event stream into SSE (so usage is read as for
+// the attempt writer sees it: an event stream into SSE (so usage is read as for
 // Anthropic and the client gets the events it expects, flushed as they
 // arrive), an error into Anthropic's status and shape (so a throttled key
 // cools down and the request is retried elsewhere).
 type bedrockWriter struct {
-	o      *observer
+	o      *attemptWriter
 	mode   uint8 // 0 pass, 1 stream, 2 error
 	stream bedrock.Stream
 	out    []byte
@@ -282,7 +282,7 @@ func (b *bedrockWriter) finish() {
 // vertexWriter translates Vertex AI's own (Google-shaped) errors; its
 // successful answers are the Anthropic API's already.
 type vertexWriter struct {
-	o    *observer
+	o    *attemptWriter
 	hold bool
 	err  errorCapture
 }

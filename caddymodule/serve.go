@@ -24,7 +24,7 @@ var sessionSeed = maphash.MakeSeed()
 
 // ServeHTTP authenticates the client, reserves a key and calls next with it,
 // retrying on another key when the upstream refuses the key before any byte
-// reached the client.
+// reached the client, as retryDecision decides.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	client, ok := h.authenticate(r)
 	// The client's credential never goes upstream, and neither it (right
@@ -64,8 +64,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 
 	// One allocation for what the request needs whatever its attempts.
-	ex := &exchange{}
-	bb := &ex.body
+	rq := &relayedRequest{}
+	bb := &rq.body
 	status, typ, msg := h.readBody(w, r, bb)
 	if status != 0 {
 		closeUnread(w, r)
@@ -74,7 +74,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return nil
 	}
 
-	defer bb.done()
+	defer bb.endRequest()
 	h.prober.remember(r, next)
 	body := bb.b
 	req := keypool.Request{Bytes: len(body)}
@@ -114,41 +114,35 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		session = info.SessionID
 	}
 	// Session ids are the client's to choose: bounded where they land.
-	ex.client, ex.model, ex.session = client, info.Model, capString(session)
-	if !h.admitClient(w, &ex.cl, client, metered, &info, body) {
+	rq.client, rq.model, rq.session = client, info.Model, capString(session)
+	if !h.admitClient(w, &rq.cl, client, metered, &info, body) {
 		return nil
 	}
-	defer ex.cl.done()
+	defer rq.cl.done()
 	// Fair shares under contention are kept per client, by its weight.
 	req.Client, req.ClientWeight = client, 1
 	if cs := h.clientSet; cs != nil && cs.clients != nil {
 		req.ClientWeight = cs.clients.Weight(client)
 	}
 	if repl != nil {
-		repl.Map(ex.placeholder)
+		repl.Map(rq.placeholder)
 	}
 
 	var attempts keypool.Attempts
 	req.Attempts = &attempts
 	// Each attempt starts from the headers the response had before the
 	// relay ran, never from an earlier attempt's.
-	rw := &ex.obs
-	*rw = observer{w: w, h: h, metered: metered, body: bb, cl: &ex.cl}
+	rw := &rq.writer
+	*rw = attemptWriter{w: w, h: h, ctx: r.Context(), metered: metered, body: bb, cl: &rq.cl}
 	rw.base.take(w.Header())
 	var held *heldResponse
 	// The access log gets the relay's fields however the request ends,
 	// also while a panic (reverse_proxy aborting a broken stream) unwinds.
 	// Not info: it aliases the body, which a committed stream lets go.
-	defer func() { h.finish(ex, held, extra, attempts.N()) }()
+	defer func() { h.setLogFields(rq, held, extra, attempts.N()) }()
 	start := h.clk.Now()
-	var lastErr error
 	for {
 		rw.reset()
-		if attempts.N() > 0 && r.Context().Err() != nil {
-			// The client left while an attempt was refused: no retry.
-			h.metrics.answered("client_gone")
-			return nil
-		}
 		err := h.pool.Acquire(r.Context(), &req, &rw.res)
 		if attempts.N() <= 1 {
 			h.metrics.waited(h.clk.Now().Sub(start))
@@ -161,30 +155,37 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 				return nil
 			}
 			h.refuse(w, held, nc)
-			break
+			return nil
 		}
-		rw.canRetry = attempts.N() <= h.retries
-		h.prepare(r, bb, rw.res.KeyIndex())
-		ex.key, ex.attempts, ex.upstream = rw.res.KeyName(), attempts.N(), h.upstreamOf(rw.res.KeyIndex())
-		lastErr = h.attempt(rw, r, next)
-		if !rw.hold {
-			break
+		rw.attempt = attempts.N()
+		h.setKeyAndBody(r, bb, rw.res.KeyIndex())
+		rq.key, rq.attempts, rq.upstream = rw.res.KeyName(), attempts.N(), h.upstreamOf(rw.res.KeyIndex())
+		err = h.attempt(rw, r, next)
+		if !rw.action.holds() {
+			return err
 		}
 		held = rw.takeHeld()
-		h.judge(&rw.res, held, &attempts, &ex.disabled)
-		if !rw.canRetry {
-			after := -1
+		h.learnFromRefusal(&rw.res, held, &rq.disabled)
+		// Asked again: the client may have left while the answer was held.
+		switch h.retryDecision(r.Context(), held.status, rw.attempt) {
+		case answerHeld:
+			after := keepRetryAfter
 			if held.status == http.StatusTooManyRequests {
 				d, _ := h.pool.RetryAfter(req.Model, req.Bytes)
 				after = retryAfterSeconds(d)
 			}
 			h.answerHeld(w, held, after)
-			break
+			return err
+		case clientLeft:
+			h.metrics.answered("client_gone")
+			return nil
+		case retryOtherOrg:
+			attempts.ExcludeOrg(&rw.res)
+		default:
+			attempts.ExcludeKey(&rw.res)
 		}
 		h.metrics.retry()
-		lastErr = nil
 	}
-	return lastErr
 }
 
 // errAborted stands for a response that broke off: reverse_proxy panics
@@ -198,12 +199,12 @@ var errAborted = errors.New("response aborted")
 // and the panic goes on, so the server aborts the client's connection and
 // the client cannot take the broken stream for a complete one. Only an
 // answer being held back (nothing of it reached the client) is kept: it is
-// judged, then retried or replayed like any other held answer.
-func (h *Handler) attempt(rw *observer, r *http.Request, next caddyhttp.Handler) (err error) {
+// learnt from, then retried or replayed like any other held answer.
+func (h *Handler) attempt(rw *attemptWriter, r *http.Request, next caddyhttp.Handler) (err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			rw.settle(errAborted)
-			if p == http.ErrAbortHandler && rw.hold {
+			if p == http.ErrAbortHandler && rw.action.holds() {
 				err = nil
 				return
 			}
@@ -215,19 +216,18 @@ func (h *Handler) attempt(rw *observer, r *http.Request, next caddyhttp.Handler)
 	return err
 }
 
-// judge learns from a response held back for a retry: a rejected key is
-// disabled, a rate-limited organization is avoided (and parked when it hit
-// its spend cap), and the next attempt avoids what failed.
+// learnFromRefusal learns from a response held back: a rejected key is disabled, and
+// an organization that reached its spend cap is parked. Which key or
+// organization the next attempt avoids is retryDecision's.
 //
 // One request disables at most one key (*disabled records that it did): a
 // transient 401/403 of the upstream (an outage of its auth service) would
 // otherwise take retries+1 keys out with one request. A further key
 // refused within the same request is only avoided by this request; the
 // next request to meet it decides on its own.
-func (h *Handler) judge(res *keypool.Reservation, held *heldResponse, attempts *keypool.Attempts, disabled *bool) {
+func (h *Handler) learnFromRefusal(res *keypool.Reservation, held *heldResponse, disabled *bool) {
 	switch code := held.status; {
 	case (code == http.StatusUnauthorized || code == http.StatusForbidden) && *disabled:
-		attempts.ExcludeKey(res)
 		if ce := h.logger.Check(zap.DebugLevel, "upstream rejected a second key in one request; avoided, not disabled"); ce != nil {
 			ce.Write(zap.String("key", res.KeyName()), zap.Int("status", code))
 		}
@@ -237,7 +237,6 @@ func (h *Handler) judge(res *keypool.Reservation, held *heldResponse, attempts *
 		reason := truncate(h.redact("upstream "+strconv.Itoa(code)+": "+errorMessage(held.body.Bytes())), maxReason)
 		res.Disable(reason)
 		h.prober.wake()
-		attempts.ExcludeKey(res)
 		h.metrics.disabled(res.KeyName())
 		h.logger.Warn("upstream rejected key; disabled until a probe passes, a reload or enable",
 			zap.String("key", res.KeyName()), zap.Int("status", code), zap.String("reason", reason))
@@ -247,10 +246,7 @@ func (h *Handler) judge(res *keypool.Reservation, held *heldResponse, attempts *
 			h.logger.Warn("organization reached its spend cap; parked",
 				zap.String("key", res.KeyName()), zap.Time("until", until))
 		}
-		attempts.ExcludeOrg(res)
 		h.metrics.cooldown(res.KeyName())
-	default:
-		attempts.ExcludeKey(res)
 	}
 }
 
@@ -261,7 +257,7 @@ func (h *Handler) refuse(w http.ResponseWriter, held *heldResponse, nc *keypool.
 	after := retryAfterSeconds(nc.RetryAfter)
 	if held != nil {
 		if held.status != http.StatusTooManyRequests {
-			after = -1
+			after = keepRetryAfter
 		}
 		h.answerHeld(w, held, after)
 		return
@@ -307,8 +303,8 @@ func (h *Handler) answerHeld(w http.ResponseWriter, held *heldResponse, retryAft
 	held.replay(w, retryAfter, h.redactor)
 }
 
-// prepare sets the attempt's key and a fresh copy of the body on r.
-func (h *Handler) prepare(r *http.Request, bb *bodyBuf, idx int) {
+// setKeyAndBody sets the attempt's key and a fresh copy of the body on r.
+func (h *Handler) setKeyAndBody(r *http.Request, bb *bodyBuf, idx int) {
 	r.Header.Del("X-Api-Key")
 	r.Header.Del("Authorization")
 	s := h.secrets[idx]
@@ -329,6 +325,10 @@ func (h *Handler) prepare(r *http.Request, bb *bodyBuf, idx int) {
 	}
 }
 
+// bearerPrefix starts an Authorization header that carries a token, in
+// any case.
+const bearerPrefix = "bearer "
+
 // authenticate returns the client's name. Every configured token is
 // compared, in constant time, so timing tells nothing about which matched.
 func (h *Handler) authenticate(r *http.Request) (string, bool) {
@@ -337,8 +337,8 @@ func (h *Handler) authenticate(r *http.Request) (string, bool) {
 	}
 	tok := r.Header.Get("X-Api-Key")
 	if tok == "" {
-		if a := r.Header.Get("Authorization"); len(a) > 7 && strings.EqualFold(a[:7], "bearer ") {
-			tok = strings.TrimSpace(a[7:])
+		if a := r.Header.Get("Authorization"); len(a) > len(bearerPrefix) && strings.EqualFold(a[:len(bearerPrefix)], bearerPrefix) {
+			tok = strings.TrimSpace(a[len(bearerPrefix):])
 		}
 	}
 	if tok == "" {
@@ -361,7 +361,7 @@ func (h *Handler) authenticate(r *http.Request) (string, bool) {
 // read_body_timeout: a slow client holds a small buffer for a bounded time,
 // and no reservation (none is made before the body is read).
 func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, bb *bodyBuf) (int, string, string) {
-	bb.class = -1
+	bb.class = unpooled
 	if r.Body == nil || r.Body == http.NoBody {
 		return 0, "", ""
 	}
@@ -390,7 +390,7 @@ func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, bb *bodyBuf) 
 	case err != nil:
 		return http.StatusBadRequest, "invalid_request_error", "could not read request body"
 	case tooBig:
-		bb.free()
+		bb.returnToPool()
 		return http.StatusRequestEntityTooLarge, "request_too_large", tooLarge(limit)
 	}
 	return 0, "", ""
@@ -415,11 +415,11 @@ func (h *Handler) bodyDeadline(r *http.Request) time.Duration {
 	return d
 }
 
-// exchange is what one request through the relay keeps, whatever its
+// relayedRequest is what one request through the relay keeps, whatever its
 // attempts.
-type exchange struct {
-	obs  observer
-	body bodyBuf
+type relayedRequest struct {
+	writer attemptWriter
+	body   bodyBuf
 
 	// What the placeholders show; key and attempts are the latest
 	// attempt's.
@@ -434,26 +434,26 @@ type exchange struct {
 // state: one provider per request instead of a boxed value and a locked
 // map write per placeholder and attempt. Key and attempts are known once
 // an attempt has started.
-func (ex *exchange) placeholder(name string) (any, bool) {
+func (rq *relayedRequest) placeholder(name string) (any, bool) {
 	name, ok := strings.CutPrefix(name, "http.cc_relay.")
 	if !ok {
 		return nil, false
 	}
 	switch name {
 	case "client":
-		return ex.client, true
+		return rq.client, true
 	case "model":
-		return ex.model, true
+		return rq.model, true
 	case "session":
-		return ex.session, true
+		return rq.session, true
 	case "key":
-		return ex.key, ex.attempts > 0
+		return rq.key, rq.attempts > 0
 	case "attempts":
-		return ex.attempts, ex.attempts > 0
+		return rq.attempts, rq.attempts > 0
 	case "cost_usd":
-		return ex.cl.costUSD()
+		return rq.cl.costUSD()
 	case "upstream":
-		return ex.upstream, ex.attempts > 0
+		return rq.upstream, rq.attempts > 0
 	}
 	return nil, false
 }
