@@ -552,8 +552,18 @@ func TestConnectionDroppedByServer(t *testing.T) {
 		s.beat()
 		time.Sleep(20 * time.Millisecond)
 	}
-	if a := s.Reserve(ctx, b, [3]float64{1, 0, 0}, [3]float64{1, 0, 0}); a.Mode != keypool.SharedModeShared {
-		t.Fatalf("after recovery: %+v", a)
+	// The client may still hold another connection the server dropped: a
+	// reservation can meet it once more and fall back again, and the next
+	// heartbeat brings the store back. Within a few rounds it serves shared.
+	for i := 0; ; i++ {
+		a := s.Reserve(ctx, b, [3]float64{1, 0, 0}, [3]float64{1, 0, 0})
+		if a.Mode == keypool.SharedModeShared {
+			break
+		}
+		if i == 5 {
+			t.Fatalf("after recovery: %+v", a)
+		}
+		s.beat()
 	}
 }
 
