@@ -201,17 +201,7 @@ func printClients(w io.Writer, clients []keypool.ClientSnapshot, p painter) {
 		}
 		bar, barCode, spent := "", "", fmt.Sprintf("$%.2f", c.Spend.SpentUSD)
 		if c.Spend.BudgetUSD != nil && *c.Spend.BudgetUSD > 0 {
-			share := math.Min(1, math.Max(0, c.Spend.SpentUSD / *c.Spend.BudgetUSD))
-			n := int(math.Round(share * barWidth))
-			bar = "[" + strings.Repeat("#", n) + strings.Repeat("-", barWidth-n) + "]"
-			switch {
-			case share >= 0.95:
-				barCode = ansiRed
-			case share >= 0.75:
-				barCode = ansiYellow
-			default:
-				barCode = ansiGreen
-			}
+			bar, barCode = shareBar(c.Spend.SpentUSD / *c.Spend.BudgetUSD)
 			spent += fmt.Sprintf(" / $%.2f %s", *c.Spend.BudgetUSD, c.Spend.Period)
 		}
 		t.row("", c.Name, "", inFlight, "", strconv.Itoa(c.Weight), "", strings.Join(limits, " · "),
@@ -246,7 +236,14 @@ func budgetBar(b keypool.BucketSnapshot) (bar, used, code, source string) {
 		return "[" + strings.Repeat(" ", barWidth) + "]", "? / " + count(limit), "", source
 	}
 	u := limit - b.Remaining
-	share := math.Min(1, math.Max(0, float64(u)/float64(limit)))
+	bar, code = shareBar(float64(u) / float64(limit))
+	return bar, count(u) + " / " + count(limit), code, source
+}
+
+// shareBar draws a used share (0 to 1) as a bar, with its colour: red from
+// 95%, yellow from 75%, else green.
+func shareBar(share float64) (bar, code string) {
+	share = math.Min(1, math.Max(0, share))
 	n := int(math.Round(share * barWidth))
 	bar = "[" + strings.Repeat("#", n) + strings.Repeat("-", barWidth-n) + "]"
 	switch {
@@ -257,7 +254,7 @@ func budgetBar(b keypool.BucketSnapshot) (bar, used, code, source string) {
 	default:
 		code = ansiGreen
 	}
-	return bar, count(u) + " / " + count(limit), code, source
+	return bar, code
 }
 
 // count prints a number short: 1234, 12.3k, 1.2M.
