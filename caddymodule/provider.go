@@ -188,7 +188,7 @@ func (h *Handler) provisionProviders(repl *caddy.Replacer, cfg *keypool.Config, 
 		return nil
 	}
 	h.upstreams = make([]upstream, 0, len(h.Keys)+len(h.Bedrock)+len(h.Vertex))
-	h.elig = &eligibility{m: map[string][]bool{}}
+	h.elig = &eligibility{m: map[routeModel][]bool{}}
 	for i, k := range h.Keys {
 		u := upstream{kind: kindAnthropic, dial: defaultUpstream, https: true}
 		if k.Upstream != "" {

@@ -24,7 +24,14 @@ const (
 // eligibility caches, per route and model, which keys can serve it.
 type eligibility struct {
 	mu sync.Mutex
-	m  map[string][]bool
+	m  map[routeModel][]bool
+}
+
+// routeModel keys the cache; a struct key, unlike a joined string, costs
+// no allocation per request.
+type routeModel struct {
+	route int
+	model string
 }
 
 // maxEligibility bounds the cache: model names come from clients.
@@ -65,7 +72,7 @@ func (h *Handler) route(w http.ResponseWriter, r *http.Request, req *keypool.Req
 }
 
 func (h *Handler) eligible(rt int, model string) []bool {
-	key := strconv.Itoa(rt) + model
+	key := routeModel{rt, model}
 	e := h.elig
 	e.mu.Lock()
 	only, ok := e.m[key]
