@@ -301,24 +301,24 @@ func (p *Pool) reserve(i int, now int64, class int, est float64, req *Request, r
 	res.p, res.idx, res.ks, res.o, res.bud = p, i, m.ks, o, b
 	res.class, res.bytes, res.est, res.maxTokens = class, req.Bytes, est, req.MaxTokens
 	res.Sticky = so
-	for k := range b.b {
-		res.mark[k] = b.b[k].charged
+	for k := range b.buckets {
+		res.mark[k] = b.buckets[k].charged
 	}
 	if req.Passive {
 		res.est, res.input = 0, inputPassive
 	} else {
-		b.b[kindRequests].charge(1)
+		b.buckets[kindRequests].charge(1)
 		// A body larger than the bucket is admitted when it is full, as
 		// upstream; it still leaves at most one capacity of debt, and
 		// the reservation is what was charged, so that settling it
 		// corrects exactly that.
-		if bk := &b.b[kindInput]; bk.init && est > bk.level {
+		if bk := &b.buckets[kindInput]; bk.init && est > bk.level {
 			if c := capOf(m.caps[kindInput], bk); c > 0 && est > bk.level+c {
 				est = max(0, bk.level+c)
 				res.est = est
 			}
 		}
-		b.b[kindInput].charge(est)
+		b.buckets[kindInput].charge(est)
 		res.outRes = p.st.est[class].outMean
 		b.pendingOut += res.outRes
 	}
@@ -376,8 +376,8 @@ func (p *Pool) earliest(now int64, class int, est float64, only []bool) (int64, 
 		at := max(now, o.parkUntil, b.coolUntil)
 		need := [numKinds]float64{1, est, 0}
 		held := [numKinds]float64{b.holdReq, b.holdIn, 0}
-		for k := range b.b {
-			bk := &b.b[k]
+		for k := range b.buckets {
+			bk := &b.buckets[k]
 			bk.refill(now, caps[k])
 			var w float64
 			if k == kindOutput {

@@ -67,7 +67,7 @@ func (cs *ClientState) Destruct() error { return nil }
 // clientState is one client's state. Guarded by its ClientState's lock.
 type clientState struct {
 	name     string
-	b        [numKinds]bucket
+	buckets  [numKinds]bucket
 	est      estimator
 	inFlight int
 
@@ -330,12 +330,12 @@ func (c *Clients) Admit(req *ClientRequest, res *ClientReservation) error {
 	margin := st.est.margin()
 	var worst, limit int64
 	var wait float64
-	for k := range st.b {
+	for k := range st.buckets {
 		capacity := m.caps[k]
 		if capacity <= 0 {
 			continue
 		}
-		bk := &st.b[k]
+		bk := &st.buckets[k]
 		bk.refill(nowNs, capacity)
 		var w float64
 		switch k {
@@ -383,8 +383,8 @@ func (c *Clients) Admit(req *ClientRequest, res *ClientReservation) error {
 		}
 	}
 
-	st.b[kindRequests].charge(1)
-	st.b[kindInput].charge(est)
+	st.buckets[kindRequests].charge(1)
+	st.buckets[kindInput].charge(est)
 	st.inFlight++
 	st.reserved = st.reserved.Plus(need)
 	st.totals.Requests++
@@ -433,17 +433,17 @@ func (r *ClientReservation) Settle() {
 	u := r.usage
 	switch {
 	case !r.reached:
-		st.b[kindRequests].charge(-1)
-		st.b[kindInput].charge(-r.est)
+		st.buckets[kindRequests].charge(-1)
+		st.buckets[kindInput].charge(-r.est)
 	case r.haveIn:
-		st.b[kindInput].charge(float64(u.InputTokens+u.CacheCreationInputTokens) - r.est)
+		st.buckets[kindInput].charge(float64(u.InputTokens+u.CacheCreationInputTokens) - r.est)
 		st.est.observe(r.bytes, Usage{InputTokens: u.InputTokens, CacheCreationInputTokens: u.CacheCreationInputTokens,
 			CacheReadInputTokens: u.CacheReadInputTokens, HaveInput: true})
 	default:
 		// Answered without usage (an error): the upstream counted no input.
-		st.b[kindInput].charge(-r.est)
+		st.buckets[kindInput].charge(-r.est)
 	}
-	st.b[kindOutput].charge(float64(u.OutputTokens))
+	st.buckets[kindOutput].charge(float64(u.OutputTokens))
 	if st.epoch == r.epoch {
 		st.reserved = st.reserved.Plus(-r.reserved)
 		st.spent = st.spent.Plus(r.cost)
@@ -491,9 +491,9 @@ func (c *Clients) Reset(name string) bool {
 	st.roll(cs.clock.Now(), m.cfg.Period)
 	st.spent = 0
 	st.dirty = true
-	for k := range st.b {
-		if m.caps[k] > 0 && st.b[k].init {
-			st.b[k].level = m.caps[k]
+	for k := range st.buckets {
+		if m.caps[k] > 0 && st.buckets[k].init {
+			st.buckets[k].level = m.caps[k]
 		}
 	}
 	return true

@@ -56,11 +56,11 @@ func (c *Clients) Snapshot() []ClientSnapshot {
 			MaxConcurrent: m.cfg.MaxConcurrent, InFlight: st.inFlight, Totals: st.totals,
 		}
 		dst := [numKinds]*BucketSnapshot{&s.Requests, &s.InputTokens, &s.OutputTokens}
-		for k := range st.b {
+		for k := range st.buckets {
 			*dst[k] = BucketSnapshot{Configured: int64(m.caps[k]), Remaining: -1}
 			if m.caps[k] > 0 {
-				st.b[k].refill(now.UnixNano(), m.caps[k])
-				dst[k].Remaining = int64(math.Floor(st.b[k].level))
+				st.buckets[k].refill(now.UnixNano(), m.caps[k])
+				dst[k].Remaining = int64(math.Floor(st.buckets[k].level))
 			}
 		}
 		start := time.Unix(0, st.periodStart).UTC()

@@ -86,7 +86,7 @@ func (p *Pool) overShare(i int, now int64, class int, need float64, req *Request
 	var wait float64
 	short := false
 	for k := kindRequests; k <= kindInput; k++ {
-		bk := &b.b[k]
+		bk := &b.buckets[k]
 		if caps[k] <= 0 || !bk.init {
 			continue
 		}

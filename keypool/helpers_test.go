@@ -138,11 +138,11 @@ func level(t testing.TB, p *Pool, name, model string, kind int) float64 {
 	defer st.mu.Unlock()
 	b := p.members[i].ks.org.resolve().budget(p.classIndexOf(model))
 	caps := p.capsOf(i, b)
-	b.b[kind].refill(st.clock.Now().UnixNano(), caps[kind])
-	if caps[kind] <= 0 || !b.b[kind].init {
+	b.buckets[kind].refill(st.clock.Now().UnixNano(), caps[kind])
+	if caps[kind] <= 0 || !b.buckets[kind].init {
 		return math.NaN()
 	}
-	return b.b[kind].level
+	return b.buckets[kind].level
 }
 
 func inFlight(p *Pool, name string) int {

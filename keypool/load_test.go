@@ -28,8 +28,8 @@ func (v *view) loadLoop(i int) (bool, float64, int) {
 	caps := v.p.capsOf(i, b)
 	h := 1.0
 	need := [numKinds]float64{1, v.est, 0}
-	for k := range b.b {
-		bk := &b.b[k]
+	for k := range b.buckets {
+		bk := &b.buckets[k]
 		bk.refill(v.now, caps[k])
 		if k == kindOutput {
 			if caps[k] > 0 && bk.init && bk.level-max(0, b.pendingOut) <= 0 {
@@ -62,8 +62,8 @@ func TestLoadMatchesLoop(t *testing.T) {
 		o := p.members[0].ks.org
 		b := o.budget(class)
 		now := t0.UnixNano() + rng.Int64N(int64(120e9))
-		for k := range b.b {
-			bk := &b.b[k]
+		for k := range b.buckets {
+			bk := &b.buckets[k]
 			bk.learned = pick(0, 0, 60, 1000, 5e5)
 			if rng.IntN(4) > 0 {
 				bk.init = true

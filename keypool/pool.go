@@ -180,7 +180,7 @@ func (o *org) label() string {
 }
 
 type budget struct {
-	b          [numKinds]bucket
+	buckets    [numKinds]bucket
 	coolUntil  int64
 	coolReason string
 	// pendingOut is the output that requests in flight are expected to
@@ -267,8 +267,8 @@ func mergeBudgets(dst, src *org, now int64, caps [numKinds]float64) {
 			continue
 		}
 		tb := dst.budget(c)
-		for k := range b.b {
-			from, to := &b.b[k], &tb.b[k]
+		for k := range b.buckets {
+			from, to := &b.buckets[k], &tb.buckets[k]
 			capacity := caps[k]
 			if capacity <= 0 {
 				capacity = math.Max(from.learned, to.learned)
@@ -447,7 +447,7 @@ func (st *State) NewPool(cfg Config) (*Pool, error) {
 				continue
 			}
 			for k, c := range p.capsOf(i, b) {
-				b.b[k].clampTo(c)
+				b.buckets[k].clampTo(c)
 			}
 		}
 	}
@@ -507,9 +507,9 @@ func (p *Pool) Enable(name string) bool {
 			}
 			b.coolUntil, b.coolReason = 0, ""
 			caps := p.capsOf(i, b)
-			for k := range b.b {
-				b.b[k].refill(now, caps[k])
-				if bk := &b.b[k]; bk.init && bk.level < 0 {
+			for k := range b.buckets {
+				b.buckets[k].refill(now, caps[k])
+				if bk := &b.buckets[k]; bk.init && bk.level < 0 {
 					bk.level = 0
 				}
 			}
@@ -529,7 +529,7 @@ func (p *Pool) Name(i int) string { return p.members[i].cfg.Name }
 func (p *Pool) capsOf(i int, b *budget) [numKinds]float64 {
 	var c [numKinds]float64
 	for k := range c {
-		c[k] = capOf(p.members[i].caps[k], &b.b[k])
+		c[k] = capOf(p.members[i].caps[k], &b.buckets[k])
 	}
 	return c
 }
@@ -573,7 +573,7 @@ func (v *view) Load(i int) (bool, float64, int) {
 	// What waiters hold ahead (see waitQueue) is not there to take; both
 	// holds are zero unless someone waits.
 	h := 1.0
-	bk := &b.b[kindRequests]
+	bk := &b.buckets[kindRequests]
 	if c := capOf(m.caps[kindRequests], bk); c > 0 {
 		bk.refill(now, c)
 		if !bk.admitsBeyond(c, 1, b.holdReq) {
@@ -581,7 +581,7 @@ func (v *view) Load(i int) (bool, float64, int) {
 		}
 		h = min(h, bk.headroomBeyond(c, b.holdReq))
 	}
-	bk = &b.b[kindInput]
+	bk = &b.buckets[kindInput]
 	if c := capOf(m.caps[kindInput], bk); c > 0 {
 		bk.refill(now, c)
 		if !bk.admitsBeyond(c, v.est, b.holdIn) {
@@ -589,7 +589,7 @@ func (v *view) Load(i int) (bool, float64, int) {
 		}
 		h = min(h, bk.headroomBeyond(c, b.holdIn))
 	}
-	bk = &b.b[kindOutput]
+	bk = &b.buckets[kindOutput]
 	if c := capOf(m.caps[kindOutput], bk); c > 0 {
 		bk.refill(now, c)
 		// Output is charged as it is produced: admission needs positive

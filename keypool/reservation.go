@@ -171,23 +171,23 @@ func (r *Reservation) syncHeaders(now int64, status int, lims [numKinds]Limit) *
 		// input. Give them back before syncing, which otherwise takes
 		// them as counted and leaves the estimate charged whenever the
 		// level lies within the headers' rounding: no penalty.
-		b.b[kindRequests].charge(-1)
-		b.b[kindInput].charge(-r.est)
+		b.buckets[kindRequests].charge(-1)
+		b.buckets[kindInput].charge(-r.est)
 		r.input = inputRefunded
 	}
 	own := [numKinds]float64{1, r.est, r.output}
 	for k, l := range lims {
 		if l.Limit > 0 {
-			b.b[k].learned = learnedLimit(k, l.Limit)
+			b.buckets[k].learned = learnedLimit(k, l.Limit)
 		}
 		caps := p.capsOf(r.idx, b)
-		b.b[k].refill(now, caps[k])
+		b.buckets[k].refill(now, caps[k])
 		if l.Remaining < 0 || caps[k] <= 0 {
 			continue
 		}
 		later := 0.0
 		if marksValid {
-			later = math.Max(0, b.b[k].charged-r.mark[k]-own[k])
+			later = math.Max(0, b.buckets[k].charged-r.mark[k]-own[k])
 		}
 		gran := 1.0
 		if k != kindRequests && l.Remaining%1000 == 0 {
@@ -200,8 +200,8 @@ func (r *Reservation) syncHeaders(now int64, status int, lims [numKinds]Limit) *
 		// more left.
 		cfg := p.members[r.idx].caps[k]
 		raise := marksValid && (cfg == 0 || cfg == float64(l.Limit))
-		moved := b.b[k].sync(caps[k], l.Remaining, later, gran, raise)
-		b.b[k].floor(caps[k])
+		moved := b.buckets[k].sync(caps[k], l.Remaining, later, gran, raise)
+		b.buckets[k].floor(caps[k])
 		if k == kindInput {
 			r.voidMarks()
 			if r.input <= inputSynced { // not refunded, charged, passive or settled
@@ -316,15 +316,15 @@ func (r *Reservation) charge(u Usage) {
 		in := math.Min(float64(u.InputTokens+u.CacheCreationInputTokens), inputBound(r.bytes, caps[kindInput]))
 		switch r.input {
 		case inputRefunded:
-			b.b[kindInput].charge(in)
+			b.buckets[kindInput].charge(in)
 		case inputEstimated, inputSyncKept:
-			b.b[kindInput].charge(in - r.est)
+			b.buckets[kindInput].charge(in - r.est)
 		case inputCharged:
 			if in > r.in {
 				// Cumulative usage grew during the turn (server tools
 				// add input): the upstream charges that too, after any
 				// header.
-				b.b[kindInput].charge(in - r.in)
+				b.buckets[kindInput].charge(in - r.in)
 				r.in = in
 			}
 		}
@@ -344,12 +344,12 @@ func (r *Reservation) charge(u Usage) {
 	if out := math.Min(float64(u.OutputTokens), outputBound(r.maxTokens, caps[kindOutput])); u.HaveOutput && out > r.output {
 		d := out - r.output
 		b.pendingOut -= max(0, r.outRes-r.output) - max(0, r.outRes-out)
-		b.b[kindOutput].charge(d)
+		b.buckets[kindOutput].charge(d)
 		r.ks.totals.OutputTokens += int64(d)
 		r.output = out
 	}
-	b.b[kindInput].floor(caps[kindInput])
-	b.b[kindOutput].floor(caps[kindOutput])
+	b.buckets[kindInput].floor(caps[kindInput])
+	b.buckets[kindOutput].floor(caps[kindOutput])
 }
 
 // Result is how an attempt ended.
@@ -381,9 +381,9 @@ func (r *Reservation) Settle(res Result) {
 	}
 	if r.input == inputEstimated && !ok {
 		// The upstream did not count this request's input.
-		b.b[kindInput].charge(-r.est)
+		b.buckets[kindInput].charge(-r.est)
 		if res.Status == 0 || res.Status >= 500 {
-			b.b[kindRequests].charge(-1) // not the key's fault: no penalty
+			b.buckets[kindRequests].charge(-1) // not the key's fault: no penalty
 		}
 	}
 	r.input = inputSettled

@@ -87,11 +87,11 @@ func (p *Pool) Snapshot() Snapshot {
 			caps := p.capsOf(i, b)
 			bs := BudgetSnapshot{Class: st.cnames[c]}
 			out := [numKinds]*BucketSnapshot{&bs.Requests, &bs.InputTokens, &bs.OutputTokens}
-			for k := range b.b {
-				b.b[k].refill(now, caps[k])
-				*out[k] = BucketSnapshot{Configured: int64(m.caps[k]), Learned: int64(b.b[k].learned), Remaining: -1}
-				if caps[k] > 0 && b.b[k].init {
-					out[k].Remaining = int64(math.Floor(b.b[k].level))
+			for k := range b.buckets {
+				b.buckets[k].refill(now, caps[k])
+				*out[k] = BucketSnapshot{Configured: int64(m.caps[k]), Learned: int64(b.buckets[k].learned), Remaining: -1}
+				if caps[k] > 0 && b.buckets[k].init {
+					out[k].Remaining = int64(math.Floor(b.buckets[k].level))
 				}
 			}
 			if b.coolUntil > now {
