@@ -196,9 +196,11 @@ func (p *Pool) wait(ctx context.Context, now int64, class int, est, margin, need
 			return &NoCapacityError{RetryAfter: after, NoKeys: noKeys}
 		}
 		w.armed = min(w.wakeAt, w.deadline)
-		sleep := time.Duration(max(w.armed-now, minSleep))
+		at := max(w.armed, now+minSleep)
 		st.mu.Unlock()
-		t := st.clock.NewTimer(sleep)
+		// Armed at a point in time: time may move on before the timer
+		// exists, and a sleep counted from then would wake late.
+		t := st.clock.NewTimerAt(time.Unix(0, at))
 		fired := false
 		select {
 		case <-w.ch:
@@ -219,12 +221,17 @@ func (p *Pool) wait(ctx context.Context, now int64, class int, est, margin, need
 			st.mu.Unlock()
 			return ctx.Err()
 		}
-		t.Stop()
+		if !t.Stop() {
+			// Woken by a signal while the timer fired too: select
+			// chose at random, and the time it was armed for has come.
+			fired = true
+		}
 		st.mu.Lock()
 		now = st.clock.Now().UnixNano()
-		if fired && !w.done {
-			// Its refill time (or deadline) came: a pass decides, so
-			// that the order holds whoever's timer fires first.
+		if !w.done && (fired || now >= w.wakeAt) {
+			// Its refill time (or deadline) came, whether its timer
+			// told it or time moved while it woke for a signal: a pass
+			// decides, so that the order holds whoever wakes first.
 			st.dispatch(class, now)
 		}
 	}

@@ -33,6 +33,11 @@ type bucket struct {
 
 const nanosPerMinute = 60e9
 
+// slack absorbs floating-point error in refill arithmetic: a second's
+// refill of a 60-a-minute bucket can come to 0.9999999999999999 of a
+// request, and without slack that request would wait another minSleep.
+const slack = 1e-9
+
 // refill brings the bucket up to now; it never moves time backwards.
 func (b *bucket) refill(now int64, capacity float64) {
 	if capacity <= 0 {
@@ -58,7 +63,7 @@ func (b *bucket) admits(capacity, n float64) bool {
 	if capacity <= 0 || !b.init {
 		return true
 	}
-	return b.level >= min(n, capacity)
+	return b.level+slack >= min(n, capacity)
 }
 
 // admitsBeyond is admits once held (what waiters hold ahead) is set
@@ -67,7 +72,7 @@ func (b *bucket) admitsBeyond(capacity, n, held float64) bool {
 	if capacity <= 0 || !b.init {
 		return true
 	}
-	return b.level-held >= min(n, capacity)
+	return b.level-held+slack >= min(n, capacity)
 }
 
 // wait is how long until admitsBeyond(capacity, n, held) becomes true by
@@ -77,7 +82,7 @@ func (b *bucket) wait(capacity, n, held float64) float64 {
 		return 0
 	}
 	need := held + min(n, capacity) - b.level
-	if need <= 0 {
+	if need <= slack {
 		return 0
 	}
 	return need / capacity * nanosPerMinute

@@ -12,6 +12,10 @@ import (
 type Clock interface {
 	Now() time.Time
 	NewTimer(d time.Duration) Timer
+	// NewTimerAt fires at a point in time rather than after a duration:
+	// a waiter that read the time, let go of a lock and only then arms
+	// its timer must not wake late by however far time moved meanwhile.
+	NewTimerAt(at time.Time) Timer
 }
 
 // Timer is the part of *time.Timer the pool uses.
@@ -48,6 +52,9 @@ func (Real) Now() time.Time {
 
 // NewTimer returns a *time.Timer; it holds no goroutine.
 func (Real) NewTimer(d time.Duration) Timer { return realTimer{time.NewTimer(d)} }
+
+// NewTimerAt returns a *time.Timer that fires at at.
+func (r Real) NewTimerAt(at time.Time) Timer { return r.NewTimer(time.Until(at)) }
 
 type realTimer struct{ t *time.Timer }
 
@@ -104,8 +111,21 @@ func (f *Fake) Advance(d time.Duration) {
 func (f *Fake) NewTimer(d time.Duration) Timer {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	t := &fakeTimer{f: f, when: f.now.Add(d), ch: make(chan time.Time, 1)}
-	if d <= 0 {
+	return f.timerAt(f.now.Add(d))
+}
+
+// NewTimerAt returns a timer that fires when the fake time reaches at (at
+// once when it has).
+func (f *Fake) NewTimerAt(at time.Time) Timer {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.timerAt(at)
+}
+
+// timerAt arms a timer for at; f.mu is held.
+func (f *Fake) timerAt(at time.Time) Timer {
+	t := &fakeTimer{f: f, when: at, ch: make(chan time.Time, 1)}
+	if !at.After(f.now) {
 		t.ch <- f.now
 		return t
 	}
