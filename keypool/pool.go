@@ -83,6 +83,11 @@ type Config struct {
 	SpendCapPark time.Duration
 	// Seed seeds random choices (tests pass a fixed one).
 	Seed uint64
+	// Shared, when set, holds the pool's budgets, learned limits,
+	// cooldowns, parks, disabled keys and session pins where every relay
+	// instance naming the same pool sees them (see SharedState); nil keeps
+	// all of it in this process. The pool does not close it.
+	Shared SharedState
 }
 
 // State is the part of a pool that survives config reloads.
