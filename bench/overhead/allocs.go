@@ -30,7 +30,7 @@ func runAllocs(o *options, rep *report) error {
 		return err
 	}
 	p, a, b := ss.p, ss.a, ss.b
-	defer p.stop()
+	defer p.Stop()
 	b4 := makeBodies(4<<10, 8, false)
 	s4 := makeBodies(4<<10, 8, true)
 	b200 := makeBodies(200<<10, 8, false)
@@ -95,10 +95,10 @@ func runAllocs(o *options, rep *report) error {
 }
 
 func saveProfile(p *caddyProc, path, file string) error {
-	if err := p.gc(); err != nil {
+	if err := p.GC(); err != nil {
 		return err
 	}
-	b, err := p.get(path)
+	b, err := p.Get(path)
 	if err != nil {
 		return err
 	}

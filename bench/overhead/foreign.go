@@ -56,5 +56,5 @@ func tasksNS(pid string) int64 {
 // foreignNS is the machine's busy CPU time minus ours and Caddy's, as a
 // counter: take it before and after a round and subtract.
 func foreignNS(p *caddyProc) int64 {
-	return hostBusyNS() - tasksNS("self") - p.cpuNS()
+	return hostBusyNS() - tasksNS("self") - p.CPUNS()
 }

@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/cc-relay/caddy-cc-relay/bench/internal/caddyproc"
 )
 
 // memRound is one fresh Caddy process holding n streams through one site.
@@ -99,7 +101,7 @@ func memoryRound(o *options, u *upstream, site string, bs, warm *bodySet, exact 
 		return nil, err
 	}
 	p, a, b := ss.p, ss.a, ss.b
-	defer p.stop()
+	defer p.Stop()
 	t := a
 	if site == "B" {
 		t = b
@@ -115,19 +117,19 @@ func memoryRound(o *options, u *upstream, site string, bs, warm *bodySet, exact 
 		t.tr.CloseIdleConnections()
 		time.Sleep(time.Second)
 		var err error
-		if m.rssKB[i], err = p.rssKB(); err != nil {
+		if m.rssKB[i], err = p.RSSKB(); err != nil {
 			return err
 		}
-		if err := p.gc(); err != nil {
+		if err := p.GC(); err != nil {
 			return err
 		}
 		m.heapProf[i] = saveHeap(o, p, fmt.Sprintf("heap-%s-%dk-%d-%d.pprof", site, bs.size>>10, seq, i))
-		ms, err := p.memstats()
+		ms, err := p.MemStats()
 		if err != nil {
 			return err
 		}
 		m.heap[i], m.stack[i], m.live[i] = ms.HeapInuse, ms.StackInuse, ms.HeapInuse+ms.StackInuse
-		m.goroutines[i], _, err = p.goroutines()
+		m.goroutines[i], _, err = p.Goroutines()
 		return err
 	}
 	if err := snap(0); err != nil {
@@ -140,13 +142,13 @@ func memoryRound(o *options, u *upstream, site string, bs, warm *bodySet, exact 
 		// Idle client connections must not be closed now: they are the
 		// open streams. Take the snapshot without closing.
 		time.Sleep(time.Second)
-		if m.rssKB[1], err = p.rssKB(); err == nil {
-			if err = p.gc(); err == nil {
+		if m.rssKB[1], err = p.RSSKB(); err == nil {
+			if err = p.GC(); err == nil {
 				m.heapProf[1] = saveHeap(o, p, fmt.Sprintf("heap-%s-%dk-%d-1.pprof", site, bs.size>>10, seq))
-				var ms memStats
-				if ms, err = p.memstats(); err == nil {
+				var ms caddyproc.MemStats
+				if ms, err = p.MemStats(); err == nil {
 					m.heap[1], m.stack[1], m.live[1] = ms.HeapInuse, ms.StackInuse, ms.HeapInuse+ms.StackInuse
-					m.goroutines[1], _, err = p.goroutines()
+					m.goroutines[1], _, err = p.Goroutines()
 				}
 			}
 		}
@@ -173,7 +175,7 @@ func memoryRound(o *options, u *upstream, site string, bs, warm *bodySet, exact 
 }
 
 func saveHeap(o *options, p *caddyProc, name string) string {
-	b, err := p.get("/debug/pprof/heap")
+	b, err := p.Get("/debug/pprof/heap")
 	if err != nil {
 		return ""
 	}

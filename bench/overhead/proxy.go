@@ -40,13 +40,13 @@ func newSites(o *options, name string, u *upstream, maxConns int, env ...string)
 // measure runs f and charges it the Caddy CPU time and allocations that
 // happened meanwhile.
 func measure(p *caddyProc, f func() *roundResult) *roundResult {
-	m0, _ := p.memstats()
+	m0, _ := p.MemStats()
 	f0 := foreignNS(p)
-	c0 := p.cpuNS()
+	c0 := p.CPUNS()
 	r := f()
-	c1 := p.cpuNS()
+	c1 := p.CPUNS()
 	f1 := foreignNS(p)
-	m1, _ := p.memstats()
+	m1, _ := p.MemStats()
 	r.cpuNS = c1 - c0
 	r.foreign = max(0, float64(f1-f0)/float64(r.elapsed))
 	r.mallocs = m1.Mallocs - m0.Mallocs
@@ -106,8 +106,8 @@ func runProxyPhases(o *options, rep *report, phase map[string]bool) error {
 		return err
 	}
 	p, a, b := ss.p, ss.a, ss.b
-	defer p.stop()
-	log.Printf("caddy pid %d: A %s, B %s, admin %s, upstream %s", p.pid, a.url, b.url, p.admin, u.addr)
+	defer p.Stop()
+	log.Printf("caddy pid %d: A %s, B %s, admin %s, upstream %s", p.PID(), a.url, b.url, p.Admin(), u.addr)
 
 	sessions := max(o.conc, o.streamConc)
 	b4 := makeBodies(4<<10, sessions, false)
@@ -202,11 +202,11 @@ func profileSite(o *options, p *caddyProc, t *target, bs *bodySet) (*profileResu
 		if strings.HasPrefix(path, "/debug/pprof/allocs") {
 			// Publish every allocation made so far: the allocs profile
 			// is as of the last completed GC.
-			if err := p.gc(); err != nil {
+			if err := p.GC(); err != nil {
 				return "", err
 			}
 		}
-		b, err := p.get(path)
+		b, err := p.Get(path)
 		if err != nil {
 			return "", err
 		}
@@ -228,11 +228,11 @@ func profileSite(o *options, p *caddyProc, t *target, bs *bodySet) (*profileResu
 		}
 	}()
 	time.Sleep(200 * time.Millisecond)
-	c0 := p.cpuNS()
+	c0 := p.CPUNS()
 	r0 := reqs.Load()
 	pr.cpu, err = save(fmt.Sprintf("/debug/pprof/profile?seconds=%d", o.profileSec), "cpu-"+tag+".pprof")
 	pr.requests = reqs.Load() - r0
-	pr.cpuNS = p.cpuNS() - c0
+	pr.cpuNS = p.CPUNS() - c0
 	stop.Store(true)
 	<-done
 	pr.allocRequests = reqs.Load()

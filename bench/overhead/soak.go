@@ -110,7 +110,7 @@ func runSoak(o *options, rep *report) error {
 	if err != nil {
 		return err
 	}
-	defer p.stop()
+	defer p.Stop()
 	t := newTarget("B", cfg.portB, o.soakWorkers*2)
 	sizes := []*bodySet{makeBodies(4<<10, 64, false), makeBodies(24<<10, 64, false), makeBodies(200<<10, 16, false)}
 	streams := []*bodySet{makeBodies(4<<10, 64, true), makeBodies(24<<10, 64, true)}
@@ -202,14 +202,14 @@ func runSoak(o *options, rep *report) error {
 	snap := func(gc bool, start time.Time) soakSnap {
 		s := soakSnap{at: time.Since(start)}
 		if gc {
-			_ = p.gc()
+			_ = p.GC()
 		}
-		s.rssKB, _ = p.rssKB()
-		if ms, err := p.memstats(); err == nil {
+		s.rssKB, _ = p.RSSKB()
+		if ms, err := p.MemStats(); err == nil {
 			s.heapAlloc, s.heapInuse, s.stackInuse = ms.HeapAlloc, ms.HeapInuse, ms.StackInuse
 		}
 		var dump string
-		s.goroutines, dump, _ = p.goroutines()
+		s.goroutines, dump, _ = p.Goroutines()
 		s.connG, s.moduleG, _ = classifyGoroutines(dump)
 		s.inFlight = poolInFlight(p)
 		return s
@@ -245,7 +245,7 @@ func runSoak(o *options, rep *report) error {
 		revoked := false
 		for i := 0; ; {
 			select {
-			case <-p.done:
+			case <-p.Done():
 				res.crashed = true
 				return
 			case <-sample.C:
@@ -309,12 +309,12 @@ func runSoak(o *options, rep *report) error {
 		}
 	}
 	res.settleTime = time.Since(settleStart)
-	_, dump, _ := p.goroutines()
+	_, dump, _ := p.Goroutines()
 	_, _, res.leakStacks = classifyGoroutines(dump)
 	st := mock.Stats()
 	res.upstreamInFlight, res.upstream = st.InFlight, st.Total
 	select {
-	case <-p.done:
+	case <-p.Done():
 		res.crashed = true
 	default:
 	}
@@ -384,7 +384,7 @@ func sortedStrings(v []string) []string {
 // poolInFlight sums in_flight over the relay's admin API answer; -1 when
 // the API is not there.
 func poolInFlight(p *caddyProc) int {
-	b, err := p.get("/cc_relay/pools")
+	b, err := p.Get("/cc_relay/pools")
 	if err != nil {
 		return -1
 	}

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/cc-relay/caddy-cc-relay/bench/internal/ccload"
 )
 
 // ---------------------------------------------------------------- fairness
@@ -31,15 +33,15 @@ import (
 // fairRequest is a main-model streaming request of 2-4 KB (about 500-1000
 // prompt tokens) with a short answer, so that requests are alike and the
 // requests-per-minute limit is the one that binds.
-func fairRequest(r *rand.Rand, session string) genReq {
-	out := expOut(r, 20, 100, 400)
-	b := body{
-		Model: modelSonnet, MaxTokens: 1024, Stream: true,
-		System:   []block{{Type: "text", Text: claudeCodeIntro}},
-		Messages: []message{{Role: "user", Content: []block{{Type: "text", Text: text(r, 2000+r.IntN(2000)) + marker(out)}}}},
-		Metadata: map[string]string{"user_id": userID(r, session)},
+func fairRequest(r *rand.Rand, session string) ccload.Request {
+	out := ccload.ExpOut(r, 20, 100, 400)
+	b := ccload.Body{
+		Model: ccload.ModelSonnet, MaxTokens: 1024, Stream: true,
+		System:   []ccload.Block{{Type: "text", Text: ccload.ClaudeCodeIntro}},
+		Messages: []ccload.Message{{Role: "user", Content: []ccload.Block{{Type: "text", Text: ccload.Text(r, 2000+r.IntN(2000)) + ccload.Marker(out)}}}},
+		Metadata: map[string]string{"user_id": ccload.UserID(r, session)},
 	}
-	return genReq{body: encode(b), model: modelSonnet, class: "sonnet", stream: true, out: out, session: session}
+	return ccload.Request{Body: ccload.Encode(b), Model: ccload.ModelSonnet, Class: "sonnet", Stream: true, Out: out, Session: session}
 }
 
 // fairRole is one load generator of a fairness variant.
@@ -49,23 +51,21 @@ type fairRole struct {
 	weight   int     // the client's weight
 	inFlight int     // closed loop with this many requests in flight; 0: paced
 	rate     float64 // paced: requests per second, from the end of the warm-up
-	cl       *client
+	cl       *ccload.Client
 }
 
 func (r *fairRole) token() string { return "bench-fair-token-" + r.name }
 
 // upstreamOK counts the upstream's 200 answers to the role's attempts that
 // arrived in [from, to).
-func upstreamOK(u *upstream, prefix string, from, to time.Time) int {
-	u.mu.Lock()
-	defer u.mu.Unlock()
+func upstreamOK(u *ccload.Upstream, prefix string, from, to time.Time) int {
 	n := 0
-	for id, as := range u.attempts {
+	for id, as := range u.Attempts() {
 		if !strings.HasPrefix(id, prefix+"-") {
 			continue
 		}
 		for _, a := range as {
-			if a.status == http.StatusOK && !a.at.Before(from) && a.at.Before(to) {
+			if a.Status == http.StatusOK && !a.At.Before(from) && a.At.Before(to) {
 				n++
 			}
 		}
@@ -76,11 +76,11 @@ func upstreamOK(u *upstream, prefix string, from, to time.Time) int {
 // fairLatency is the time from a request's first attempt to the response
 // headers of its last (the wait for admission, plus the upstream's first
 // byte) of the ok requests sent in [from, to).
-func fairLatency(rs []*result, from, to time.Time) []time.Duration {
+func fairLatency(rs []*ccload.Result, from, to time.Time) []time.Duration {
 	var out []time.Duration
 	for _, r := range rs {
-		if r.ok() && !r.sent.Before(from) && r.sent.Before(to) {
-			out = append(out, r.headers.Sub(r.sent))
+		if r.OK() && !r.Sent.Before(from) && r.Sent.Before(to) {
+			out = append(out, r.Headers.Sub(r.Sent))
 		}
 	}
 	return out
@@ -102,7 +102,7 @@ func scenarioFairness() bool {
 	tokMean := 3000.0/4 + 60 // mean prompt: ~3000 B of text / 4 + the envelope
 	itpm := int64(2 * float64(rpm) * tokMean / 1000 * 1000)
 	otpm := int64(rpm * 400)
-	orgs := []orgSpec{{id: "org-f", keys: 2, rpm: rpm, itpm: itpm, otpm: otpm}}
+	orgs := []ccload.Org{{ID: "org-f", Keys: 2, RPM: rpm, ITPM: itpm, OTPM: otpm}}
 	lightRate := *flagFairLight * float64(rpm) / 60
 	depth := *flagFairInFlight
 	fmt.Printf("\n== fairness (issue 14): one saturated organization, max_wait %s, %s (the first %s a warm-up, not measured) ==\n", *flagFairMaxWait, d, warm)
@@ -128,7 +128,7 @@ func scenarioFairness() bool {
 		},
 	}
 	mk := func(name string) *variant {
-		spec := relaySpec{strategy: "least_loaded", limits: true, maxWait: *flagFairMaxWait, up: newUpstream(orgs, *flagFairDelta)}
+		spec := relaySpec{strategy: "least_loaded", limits: true, maxWait: *flagFairMaxWait, up: ccload.NewUpstream(orgs, *flagFairDelta)}
 		for _, r := range roles[name] {
 			spec.clients = append(spec.clients, clientTokenSpec{token: r.token(), name: r.client, weight: r.weight})
 		}
@@ -137,7 +137,7 @@ func scenarioFairness() bool {
 	vs := []*variant{mk("fair"), mk("fifo"), mk("weighted")}
 	defer func() {
 		for _, v := range vs {
-			v.spec.up.close()
+			v.spec.up.Close()
 		}
 	}()
 	var t0Mu sync.Mutex
@@ -148,16 +148,16 @@ func scenarioFairness() bool {
 		t0Mu.Unlock()
 		var wg sync.WaitGroup
 		for ri, r := range roles[v.name] {
-			r.cl = newClient(v.spec.port, fmt.Sprintf("fairness-%s-%s", v.name, r.name), end)
-			r.cl.token = r.token()
+			r.cl = ccload.NewClient(v.spec.port, fmt.Sprintf("fairness-%s-%s", v.name, r.name), end)
+			r.cl.Token = r.token()
 			if r.inFlight > 0 {
 				for slot := range r.inFlight {
 					wg.Go(func() {
 						rng := rand.New(rand.NewPCG(*flagSeed, uint64(100*ri+slot)+2000))
-						session := uuid(rng)
+						session := ccload.UUID(rng)
 						for time.Now().Before(end) && ctx.Err() == nil {
-							res := r.cl.do(ctx, fairRequest(rng, session), rng)
-							if !res.ok() && res.status != http.StatusTooManyRequests && !sleepUntil(ctx, time.Now().Add(100*time.Millisecond)) {
+							res := r.cl.Do(ctx, fairRequest(rng, session), rng)
+							if !res.OK() && res.Status != http.StatusTooManyRequests && !ccload.SleepUntil(ctx, time.Now().Add(100*time.Millisecond)) {
 								return
 							}
 						}
@@ -167,17 +167,17 @@ func scenarioFairness() bool {
 			}
 			wg.Go(func() {
 				rng := rand.New(rand.NewPCG(*flagSeed, uint64(100*ri)+3000))
-				session := uuid(rng)
+				session := ccload.UUID(rng)
 				period := time.Duration(float64(time.Second) / r.rate)
 				var inner sync.WaitGroup
 				for i := 0; ; i++ {
 					at := t0.Add(warm + time.Duration(i)*period)
-					if !at.Before(end) || !sleepUntil(ctx, at) {
+					if !at.Before(end) || !ccload.SleepUntil(ctx, at) {
 						break
 					}
 					req := fairRequest(rng, session)
 					seed := uint64(i) + 4000
-					inner.Go(func() { r.cl.do(ctx, req, rand.New(rand.NewPCG(*flagSeed, seed))) })
+					inner.Go(func() { r.cl.Do(ctx, req, rand.New(rand.NewPCG(*flagSeed, seed))) })
 				}
 				inner.Wait()
 			})
@@ -191,7 +191,7 @@ func scenarioFairness() bool {
 	}
 	for _, v := range vs {
 		for _, r := range roles[v.name] {
-			r.cl.close()
+			r.cl.Close()
 		}
 	}
 	from, to := start.Add(warm), start.Add(d)
@@ -213,33 +213,33 @@ func scenarioFairness() bool {
 	for _, v := range vs {
 		total := 0
 		for _, r := range roles[v.name] {
-			total += upstreamOK(v.spec.up, r.cl.prefix, from, to)
+			total += upstreamOK(v.spec.up, r.cl.Prefix(), from, to)
 		}
 		s := &summary{use: float64(total) / capWin}
-		for _, n := range v.spec.up.limited() {
+		for _, n := range v.spec.up.Limited() {
 			s.up429 += n
 		}
 		sums[v.name] = s
 		for _, r := range roles[v.name] {
-			rs := r.cl.all()
-			t := totals(rs)
-			adm := upstreamOK(v.spec.up, r.cl.prefix, from, to)
+			rs := r.cl.All()
+			t := ccload.Tally(rs)
+			adm := upstreamOK(v.spec.up, r.cl.Prefix(), from, to)
 			lat := fairLatency(rs, from, to)
-			p50 := pct(lat, 50)
+			p50 := ccload.Pct(lat, 50)
 			load := fmt.Sprintf("%d in flight", r.inFlight)
 			if r.inFlight == 0 {
 				load = fmt.Sprintf("%.2f req/s", r.rate)
 				s.lightP50 = p50
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%d\t%d\t%d\t%d\t%d\t%.2f\t%.1f%%\t%.0f ms\t%.0f ms\t%.0f ms\t%.0f ms\t%.2f\t\n",
-				v.name, r.name, r.client, r.weight, load, t.reqs, t.ok, t.relay429, t.up429, adm, float64(adm)/window.Seconds(),
-				100*float64(adm)/math.Max(1, float64(total)), ms(p50), ms(pct(lat, 90)), ms(pct(lat, 99)), ms(pct(lat, 100)), iv(p50))
+				v.name, r.name, r.client, r.weight, load, t.Reqs, t.OK, t.Relay429, t.Up429, adm, float64(adm)/window.Seconds(),
+				100*float64(adm)/math.Max(1, float64(total)), ms(p50), ms(ccload.Pct(lat, 90)), ms(ccload.Pct(lat, 99)), ms(ccload.Pct(lat, 100)), iv(p50))
 			if v.name == "fair" && r.name == "light" {
-				allOK := t.reqs > 0 && t.ok == t.reqs && t.relay429 == 0 && t.up429 == 0
+				allOK := t.Reqs > 0 && t.OK == t.Reqs && t.Relay429 == 0 && t.Up429 == 0
 				medOK := iv(p50) <= 1.5
 				ok = ok && allOK && medOK
 				targets = append(targets,
-					fmt.Sprintf("target (fair): light's requests all succeed (no 429 on the way): %d of %d ok, %d relay 429s, %d upstream 429s %s", t.ok, t.reqs, t.relay429, t.up429, check(allOK)),
+					fmt.Sprintf("target (fair): light's requests all succeed (no 429 on the way): %d of %d ok, %d relay 429s, %d upstream 429s %s", t.OK, t.Reqs, t.Relay429, t.Up429, check(allOK)),
 					fmt.Sprintf("target (fair): light's median latency about one admission interval (<= 1.5 x %s): %.0f ms = %.2f intervals %s", interval, ms(p50), iv(p50), check(medOK)))
 			}
 		}
@@ -260,8 +260,8 @@ func scenarioFairness() bool {
 	ok = ok && useOK
 	fmt.Printf("light's median latency, fifo / fair: %.1fx (%.0f ms vs %.0f ms)\n", float64(fifo.lightP50)/math.Max(1, float64(fair.lightP50)), ms(fifo.lightP50), ms(fair.lightP50))
 	w := roles["weighted"]
-	a2 := upstreamOK(vs[2].spec.up, w[0].cl.prefix, from, to)
-	a1 := upstreamOK(vs[2].spec.up, w[1].cl.prefix, from, to)
+	a2 := upstreamOK(vs[2].spec.up, w[0].cl.Prefix(), from, to)
+	a1 := upstreamOK(vs[2].spec.up, w[1].cl.Prefix(), from, to)
 	ratio := float64(a2) / math.Max(1, float64(a1))
 	wOK := ratio >= 1.8 && ratio <= 2.2
 	ok = ok && wOK
@@ -271,7 +271,7 @@ func scenarioFairness() bool {
 	fmt.Printf("target (fair): pool >= 95%% used in the window: %.1f%% %s\n", 100*fair.use, check(useOK))
 	fmt.Printf("target (weighted): admitted weight-2 / weight-1 within 2 +- 10%%: %d / %d = %.2f %s\n", a2, a1, ratio, check(wOK))
 	for _, v := range vs {
-		if l := v.spec.up.limited(); len(l) > 0 {
+		if l := v.spec.up.Limited(); len(l) > 0 {
 			fmt.Printf("upstream 429s of %s by the limit they name: %v; seconds from the start: %s\n", v.name, l, limitedAt(v.spec.up, start))
 		}
 	}
@@ -286,14 +286,12 @@ func scenarioFairness() bool {
 }
 
 // limitedAt lists when the upstream's 429s came, in seconds from t0.
-func limitedAt(u *upstream, t0 time.Time) string {
-	u.mu.Lock()
-	defer u.mu.Unlock()
+func limitedAt(u *ccload.Upstream, t0 time.Time) string {
 	var at []float64
-	for _, as := range u.attempts {
+	for _, as := range u.Attempts() {
 		for _, a := range as {
-			if a.status == http.StatusTooManyRequests {
-				at = append(at, a.at.Sub(t0).Seconds())
+			if a.Status == http.StatusTooManyRequests {
+				at = append(at, a.At.Sub(t0).Seconds())
 			}
 		}
 	}

@@ -38,6 +38,7 @@ import (
 	"time"
 
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
+	"github.com/cc-relay/caddy-cc-relay/bench/internal/ccload"
 	"github.com/cc-relay/caddy-cc-relay/caddymodule"
 )
 
@@ -140,13 +141,13 @@ var runFailed bool
 type variant struct {
 	name string
 	spec relaySpec
-	cl   *client
+	cl   *ccload.Client
 
 	// Filled in after the run.
-	results []*result
+	results []*ccload.Result
 	pool    *caddymodule.PoolStatus
 	metrics map[string]float64
-	use     map[string]*classUse
+	use     map[string]*ccload.ClassUse
 	span    time.Duration
 }
 
@@ -176,7 +177,7 @@ func run(scenario string, vs []*variant, d time.Duration, load loadFunc) error {
 	defer cancel()
 	var wg sync.WaitGroup
 	for i, v := range vs {
-		v.cl = newClient(v.spec.port, fmt.Sprintf("%s-%s", scenario, v.name), end)
+		v.cl = ccload.NewClient(v.spec.port, fmt.Sprintf("%s-%s", scenario, v.name), end)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -202,10 +203,10 @@ wait:
 		}
 	}
 	for _, v := range vs {
-		v.results = v.cl.all()
-		v.cl.close()
-		st := v.spec.up.mock.Stats()
-		v.use, v.span = upstreamUse(st.Requests, t0)
+		v.results = v.cl.All()
+		v.cl.Close()
+		st := v.spec.up.Mock.Stats()
+		v.use, v.span = ccload.UpstreamUse(st.Requests, t0)
 		v.span = max(v.span, d)
 		if p, err := rr.pool(v.spec.pool); err == nil {
 			v.pool = p
@@ -219,22 +220,6 @@ wait:
 		}
 	}
 	return nil
-}
-
-// sleepUntil waits for t or ctx; false when ctx ended first.
-func sleepUntil(ctx context.Context, t time.Time) bool {
-	d := time.Until(t)
-	if d <= 0 {
-		return ctx.Err() == nil
-	}
-	tm := time.NewTimer(d)
-	defer tm.Stop()
-	select {
-	case <-tm.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }
 
 func check(ok bool) string {

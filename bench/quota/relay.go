@@ -7,151 +7,16 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/cc-relay/caddy-cc-relay/bench/internal/ccload"
 	"github.com/cc-relay/caddy-cc-relay/caddymodule"
-	"github.com/cc-relay/caddy-cc-relay/internal/mockanthropic"
 	"github.com/cc-relay/caddy-cc-relay/internal/relaytest"
 )
-
-// orgSpec is one upstream organization and its keys.
-type orgSpec struct {
-	id              string
-	keys            int
-	rpm, itpm, otpm int64
-}
-
-// keySecret is the upstream secret of key i of an organization.
-func keySecret(org string, i int) string { return fmt.Sprintf("sk-ant-bench-%s-%d", org, i) }
-
-func keyName(org string, i int) string {
-	return fmt.Sprintf("%s-k%d", strings.TrimPrefix(org, "org-"), i+1)
-}
-
-// upAttempt is one request the upstream saw.
-type upAttempt struct {
-	at     time.Time
-	status int
-	org    string
-	why    string // the limit a 429 names
-}
-
-// upstream is a mock Anthropic API on 127.0.0.1 that also remembers, per
-// client attempt (the X-Bench-Id header the relay passes through), every
-// upstream request the relay made for it: the way to count the relay's
-// retries and to time them.
-type upstream struct {
-	mock *mockanthropic.Server
-	srv  *httptest.Server
-	orgs []orgSpec
-
-	mu       sync.Mutex
-	attempts map[string][]upAttempt
-}
-
-func newUpstream(orgs []orgSpec, deltaDelay time.Duration) *upstream {
-	cfg := mockanthropic.Config{
-		Keys:         map[string]string{},
-		OutputTokens: outputTokens,
-		StreamDeltas: 8,
-		DeltaDelay:   deltaDelay,
-		MaxRecords:   1 << 20,
-	}
-	for _, o := range orgs {
-		cfg.Orgs = append(cfg.Orgs, mockanthropic.Org{ID: o.id, RPM: o.rpm, ITPM: o.itpm, OTPM: o.otpm})
-		for i := 0; i < o.keys; i++ {
-			cfg.Keys[keySecret(o.id, i)] = o.id
-		}
-	}
-	u := &upstream{mock: mockanthropic.New(cfg), orgs: orgs, attempts: map[string][]upAttempt{}}
-	u.srv = httptest.NewServer(http.HandlerFunc(u.serve))
-	return u
-}
-
-func (u *upstream) serve(w http.ResponseWriter, r *http.Request) {
-	id := r.Header.Get("X-Bench-Id")
-	at := time.Now()
-	sw := &statusWriter{ResponseWriter: w}
-	u.mock.ServeHTTP(sw, r)
-	if id == "" {
-		return
-	}
-	u.mu.Lock()
-	why := ""
-	if sw.status == http.StatusTooManyRequests {
-		why = limitNamed(sw.body.String())
-	}
-	u.attempts[id] = append(u.attempts[id], upAttempt{at: at, status: sw.status, org: w.Header().Get("anthropic-organization-id"), why: why})
-	u.mu.Unlock()
-}
-
-func (u *upstream) attemptsOf(id string) []upAttempt {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return u.attempts[id]
-}
-
-// limited counts the upstream's 429s by the limit they name.
-func (u *upstream) limited() map[string]int {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	out := map[string]int{}
-	for _, as := range u.attempts {
-		for _, a := range as {
-			if a.status == http.StatusTooManyRequests {
-				out[a.why]++
-			}
-		}
-	}
-	return out
-}
-
-func (u *upstream) addr() string { return strings.TrimPrefix(u.srv.URL, "http://") }
-
-func (u *upstream) close() { u.srv.Close() }
-
-// limitNamed is the limit a mock 429 message names, e.g. "input tokens".
-func limitNamed(msg string) string {
-	for _, k := range []string{"input tokens", "output tokens", "requests"} {
-		if strings.Contains(msg, k+" per minute") {
-			return k
-		}
-	}
-	return "forced"
-}
-
-// statusWriter records the status and the start of an error body; Unwrap
-// keeps the mock's flushes working.
-type statusWriter struct {
-	http.ResponseWriter
-	status int
-	body   strings.Builder
-}
-
-func (s *statusWriter) WriteHeader(code int) {
-	if s.status == 0 {
-		s.status = code
-	}
-	s.ResponseWriter.WriteHeader(code)
-}
-
-func (s *statusWriter) Write(p []byte) (int, error) {
-	if s.status == 0 {
-		s.status = http.StatusOK
-	}
-	if s.status >= 400 && s.body.Len() < 4096 {
-		s.body.Write(p)
-	}
-	return s.ResponseWriter.Write(p)
-}
-
-func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
 
 // relaySpec is one cc_relay site in front of one upstream.
 type relaySpec struct {
@@ -160,7 +25,7 @@ type relaySpec struct {
 	strategy  string
 	limits    bool // configure org labels and limits; else learn everything
 	stickyOff bool
-	up        *upstream
+	up        *ccload.Upstream
 	// clients are client tokens to configure; none: client auth off.
 	clients []clientTokenSpec
 	maxWait time.Duration
@@ -182,23 +47,12 @@ func freePort() int {
 }
 
 func (s relaySpec) handler() map[string]any {
-	var keys []any
-	for _, o := range s.up.orgs {
-		for i := 0; i < o.keys; i++ {
-			k := map[string]any{"key": keySecret(o.id, i), "name": keyName(o.id, i)}
-			if s.limits {
-				k["org"] = o.id
-				k["rpm"], k["itpm"], k["otpm"] = o.rpm, o.itpm, o.otpm
-			}
-			keys = append(keys, k)
-		}
-	}
 	h := map[string]any{
 		"handler":             "cc_relay",
 		"pool":                s.pool,
 		"strategy":            s.strategy,
 		"disable_client_auth": len(s.clients) == 0,
-		"keys":                keys,
+		"keys":                ccload.RelayKeys(s.up.Orgs, s.limits),
 		"disable_sticky":      s.stickyOff,
 	}
 	if len(s.clients) > 0 {
@@ -225,7 +79,7 @@ func caddyConfig(adminAddr string, relays []relaySpec) []byte {
 				s.handler(),
 				map[string]any{
 					"handler":        "reverse_proxy",
-					"upstreams":      []any{map[string]any{"dial": s.up.addr()}},
+					"upstreams":      []any{map[string]any{"dial": s.up.Addr()}},
 					"flush_interval": -1,
 				},
 			}}},

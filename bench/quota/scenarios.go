@@ -10,6 +10,8 @@ import (
 	"sync"
 	"text/tabwriter"
 	"time"
+
+	"github.com/cc-relay/caddy-cc-relay/bench/internal/ccload"
 )
 
 func table() *tabwriter.Writer {
@@ -22,9 +24,9 @@ func meanSonnetTokens(outMean int) float64 {
 	r := rand.New(rand.NewPCG(*flagSeed^0xabcdef, 3))
 	var sum, n float64
 	for range 2000 {
-		q := quotaRequest(r, outMean)
-		if q.class == "sonnet" {
-			sum += float64(len(q.body)) / 4
+		q := ccload.QuotaRequest(r, outMean)
+		if q.Class == "sonnet" {
+			sum += float64(len(q.Body)) / 4
 			n++
 		}
 	}
@@ -50,8 +52,8 @@ func openLoop(ctx context.Context, v *variant, rate float64, t0, end time.Time) 
 		if !next.Before(end) {
 			break
 		}
-		req := quotaRequest(bodies, *flagOutMean)
-		if !sleepUntil(ctx, next) {
+		req := ccload.QuotaRequest(bodies, *flagOutMean)
+		if !ccload.SleepUntil(ctx, next) {
 			break
 		}
 		select {
@@ -63,65 +65,25 @@ func openLoop(ctx context.Context, v *variant, rate float64, t0, end time.Time) 
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			v.cl.do(ctx, req, rand.New(rand.NewPCG(seed, i+1000)))
+			v.cl.Do(ctx, req, rand.New(rand.NewPCG(seed, i+1000)))
 		}()
 	}
 	wg.Wait()
 }
 
-type clientTotals struct {
-	reqs, ok, relay429, up429, gaveUp, abandoned, errs, other int
-	sonnetBytes                                               int64
-}
-
-func totals(rs []*result) clientTotals {
-	var t clientTotals
-	for _, r := range rs {
-		t.reqs++
-		t.relay429 += r.relay429
-		t.up429 += r.up429
-		t.other += r.other
-		if r.class == "sonnet" {
-			t.sonnetBytes += int64(r.bytes)
-		}
-		switch {
-		case r.ok():
-			t.ok++
-		case r.abandon:
-			t.abandoned++
-		case r.status == 0:
-			t.errs++
-		case r.status == 429:
-			t.gaveUp++
-		default:
-			t.errs++
-		}
-	}
-	return t
-}
-
-func orgLimits(orgs []orgSpec) (rpm, itpm, otpm int64) {
-	for _, o := range orgs {
-		rpm += o.rpm
-		itpm += o.itpm
-		otpm += o.otpm
-	}
-	return
-}
-
 func upstreamTotals(v *variant) (reqs, limited int64) {
 	for _, u := range v.use {
-		reqs += u.accepted + u.limited + u.other
-		limited += u.limited
+		reqs += u.Accepted + u.Limited + u.Other
+		limited += u.Limited
 	}
 	return
 }
 
-func useOf(v *variant, class string) *classUse {
+func useOf(v *variant, class string) *ccload.ClassUse {
 	if u := v.use[class]; u != nil {
 		return u
 	}
-	return &classUse{}
+	return &ccload.ClassUse{}
 }
 
 func printEstimator(vs []*variant) {
@@ -157,22 +119,22 @@ func printEstimator(vs []*variant) {
 
 func scenarioQuota() bool {
 	d := *flagDuration
-	orgs := []orgSpec{
-		{id: "org-a", keys: 2, rpm: 300, itpm: 300_000, otpm: 60_000},
-		{id: "org-b", keys: 1, rpm: 150, itpm: 150_000, otpm: 30_000},
+	orgs := []ccload.Org{
+		{ID: "org-a", Keys: 2, RPM: 300, ITPM: 300_000, OTPM: 60_000},
+		{ID: "org-b", Keys: 1, RPM: 150, ITPM: 150_000, OTPM: 30_000},
 	}
-	rpm, itpm, otpm := orgLimits(orgs)
+	rpm, itpm, otpm := ccload.OrgLimits(orgs)
 	tok := meanSonnetTokens(*flagOutMean)
 	// Offered input tokens = factor x what the limits admit over the run.
-	rate := *flagFactor * capacity(itpm, d) / tok / d.Seconds() / sonnetShare
+	rate := *flagFactor * ccload.Capacity(itpm, d) / tok / d.Seconds() / sonnetShare
 	fmt.Printf("\n== quota (issue 3): 3 keys in 2 organizations, %s, offered %.1fx the input-token capacity ==\n", d, *flagFactor)
 	fmt.Printf("limits per model family: org-a (2 keys) %d RPM / %d ITPM / %d OTPM, org-b (1 key) %d / %d / %d; aggregate %d / %d / %d\n",
-		orgs[0].rpm, orgs[0].itpm, orgs[0].otpm, orgs[1].rpm, orgs[1].itpm, orgs[1].otpm, rpm, itpm, otpm)
+		orgs[0].RPM, orgs[0].ITPM, orgs[0].OTPM, orgs[1].RPM, orgs[1].ITPM, orgs[1].OTPM, rpm, itpm, otpm)
 	fmt.Printf("load: Poisson arrivals at %.2f req/s: 85%% %s (1-40 KB bodies, mean ~%.0f prompt tokens, 80%% streamed, max_tokens 1024/8192/32000,\n"+
 		"      output exp. mean %d), 15%% %s side requests (1-4 KB, 30%% streamed); a client retries a 429 after its Retry-After (<= 20 s), 10 attempts at most\n",
-		rate, modelSonnet, tok, *flagOutMean, modelHaiku)
+		rate, ccload.ModelSonnet, tok, *flagOutMean, ccload.ModelHaiku)
 	mk := func(name, strategy string, limits bool) *variant {
-		return &variant{name: name, spec: relaySpec{strategy: strategy, limits: limits, up: newUpstream(orgs, *flagDeltaDelay)}}
+		return &variant{name: name, spec: relaySpec{strategy: strategy, limits: limits, up: ccload.NewUpstream(orgs, *flagDeltaDelay)}}
 	}
 	vs := []*variant{
 		mk("least_loaded+limits", "least_loaded", true),
@@ -180,7 +142,7 @@ func scenarioQuota() bool {
 	}
 	defer func() {
 		for _, v := range vs {
-			v.spec.up.close()
+			v.spec.up.Close()
 		}
 	}()
 	err := run("quota", vs, d, func(ctx context.Context, v *variant, _ int, t0, end time.Time) {
@@ -201,22 +163,22 @@ func scenarioQuota() bool {
 	fmt.Fprintln(tw, "variant\tclient reqs\tok\trelay 429s\tupstream 429s to client\tgave up\tcut at end\terrors\tupstream reqs\tupstream 429s\tinput used\toutput used\trequests used\toffered input\t")
 	ok := true
 	for _, v := range vs {
-		t := totals(v.results)
+		t := ccload.Tally(v.results)
 		ureq, ulim := upstreamTotals(v)
 		s := useOf(v, "sonnet")
-		inUse := float64(s.charged) / capacity(itpm, v.span)
-		outUse := float64(s.output) / capacity(otpm, v.span)
-		reqUse := float64(s.accepted) / capacity(rpm, v.span)
+		inUse := float64(s.Charged) / ccload.Capacity(itpm, v.span)
+		outUse := float64(s.Output) / ccload.Capacity(otpm, v.span)
+		reqUse := float64(s.Accepted) / ccload.Capacity(rpm, v.span)
 		tpb := 0.25
 		if rep := estErrors(v.results)["sonnet"]; rep.n > 0 && v.pool != nil {
 			if es, ok := v.pool.Estimator["sonnet"]; ok && es.TokensPerByte > 0 {
 				tpb = es.TokensPerByte
 			}
 		}
-		offered := float64(t.sonnetBytes) * tpb / capacity(itpm, v.span)
+		offered := float64(t.SonnetBytes) * tpb / ccload.Capacity(itpm, v.span)
 		limPct := 100 * float64(ulim) / math.Max(1, float64(ureq))
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%.2f%%\t%.1f%%\t%.1f%%\t%.1f%%\t%.2fx\t\n",
-			v.name, t.reqs, t.ok, t.relay429, t.up429, t.gaveUp, t.abandoned, t.errs, ureq, limPct, 100*inUse, 100*outUse, 100*reqUse, offered)
+			v.name, t.Reqs, t.OK, t.Relay429, t.Up429, t.GaveUp, t.Abandoned, t.Errs, ureq, limPct, 100*inUse, 100*outUse, 100*reqUse, offered)
 		if v.spec.limits {
 			ok = ok && inUse >= 0.95 && limPct <= 1
 			defer fmt.Printf("target (%s): input-token limit used >= 95%%: %.1f%% %s; upstream 429s <= 1%%: %.2f%% %s\n",
@@ -231,14 +193,14 @@ func scenarioQuota() bool {
 	fmt.Fprintln(tw, "variant\thaiku reqs accepted\thaiku input\thaiku output\thaiku 429s upstream\t")
 	for _, v := range vs {
 		h := useOf(v, "haiku")
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t\n", v.name, h.accepted, h.charged, h.output, h.limited)
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t\n", v.name, h.Accepted, h.Charged, h.Output, h.Limited)
 	}
 	tw.Flush()
 	if *flagVerbose {
 		printKeys(vs)
 	}
 	for _, v := range vs {
-		fmt.Printf("upstream 429s of %s by the limit they name: %v\n", v.name, v.spec.up.limited())
+		fmt.Printf("upstream 429s of %s by the limit they name: %v\n", v.name, v.spec.up.Limited())
 	}
 	printEstimator(vs)
 	return ok
@@ -262,12 +224,12 @@ func printKeys(vs []*variant) {
 
 func scenarioFailover() bool {
 	d := *flagDuration
-	orgs := []orgSpec{
-		{id: "org-a", keys: 1, rpm: 600, itpm: 600_000, otpm: 120_000},
-		{id: "org-b", keys: 1, rpm: 600, itpm: 600_000, otpm: 120_000},
-		{id: "org-c", keys: 1, rpm: 600, itpm: 600_000, otpm: 120_000},
+	orgs := []ccload.Org{
+		{ID: "org-a", Keys: 1, RPM: 600, ITPM: 600_000, OTPM: 120_000},
+		{ID: "org-b", Keys: 1, RPM: 600, ITPM: 600_000, OTPM: 120_000},
+		{ID: "org-c", Keys: 1, RPM: 600, ITPM: 600_000, OTPM: 120_000},
 	}
-	_, itpm, _ := orgLimits(orgs)
+	_, itpm, _ := ccload.OrgLimits(orgs)
 	tok := meanSonnetTokens(*flagOutMean)
 	rate := *flagFailLoad * float64(itpm) / 60 / tok / sonnetShare
 	outLen := min(30*time.Second, d/2)
@@ -278,12 +240,12 @@ func scenarioFailover() bool {
 	fmt.Println("variants: outage = one Force429 with a retry-after counting down the whole outage; flapping = org-b's 429s say")
 	fmt.Println("retry-after: 1 all through the outage (renewed every 250 ms), so the relay keeps probing it and retrying elsewhere")
 	mk := func(name string) *variant {
-		return &variant{name: name, spec: relaySpec{strategy: "least_loaded", limits: true, up: newUpstream(orgs, *flagDeltaDelay)}}
+		return &variant{name: name, spec: relaySpec{strategy: "least_loaded", limits: true, up: ccload.NewUpstream(orgs, *flagDeltaDelay)}}
 	}
 	vs := []*variant{mk("outage"), mk("flapping")}
 	defer func() {
 		for _, v := range vs {
-			v.spec.up.close()
+			v.spec.up.Close()
 		}
 	}()
 	err := run("failover", vs, d, func(ctx context.Context, v *variant, idx int, t0, end time.Time) {
@@ -292,16 +254,16 @@ func scenarioFailover() bool {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if !sleepUntil(ctx, from) {
+			if !ccload.SleepUntil(ctx, from) {
 				return
 			}
 			if v.name == "outage" {
-				v.spec.up.mock.Force429("org-b", until)
+				v.spec.up.Mock.Force429("org-b", until)
 				return
 			}
 			for now := time.Now(); now.Before(until); now = time.Now() {
-				v.spec.up.mock.Force429("org-b", minTime(now.Add(time.Second), until))
-				if !sleepUntil(ctx, now.Add(250*time.Millisecond)) {
+				v.spec.up.Mock.Force429("org-b", minTime(now.Add(time.Second), until))
+				if !ccload.SleepUntil(ctx, now.Add(250*time.Millisecond)) {
 					return
 				}
 			}
@@ -320,37 +282,35 @@ func scenarioFailover() bool {
 	lats := map[string]*lat{}
 	ok := true
 	for _, v := range vs {
-		t := totals(v.results)
+		t := ccload.Tally(v.results)
 		ureq, ulim := upstreamTotals(v)
 		l := &lat{}
 		lats[v.name] = l
 		retried := 0
 		for _, r := range v.results {
-			if !r.ok() {
+			if !r.OK() {
 				continue
 			}
-			atts := v.spec.up.attemptsOf(r.id)
+			atts := v.spec.up.AttemptsOf(r.ID)
 			switch {
 			case len(atts) == 1:
-				l.first = append(l.first, r.ttfb)
+				l.first = append(l.first, r.TTFB)
 			case len(atts) > 1:
 				retried++
-				l.retried = append(l.retried, r.ttfb)
-				l.gap = append(l.gap, atts[len(atts)-1].at.Sub(atts[0].at))
+				l.retried = append(l.retried, r.TTFB)
+				l.gap = append(l.gap, atts[len(atts)-1].At.Sub(atts[0].At))
 			}
 		}
-		v.spec.up.mu.Lock()
 		var seen, ids int
-		for _, a := range v.spec.up.attempts {
+		for _, a := range v.spec.up.Attempts() {
 			seen += len(a)
 			ids++
 		}
-		v.spec.up.mu.Unlock()
 		retries := seen - ids
-		visible := t.relay429 + t.up429
+		visible := t.Relay429 + t.Up429
 		ok = ok && visible == 0
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%.3f\t%d\t%.0f\t\n", v.name, t.reqs, t.ok, visible, ureq, ulim, retries,
-			float64(retries)/math.Max(1, float64(t.reqs)), retried, v.metrics["retries_total"])
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%.3f\t%d\t%.0f\t\n", v.name, t.Reqs, t.OK, visible, ureq, ulim, retries,
+			float64(retries)/math.Max(1, float64(t.Reqs)), retried, v.metrics["retries_total"])
 		defer fmt.Printf("target (%s): 0 client-visible 429s while capacity remains: %d %s\n", v.name, visible, check(visible == 0))
 	}
 	tw.Flush()
@@ -362,9 +322,9 @@ func scenarioFailover() bool {
 	fmt.Fprintln(tw, "variant\tfirst-time n\tp50\tp99\tretried n\tp50\tp99\tadded p50\tadded p99\tgap p50\tgap p99\t")
 	for _, v := range vs {
 		l := lats[v.name]
-		f50, f99, r50, r99 := pct(l.first, 50), pct(l.first, 99), pct(l.retried, 50), pct(l.retried, 99)
+		f50, f99, r50, r99 := ccload.Pct(l.first, 50), ccload.Pct(l.first, 99), ccload.Pct(l.retried, 50), ccload.Pct(l.retried, 99)
 		fmt.Fprintf(tw, "%s\t%d\t%.2f\t%.2f\t%d\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t\n", v.name, len(l.first), ms(f50), ms(f99),
-			len(l.retried), ms(r50), ms(r99), ms(r50-f50), ms(r99-f99), ms(pct(l.gap, 50)), ms(pct(l.gap, 99)))
+			len(l.retried), ms(r50), ms(r99), ms(r50-f50), ms(r99-f99), ms(ccload.Pct(l.gap, 50)), ms(ccload.Pct(l.gap, 99)))
 	}
 	tw.Flush()
 	if *flagVerbose {
@@ -382,68 +342,11 @@ func minTime(a, b time.Time) time.Time {
 
 // ---------------------------------------------------------------- affinity
 
-// sessions runs n Claude Code sessions side by side until end: each sends
-// its conversation's next turn, waits for the answer (retrying as Claude
-// Code does), sometimes makes a Haiku side request, "runs the tool" for
-// 0.3-2 s, and starts a new conversation after 15-40 turns. Content and
-// think times come from per-slot seeds, so every variant sees the same
-// conversations.
-func sessions(ctx context.Context, v *variant, n int, end time.Time, stat *sessionStats) {
-	var wg sync.WaitGroup
-	for slot := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			r := rand.New(rand.NewPCG(*flagSeed, uint64(slot)+500))
-			jitter := rand.New(rand.NewPCG(*flagSeed, uint64(slot)+900))
-			for time.Now().Before(end) && ctx.Err() == nil {
-				c := newConversation(r)
-				stat.add(&stat.started, 1)
-				for !c.done() && time.Now().Before(end) {
-					req := c.next()
-					res := v.cl.do(ctx, req, jitter)
-					for !res.ok() {
-						if res.abandon || ctx.Err() != nil || !time.Now().Before(end) {
-							return
-						}
-						// Claude Code gave up on this turn; the user asks again.
-						if !sleepUntil(ctx, time.Now().Add(time.Second)) {
-							return
-						}
-						res = v.cl.do(ctx, req, jitter)
-					}
-					stat.add(&stat.turns, 1)
-					c.advance(req)
-					if r.IntN(10) == 0 {
-						v.cl.do(ctx, c.sideRequest(), jitter)
-					}
-					think := time.Duration(300+r.IntN(1700)) * time.Millisecond
-					if !sleepUntil(ctx, time.Now().Add(think)) {
-						return
-					}
-				}
-			}
-		}()
-	}
-	wg.Wait()
-}
-
-type sessionStats struct {
-	mu             sync.Mutex
-	started, turns int
-}
-
-func (s *sessionStats) add(p *int, n int) {
-	s.mu.Lock()
-	*p += n
-	s.mu.Unlock()
-}
-
 func cacheShare(v *variant) float64 {
 	var read, charged int64
 	for _, u := range v.use {
-		read += u.cacheRead
-		charged += u.charged
+		read += u.CacheRead
+		charged += u.Charged
 	}
 	return float64(read) / math.Max(1, float64(read+charged))
 }
@@ -451,10 +354,10 @@ func cacheShare(v *variant) float64 {
 func scenarioAffinity() bool {
 	d := *flagDuration
 	n := *flagSessions
-	four := func(rpm, itpm, otpm int64) []orgSpec {
-		var o []orgSpec
+	four := func(rpm, itpm, otpm int64) []ccload.Org {
+		var o []ccload.Org
 		for _, id := range []string{"org-a", "org-b", "org-c", "org-d"} {
-			o = append(o, orgSpec{id: id, keys: 1, rpm: rpm, itpm: itpm, otpm: otpm})
+			o = append(o, ccload.Org{ID: id, Keys: 1, RPM: rpm, ITPM: itpm, OTPM: otpm})
 		}
 		return o
 	}
@@ -465,26 +368,26 @@ func scenarioAffinity() bool {
 	fmt.Println("0.3-2 s tool time between turns, 15-40 turns per conversation, a Haiku side request on 10% of turns")
 
 	// Phase 1: limits that never bind.
-	mk := func(name string, orgs []orgSpec, stickyOff bool) *variant {
-		return &variant{name: name, spec: relaySpec{strategy: "least_loaded", limits: true, stickyOff: stickyOff, up: newUpstream(orgs, *flagDeltaDelay)}}
+	mk := func(name string, orgs []ccload.Org, stickyOff bool) *variant {
+		return &variant{name: name, spec: relaySpec{strategy: "least_loaded", limits: true, stickyOff: stickyOff, up: ccload.NewUpstream(orgs, *flagDeltaDelay)}}
 	}
-	stats := map[string]*sessionStats{}
+	stats := map[string]*ccload.SessionStats{}
 	var statsMu sync.Mutex
 	load := func(ctx context.Context, v *variant, _ int, _, end time.Time) {
-		s := &sessionStats{}
+		s := &ccload.SessionStats{}
 		statsMu.Lock()
 		stats[v.name] = s
 		statsMu.Unlock()
-		sessions(ctx, v, n, end, s)
+		ccload.Sessions(ctx, v.cl, n, *flagSeed, end, s)
 	}
 	fit := []*variant{
-		mk("single-key", []orgSpec{{id: "org-s", keys: 1, rpm: hiRPM, itpm: hiITPM, otpm: hiOTPM}}, false),
+		mk("single-key", []ccload.Org{{ID: "org-s", Keys: 1, RPM: hiRPM, ITPM: hiITPM, OTPM: hiOTPM}}, false),
 		mk("affinity", four(hiRPM, hiITPM, hiOTPM), false),
 		mk("no-affinity", four(hiRPM, hiITPM, hiOTPM), true),
 	}
 	defer func() {
 		for _, v := range fit {
-			v.spec.up.close()
+			v.spec.up.Close()
 		}
 	}()
 	fmt.Printf("\n-- phase 1: limits that never bind (%d RPM / %d ITPM / %d OTPM per organization) --\n", hiRPM, hiITPM, hiOTPM)
@@ -505,20 +408,20 @@ func scenarioAffinity() bool {
 	// over a run (capacity counts the initial burst).
 	base := useOf(fit[1], "sonnet")
 	scale := 8 * (1 + fit[1].span.Seconds()/60)
-	rpm := max(1, int64(float64(base.accepted)/scale))
-	itpm := max(1, int64(float64(base.charged)/scale))
-	otpm := max(1, int64(float64(base.output)/scale))
+	rpm := max(1, int64(float64(base.Accepted)/scale))
+	itpm := max(1, int64(float64(base.Charged)/scale))
+	otpm := max(1, int64(float64(base.Output)/scale))
 	over := []*variant{
 		mk("affinity", four(rpm, itpm, otpm), false),
 		mk("no-affinity", four(rpm, itpm, otpm), true),
 	}
 	defer func() {
 		for _, v := range over {
-			v.spec.up.close()
+			v.spec.up.Close()
 		}
 	}()
 	fmt.Printf("\n-- phase 2: oversubscribed 2x: %d RPM / %d ITPM / %d OTPM per organization (half of what phase 1's affinity variant used) --\n", rpm, itpm, otpm)
-	stats = map[string]*sessionStats{}
+	stats = map[string]*ccload.SessionStats{}
 	if err := run("affinity-over", over, d, load); err != nil {
 		fmt.Println("affinity: ", err)
 		runFailed = true
@@ -528,8 +431,8 @@ func scenarioAffinity() bool {
 	printAffinity(over, stats, single, orgs)
 	for _, v := range over {
 		s := useOf(v, "sonnet")
-		r, i, o := orgLimits(orgs)
-		use := max(float64(s.accepted)/capacity(r, v.span), float64(s.charged)/capacity(i, v.span), float64(s.output)/capacity(o, v.span))
+		r, i, o := ccload.OrgLimits(orgs)
+		use := max(float64(s.Accepted)/ccload.Capacity(r, v.span), float64(s.Charged)/ccload.Capacity(i, v.span), float64(s.Output)/ccload.Capacity(o, v.span))
 		if v.name == "affinity" {
 			ok = ok && use >= 0.9
 			fmt.Printf("target: quota use (binding limit) with affinity when oversubscribed >= 90%%: %.1f%% %s\n", 100*use, check(use >= 0.9))
@@ -539,7 +442,7 @@ func scenarioAffinity() bool {
 	return ok
 }
 
-func printAffinity(vs []*variant, stats map[string]*sessionStats, single float64, orgs []orgSpec) {
+func printAffinity(vs []*variant, stats map[string]*ccload.SessionStats, single float64, orgs []ccload.Org) {
 	tw := table()
 	hdr := "variant\tsessions\tturns\tcache-read share\tvs single key\tcharged input/turn\tsticky new/hit/scope/moved\trelay 429s\tupstream 429s\t"
 	if orgs != nil {
@@ -548,20 +451,20 @@ func printAffinity(vs []*variant, stats map[string]*sessionStats, single float64
 	fmt.Fprintln(tw, hdr)
 	for _, v := range vs {
 		s := stats[v.name]
-		t := totals(v.results)
+		t := ccload.Tally(v.results)
 		ureq, ulim := upstreamTotals(v)
 		share := cacheShare(v)
 		son := useOf(v, "sonnet")
 		m := v.metrics
 		sticky := fmt.Sprintf("%.0f/%.0f/%.0f/%.0f", m["sticky_total{outcome=new}"], m["sticky_total{outcome=hit}"],
 			m["sticky_total{outcome=scope}"], m["sticky_total{outcome=moved}"])
-		line := fmt.Sprintf("%s\t%d\t%d\t%.1f%%\t%.3f\t%.0f\t%s\t%d\t%d (%.2f%%)\t", v.name, s.started, s.turns, 100*share,
-			share/math.Max(single, 1e-9), float64(son.charged)/math.Max(1, float64(son.accepted)), sticky, t.relay429, ulim,
+		line := fmt.Sprintf("%s\t%d\t%d\t%.1f%%\t%.3f\t%.0f\t%s\t%d\t%d (%.2f%%)\t", v.name, s.Started, s.Turns, 100*share,
+			share/math.Max(single, 1e-9), float64(son.Charged)/math.Max(1, float64(son.Accepted)), sticky, t.Relay429, ulim,
 			100*float64(ulim)/math.Max(1, float64(ureq)))
 		if orgs != nil {
-			r, i, o := orgLimits(orgs)
-			line += fmt.Sprintf("%.1f%%\t%.1f%%\t%.1f%%\t", 100*float64(son.accepted)/capacity(r, v.span),
-				100*float64(son.charged)/capacity(i, v.span), 100*float64(son.output)/capacity(o, v.span))
+			r, i, o := ccload.OrgLimits(orgs)
+			line += fmt.Sprintf("%.1f%%\t%.1f%%\t%.1f%%\t", 100*float64(son.Accepted)/ccload.Capacity(r, v.span),
+				100*float64(son.Charged)/ccload.Capacity(i, v.span), 100*float64(son.Output)/ccload.Capacity(o, v.span))
 		}
 		fmt.Fprintln(tw, line)
 	}
@@ -569,7 +472,7 @@ func printAffinity(vs []*variant, stats map[string]*sessionStats, single float64
 	fmt.Println("(cache-read share = cache_read / (input + cache_creation + cache_read) over all accepted requests, from the mock;")
 	fmt.Println(" charged input/turn = input + cache_creation per accepted main-model request; sticky: the relay's sticky_total metric)")
 	for _, v := range vs {
-		if l := v.spec.up.limited(); len(l) > 0 {
+		if l := v.spec.up.Limited(); len(l) > 0 {
 			fmt.Printf("upstream 429s of %s by the limit they name: %v\n", v.name, l)
 		}
 	}

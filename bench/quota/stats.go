@@ -6,69 +6,10 @@ import (
 	"sort"
 	"time"
 
-	"github.com/cc-relay/caddy-cc-relay/internal/mockanthropic"
-	"github.com/cc-relay/caddy-cc-relay/keypool"
+	"github.com/cc-relay/caddy-cc-relay/bench/internal/ccload"
 )
 
-func pct(d []time.Duration, p float64) time.Duration {
-	if len(d) == 0 {
-		return 0
-	}
-	s := slices.Clone(d)
-	slices.Sort(s)
-	i := int(math.Ceil(p/100*float64(len(s)))) - 1
-	return s[max(0, min(i, len(s)-1))]
-}
-
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
-
-// classUse is what the upstream accepted for one model class.
-type classUse struct {
-	accepted, limited, other int64
-	charged                  int64 // input + cache creation: what ITPM counts
-	cacheRead, cacheCreate   int64
-	output                   int64
-}
-
-// upstreamUse sums the mock's records of /v1/messages requests by model
-// class, and returns the span from t0 to the last arrival.
-func upstreamUse(recs []mockanthropic.Record, t0 time.Time) (map[string]*classUse, time.Duration) {
-	out := map[string]*classUse{}
-	var last time.Time
-	for _, r := range recs {
-		if r.Path != "/v1/messages" {
-			continue
-		}
-		c := keypool.ModelFamily(r.Model)
-		u := out[c]
-		if u == nil {
-			u = &classUse{}
-			out[c] = u
-		}
-		if r.Time.After(last) {
-			last = r.Time
-		}
-		switch r.Status {
-		case 200:
-			u.accepted++
-			u.charged += r.InputTokens + r.CacheCreationInputTokens
-			u.cacheRead += r.CacheReadInputTokens
-			u.cacheCreate += r.CacheCreationInputTokens
-			u.output += r.OutputTokens
-		case 429:
-			u.limited++
-		default:
-			u.other++
-		}
-	}
-	return out, last.Sub(t0)
-}
-
-// capacity is what organizations with per-minute limit lim can accept over
-// d from full buckets: lim/60 * seconds + lim (the initial burst).
-func capacity(lim int64, d time.Duration) float64 {
-	return float64(lim)/60*d.Seconds() + float64(lim)
-}
 
 // estErrors replays the relay's estimator rule (keypool/estimate.go) over
 // the answered requests in the order they finished: tokens of a prompt are
@@ -84,9 +25,9 @@ type estReport struct {
 	fixed, calibrated, charg float64
 }
 
-func estErrors(results []*result) map[string]estReport {
+func estErrors(results []*ccload.Result) map[string]estReport {
 	sorted := slices.Clone(results)
-	sort.Slice(sorted, func(i, j int) bool { return sorted[i].done.Before(sorted[j].done) })
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Done.Before(sorted[j].Done) })
 	type state struct {
 		n                   int64
 		perByte, chargeable float64
@@ -95,21 +36,21 @@ func estErrors(results []*result) map[string]estReport {
 	}
 	st := map[string]*state{}
 	for _, r := range sorted {
-		if !r.ok() || !r.usage.HaveInput || r.bytes == 0 {
+		if !r.OK() || !r.Usage.HaveInput || r.Bytes == 0 {
 			continue
 		}
-		u := r.usage
+		u := r.Usage
 		total := float64(u.InputTokens + u.CacheCreationInputTokens + u.CacheReadInputTokens)
 		charge := float64(u.InputTokens + u.CacheCreationInputTokens)
 		if total <= 0 {
 			continue
 		}
-		s := st[r.class]
+		s := st[r.Class]
 		if s == nil {
 			s = &state{}
-			st[r.class] = s
+			st[r.Class] = s
 		}
-		b := float64(r.bytes)
+		b := float64(r.Bytes)
 		s.sumF += math.Abs(b/4-total) / total
 		s.nF++
 		if s.n >= 10 {

@@ -27,12 +27,13 @@ const InstallHint = "redis-server not found: apt-get install redis-server"
 // startTimeout bounds how long Start and Restart wait for PING to answer.
 const startTimeout = 10 * time.Second
 
-// Server is one redis-server process owned by a test.
+// Server is one redis-server process owned by a test (or a benchmark).
 type Server struct {
-	tb   testing.TB
-	bin  string
-	dir  string
-	port int
+	helper func()                           // testing.TB's Helper, or nothing
+	fatalf func(format string, args ...any) // testing.TB's Fatalf, or Launch's
+	bin    string
+	dir    string
+	port   int
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
@@ -44,26 +45,40 @@ type Server struct {
 // fails (never skips) when redis-server is not installed.
 func Start(tb testing.TB) *Server {
 	tb.Helper()
+	s, err := launchNew(tb.TempDir(), tb.Helper, tb.Fatalf)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(s.Kill)
+	return s
+}
+
+// Launch runs a fresh redis-server in dir for a program that is not a test
+// (bench/cluster). fatalf is called where a test would fail: a signal or a
+// restart that did not work. The caller stops the server with Kill.
+func Launch(dir string, fatalf func(format string, args ...any)) (*Server, error) {
+	return launchNew(dir, func() {}, fatalf)
+}
+
+func launchNew(dir string, helper func(), fatalf func(format string, args ...any)) (*Server, error) {
 	bin, err := lookPath()
 	if err != nil {
-		tb.Fatal(InstallHint)
+		return nil, errors.New(InstallHint)
 	}
-	s := &Server{tb: tb, bin: bin, dir: tb.TempDir()}
+	s := &Server{helper: helper, fatalf: fatalf, bin: bin, dir: dir}
 	// A port the kernel just handed out and released is free with high
 	// probability; a collision makes redis-server exit, and we retry.
 	var lastErr error
 	for range 5 {
 		s.port, err = freePort()
 		if err != nil {
-			tb.Fatalf("redistest: free port: %v", err)
+			return nil, fmt.Errorf("redistest: free port: %v", err)
 		}
 		if lastErr = s.launch(); lastErr == nil {
-			tb.Cleanup(s.Kill)
-			return s
+			return s, nil
 		}
 	}
-	tb.Fatalf("redistest: redis-server did not start: %v", lastErr)
-	return nil
+	return nil, fmt.Errorf("redistest: redis-server did not start: %v", lastErr)
 }
 
 // Addr is host:port of the server.
@@ -208,21 +223,21 @@ func (s *Server) Pause() { s.signal(syscall.SIGSTOP, true) }
 func (s *Server) Resume() { s.signal(syscall.SIGCONT, false) }
 
 func (s *Server) signal(sig syscall.Signal, paused bool) {
-	s.tb.Helper()
+	s.helper()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.cmd == nil {
-		s.tb.Fatalf("redistest: %v to a server that is not running", sig)
+		s.fatalf("redistest: %v to a server that is not running", sig)
 	}
 	if err := s.cmd.Process.Signal(sig); err != nil {
-		s.tb.Fatalf("redistest: %v: %v", sig, err)
+		s.fatalf("redistest: %v: %v", sig, err)
 	}
 	s.paused = paused
 }
 
 // Restart kills the server and starts an empty one on the same port.
 func (s *Server) Restart() {
-	s.tb.Helper()
+	s.helper()
 	s.Kill()
 	var err error
 	// The port was ours a moment ago; give the kernel a few tries.
@@ -232,7 +247,7 @@ func (s *Server) Restart() {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	s.tb.Fatalf("redistest: restart on port %d: %v", s.port, err)
+	s.fatalf("redistest: restart on port %d: %v", s.port, err)
 }
 
 // Do sends one command over a fresh connection and returns the raw first

@@ -1,4 +1,4 @@
-package main
+package ccload
 
 import (
 	"bytes"
@@ -16,8 +16,8 @@ import (
 // byte-for-byte the same traffic.
 
 const (
-	modelSonnet = "claude-sonnet-4-5-20250929"
-	modelHaiku  = "claude-haiku-4-5-20251001"
+	ModelSonnet = "claude-sonnet-4-5-20250929"
+	ModelHaiku  = "claude-haiku-4-5-20251001"
 )
 
 // words is the benchmark's vocabulary: code and prose, ASCII only, so JSON
@@ -29,8 +29,8 @@ var words = strings.Fields(`func return if else for range the a to of and in is 
 	file line test build run check value result context handler server client upstream retry
 	which when then there their would could should about into over under after before between`)
 
-// text returns about n bytes of words, with a newline now and then.
-func text(r *rand.Rand, n int) string {
+// Text returns about n bytes of words, with a newline now and then.
+func Text(r *rand.Rand, n int) string {
 	var b strings.Builder
 	b.Grow(n + 16)
 	for b.Len() < n {
@@ -54,7 +54,8 @@ func hexID(r *rand.Rand, n int) string {
 	return string(b)
 }
 
-func uuid(r *rand.Rand) string {
+// UUID is a random version-4 UUID from r.
+func UUID(r *rand.Rand) string {
 	h := hexID(r, 32)
 	return h[:8] + "-" + h[8:12] + "-4" + h[13:16] + "-a" + h[17:20] + "-" + h[20:]
 }
@@ -65,8 +66,8 @@ type cacheControl struct {
 
 var ephemeral = &cacheControl{Type: "ephemeral"}
 
-// block is a content block of the kinds Claude Code sends.
-type block struct {
+// Block is a content block of the kinds Claude Code sends.
+type Block struct {
 	Type         string            `json:"type"`
 	Text         string            `json:"text,omitempty"`
 	ID           string            `json:"id,omitempty"`
@@ -77,9 +78,10 @@ type block struct {
 	CacheControl *cacheControl     `json:"cache_control,omitempty"`
 }
 
-type message struct {
+// Message is one turn of a conversation.
+type Message struct {
 	Role    string  `json:"role"`
-	Content []block `json:"content"`
+	Content []Block `json:"content"`
 }
 
 type tool struct {
@@ -88,17 +90,19 @@ type tool struct {
 	InputSchema map[string]any `json:"input_schema"`
 }
 
-type body struct {
+// Body is a Messages API request body.
+type Body struct {
 	Model     string            `json:"model"`
 	MaxTokens int               `json:"max_tokens"`
 	Stream    bool              `json:"stream"`
-	System    []block           `json:"system,omitempty"`
+	System    []Block           `json:"system,omitempty"`
 	Tools     []tool            `json:"tools,omitempty"`
-	Messages  []message         `json:"messages"`
+	Messages  []Message         `json:"messages"`
 	Metadata  map[string]string `json:"metadata,omitempty"`
 }
 
-func encode(v any) []byte {
+// Encode is v as JSON without HTML escapes.
+func Encode(v any) []byte {
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
 	enc.SetEscapeHTML(false)
@@ -112,7 +116,7 @@ func encode(v any) []byte {
 // the last "[[out:N]]" marker in it, which the generator chose.
 var outMarker = []byte("[[out:")
 
-func outputTokens(b []byte) int64 {
+func OutputTokens(b []byte) int64 {
 	i := bytes.LastIndex(b, outMarker)
 	if i < 0 {
 		return 100
@@ -129,45 +133,47 @@ func outputTokens(b []byte) int64 {
 	return n
 }
 
-func marker(n int) string { return fmt.Sprintf(" [[out:%d]]", n) }
+// Marker asks the mock for an answer of n output tokens.
+func Marker(n int) string { return fmt.Sprintf(" [[out:%d]]", n) }
 
-// expOut draws an output length: an exponential tail over a floor, capped.
-func expOut(r *rand.Rand, floor, mean, ceiling int) int {
+// ExpOut draws an output length: an exponential tail over a floor, capped.
+func ExpOut(r *rand.Rand, floor, mean, ceiling int) int {
 	v := floor + int(-math.Log(1-r.Float64())*float64(mean-floor))
 	return min(v, ceiling)
 }
 
-const claudeCodeIntro = "You are Claude Code, Anthropic's official CLI for Claude."
+const ClaudeCodeIntro = "You are Claude Code, Anthropic's official CLI for Claude."
 
-func userID(r *rand.Rand, session string) string {
+// UserID is metadata.user_id as Claude Code sends it for session.
+func UserID(r *rand.Rand, session string) string {
 	return "user_" + hexID(r, 64) + "_account__session_" + session
 }
 
-// genReq is one generated request.
-type genReq struct {
-	body    []byte
-	model   string
-	class   string // "sonnet" or "haiku"
-	stream  bool
-	out     int // output tokens the mock will produce (before max_tokens)
-	session string
+// Request is one generated request.
+type Request struct {
+	Body    []byte
+	Model   string
+	Class   string // "sonnet" or "haiku"
+	Stream  bool
+	Out     int // output tokens the mock will produce (before max_tokens)
+	Session string
 }
 
-// quotaRequest is an independent Claude-Code-like request: 85% main-model
+// QuotaRequest is an independent Claude-Code-like request: 85% main-model
 // requests of 1-40 KB (70% of all requests stream), 15% small Haiku
 // side requests; output lengths and max_tokens vary.
-func quotaRequest(r *rand.Rand, outMean int) genReq {
-	session := uuid(r)
+func QuotaRequest(r *rand.Rand, outMean int) Request {
+	session := UUID(r)
 	if r.IntN(100) < 15 {
 		n := 1000 + r.IntN(3000)
-		out := expOut(r, 10, 80, 400)
-		b := body{
-			Model: modelHaiku, MaxTokens: 512, Stream: r.IntN(100) < 30,
-			System:   []block{{Type: "text", Text: "Analyze if this message indicates a new conversation topic."}},
-			Messages: []message{{Role: "user", Content: []block{{Type: "text", Text: text(r, n) + marker(out)}}}},
-			Metadata: map[string]string{"user_id": userID(r, session)},
+		out := ExpOut(r, 10, 80, 400)
+		b := Body{
+			Model: ModelHaiku, MaxTokens: 512, Stream: r.IntN(100) < 30,
+			System:   []Block{{Type: "text", Text: "Analyze if this message indicates a new conversation topic."}},
+			Messages: []Message{{Role: "user", Content: []Block{{Type: "text", Text: Text(r, n) + Marker(out)}}}},
+			Metadata: map[string]string{"user_id": UserID(r, session)},
 		}
-		return genReq{body: encode(b), model: modelHaiku, class: "haiku", stream: b.Stream, out: out, session: session}
+		return Request{Body: Encode(b), Model: ModelHaiku, Class: "haiku", Stream: b.Stream, Out: out, Session: session}
 	}
 	size := 1000 + r.IntN(39000)
 	maxTok := 32000
@@ -177,15 +183,15 @@ func quotaRequest(r *rand.Rand, outMean int) genReq {
 	case p < 30:
 		maxTok = 8192
 	}
-	out := expOut(r, 20, outMean, 4000)
+	out := ExpOut(r, 20, outMean, 4000)
 	sys := min(size/3, 6000)
-	b := body{
-		Model: modelSonnet, MaxTokens: maxTok, Stream: r.IntN(100) < 80,
-		System: []block{
-			{Type: "text", Text: claudeCodeIntro},
-			{Type: "text", Text: text(r, sys)},
+	b := Body{
+		Model: ModelSonnet, MaxTokens: maxTok, Stream: r.IntN(100) < 80,
+		System: []Block{
+			{Type: "text", Text: ClaudeCodeIntro},
+			{Type: "text", Text: Text(r, sys)},
 		},
-		Metadata: map[string]string{"user_id": userID(r, session)},
+		Metadata: map[string]string{"user_id": UserID(r, session)},
 	}
 	// A conversation of 1-5 exchanges filling the rest.
 	turns := 1 + r.IntN(5)
@@ -193,14 +199,14 @@ func quotaRequest(r *rand.Rand, outMean int) genReq {
 	for t := 0; t < turns; t++ {
 		part := rest / turns
 		if t > 0 {
-			b.Messages = append(b.Messages, message{Role: "assistant", Content: []block{{Type: "text", Text: text(r, part/4)}}})
+			b.Messages = append(b.Messages, Message{Role: "assistant", Content: []Block{{Type: "text", Text: Text(r, part/4)}}})
 			part -= part / 4
 		}
-		b.Messages = append(b.Messages, message{Role: "user", Content: []block{{Type: "text", Text: text(r, part)}}})
+		b.Messages = append(b.Messages, Message{Role: "user", Content: []Block{{Type: "text", Text: Text(r, part)}}})
 	}
 	last := &b.Messages[len(b.Messages)-1].Content[0]
-	last.Text += marker(out)
-	return genReq{body: encode(b), model: modelSonnet, class: "sonnet", stream: b.Stream, out: out, session: session}
+	last.Text += Marker(out)
+	return Request{Body: Encode(b), Model: ModelSonnet, Class: "sonnet", Stream: b.Stream, Out: out, Session: session}
 }
 
 // Claude Code's tool definitions: identical for every session.
@@ -211,10 +217,10 @@ var ccTools = func() []tool {
 	for _, n := range names {
 		ts = append(ts, tool{
 			Name:        n,
-			Description: text(r, 300+r.IntN(900)),
+			Description: Text(r, 300+r.IntN(900)),
 			InputSchema: map[string]any{
 				"type":                 "object",
-				"properties":           map[string]any{"path": map[string]string{"type": "string", "description": text(r, 60)}},
+				"properties":           map[string]any{"path": map[string]string{"type": "string", "description": Text(r, 60)}},
 				"required":             []string{"path"},
 				"additionalProperties": false,
 			},
@@ -224,98 +230,100 @@ var ccTools = func() []tool {
 }()
 
 // The system prompt common to every session.
-var ccSystem = text(rand.New(rand.NewPCG(43, 43)), 9000)
+var ccSystem = Text(rand.New(rand.NewPCG(43, 43)), 9000)
 
-// conversation is one Claude Code session: a system prompt with the
+// Conversation is one Claude Code session: a system prompt with the
 // session's environment, the tools, and a history that grows by an
 // assistant turn (text + tool_use) and a tool_result per request. Like
 // Claude Code it marks the system prompt and the last message with
 // cache_control.
-type conversation struct {
+type Conversation struct {
 	r        *rand.Rand
 	id       string
 	user     string
 	env      string
-	history  []message
+	history  []Message
 	turn     int
 	maxTurns int
 }
 
-func newConversation(r *rand.Rand) *conversation {
-	c := &conversation{r: r, id: uuid(r), maxTurns: 15 + r.IntN(26)}
-	c.user = userID(r, c.id)
-	c.env = "<env>\nWorking directory: /home/dev/project-" + hexID(r, 6) + "\nIs directory a git repo: Yes\nPlatform: linux\n</env>\n" + text(r, 400+r.IntN(800))
-	c.history = []message{{Role: "user", Content: []block{{Type: "text", Text: text(r, 300+r.IntN(1500))}}}}
+// NewConversation starts a conversation of 15-40 turns drawn from r.
+func NewConversation(r *rand.Rand) *Conversation {
+	c := &Conversation{r: r, id: UUID(r), maxTurns: 15 + r.IntN(26)}
+	c.user = UserID(r, c.id)
+	c.env = "<env>\nWorking directory: /home/dev/project-" + hexID(r, 6) + "\nIs directory a git repo: Yes\nPlatform: linux\n</env>\n" + Text(r, 400+r.IntN(800))
+	c.history = []Message{{Role: "user", Content: []Block{{Type: "text", Text: Text(r, 300+r.IntN(1500))}}}}
 	return c
 }
 
 var toolNames = []string{"Read", "Bash", "Grep", "Edit", "Glob"}
 
-// next returns the body of the conversation's next main request; the caller
-// then calls advance with the same output length once it was answered.
-func (c *conversation) next() genReq {
-	out := expOut(c.r, 30, 250, 2000)
-	hist := make([]message, len(c.history))
+// Next returns the body of the conversation's next main request; the caller
+// then calls Advance with the same output length once it was answered.
+func (c *Conversation) Next() Request {
+	out := ExpOut(c.r, 30, 250, 2000)
+	hist := make([]Message, len(c.history))
 	copy(hist, c.history)
 	last := hist[len(hist)-1]
-	blocks := make([]block, len(last.Content))
+	blocks := make([]Block, len(last.Content))
 	copy(blocks, last.Content)
 	lb := &blocks[len(blocks)-1]
 	switch lb.Type {
 	case "tool_result":
-		lb.Content += marker(out)
+		lb.Content += Marker(out)
 	default:
-		lb.Text += marker(out)
+		lb.Text += Marker(out)
 	}
 	lb.CacheControl = ephemeral
-	hist[len(hist)-1] = message{Role: last.Role, Content: blocks}
-	b := body{
-		Model: modelSonnet, MaxTokens: 32000, Stream: true,
-		System: []block{
-			{Type: "text", Text: claudeCodeIntro},
+	hist[len(hist)-1] = Message{Role: last.Role, Content: blocks}
+	b := Body{
+		Model: ModelSonnet, MaxTokens: 32000, Stream: true,
+		System: []Block{
+			{Type: "text", Text: ClaudeCodeIntro},
 			{Type: "text", Text: ccSystem + c.env, CacheControl: ephemeral},
 		},
 		Tools:    ccTools,
 		Messages: hist,
 		Metadata: map[string]string{"user_id": c.user},
 	}
-	return genReq{body: encode(b), model: modelSonnet, class: "sonnet", stream: true, out: out, session: c.id}
+	return Request{Body: Encode(b), Model: ModelSonnet, Class: "sonnet", Stream: true, Out: out, Session: c.id}
 }
 
-// advance appends the answered turn (what the model said, as the client
+// Advance appends the answered turn (what the model said, as the client
 // keeps it, and the tool's result) to the history. The marker stays in the
 // history unmarked, so later prefixes match what was cached.
-func (c *conversation) advance(req genReq) {
+func (c *Conversation) Advance(req Request) {
 	last := &c.history[len(c.history)-1]
 	lb := &last.Content[len(last.Content)-1]
 	if lb.Type == "tool_result" {
-		lb.Content += marker(req.out)
+		lb.Content += Marker(req.Out)
 	} else {
-		lb.Text += marker(req.out)
+		lb.Text += Marker(req.Out)
 	}
 	id := "toolu_" + hexID(c.r, 24)
 	name := toolNames[c.r.IntN(len(toolNames))]
 	c.history = append(c.history,
-		message{Role: "assistant", Content: []block{
-			{Type: "text", Text: text(c.r, min(req.out*6, 3000))},
+		Message{Role: "assistant", Content: []Block{
+			{Type: "text", Text: Text(c.r, min(req.Out*6, 3000))},
 			{Type: "tool_use", ID: id, Name: name, Input: map[string]string{"path": "/home/dev/project/" + hexID(c.r, 8) + ".go"}},
 		}},
-		message{Role: "user", Content: []block{{Type: "tool_result", ToolUseID: id, Content: text(c.r, 300+c.r.IntN(4700))}}},
+		Message{Role: "user", Content: []Block{{Type: "tool_result", ToolUseID: id, Content: Text(c.r, 300+c.r.IntN(4700))}}},
 	)
 	c.turn++
 }
 
-func (c *conversation) done() bool { return c.turn >= c.maxTurns }
+// Done says the conversation has had all its turns.
+func (c *Conversation) Done() bool { return c.turn >= c.maxTurns }
 
-// sideRequest is a small Haiku request Claude Code makes on the side of a
+// SideRequest is a small Haiku request Claude Code makes on the side of a
 // session (topic detection, command prefixes): no cache_control.
-func (c *conversation) sideRequest() genReq {
-	out := expOut(c.r, 5, 40, 200)
-	b := body{
-		Model: modelHaiku, MaxTokens: 512, Stream: false,
-		System:   []block{{Type: "text", Text: "Extract the command prefix of this shell command."}},
-		Messages: []message{{Role: "user", Content: []block{{Type: "text", Text: text(c.r, 500+c.r.IntN(2000)) + marker(out)}}}},
+func (c *Conversation) SideRequest() Request {
+	out := ExpOut(c.r, 5, 40, 200)
+	b := Body{
+		Model: ModelHaiku, MaxTokens: 512, Stream: false,
+		System:   []Block{{Type: "text", Text: "Extract the command prefix of this shell command."}},
+		Messages: []Message{{Role: "user", Content: []Block{{Type: "text", Text: Text(c.r, 500+c.r.IntN(2000)) + Marker(out)}}}},
 		Metadata: map[string]string{"user_id": c.user},
 	}
-	return genReq{body: encode(b), model: modelHaiku, class: "haiku", stream: false, out: out, session: c.id}
+	return Request{Body: Encode(b), Model: ModelHaiku, Class: "haiku", Stream: false, Out: out, Session: c.id}
 }

@@ -1,4 +1,4 @@
-package main
+package ccload
 
 import (
 	"bytes"
@@ -26,42 +26,45 @@ const (
 	attemptLimit  = 2 * time.Minute // one HTTP attempt, stream included
 )
 
-// result is one logical client request (all its attempts).
-type result struct {
-	class    string
-	bytes    int
-	sent     time.Time // first attempt
-	done     time.Time
-	status   int // final status; 0: transport error
-	attempts int // HTTP attempts to the relay
-	relay429 int // the relay's own 429s (no key had capacity; upstream not contacted)
-	up429    int // upstream 429s the relay passed to the client
-	other    int // other non-200 answers seen (5xx, 4xx)
-	abandon  bool
-	ttfb     time.Duration // response headers of the final attempt
-	headers  time.Time     // when they came
-	id       string        // X-Bench-Id of the final attempt
-	key      string        // X-Cc-Relay-Key of the final attempt
-	usage    usage.Usage
-	errText  string
+// Result is one logical client request (all its attempts).
+type Result struct {
+	Class    string
+	Bytes    int
+	Sent     time.Time // first attempt
+	Done     time.Time
+	Status   int // final status; 0: transport error
+	Attempts int // HTTP attempts to the relay
+	Relay429 int // the relay's own 429s (no key had capacity; upstream not contacted)
+	Up429    int // upstream 429s the relay passed to the client
+	Other    int // other non-200 answers seen (5xx, 4xx)
+	Abandon  bool
+	TTFB     time.Duration // response headers of the final attempt
+	Headers  time.Time     // when they came
+	ID       string        // X-Bench-Id of the final attempt
+	Key      string        // X-Cc-Relay-Key of the final attempt
+	Usage    usage.Usage
+	ErrText  string
 }
 
-func (r *result) ok() bool { return r.status == http.StatusOK && r.usage.ErrorType == "" }
+// OK says the request was answered 200 without an error event.
+func (r *Result) OK() bool { return r.Status == http.StatusOK && r.Usage.ErrorType == "" }
 
-// client sends requests to one relay and records their results.
-type client struct {
+// Client sends requests to one relay and records their results.
+type Client struct {
 	url    string
 	http   *http.Client
 	prefix string
-	token  string // the client token it presents as x-api-key
+	Token  string // the client token it presents as x-api-key
 	seq    atomic.Uint64
 	end    time.Time // no attempt starts after this
 
 	mu      sync.Mutex
-	results []*result
+	results []*Result
 }
 
-func newClient(port int, prefix string, end time.Time) *client {
+// NewClient sends to 127.0.0.1:port; its attempts are named prefix-<n>
+// (X-Bench-Id) and none starts after end.
+func NewClient(port int, prefix string, end time.Time) *Client {
 	tr := &http.Transport{
 		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
 		MaxIdleConns:        1024,
@@ -69,37 +72,41 @@ func newClient(port int, prefix string, end time.Time) *client {
 		IdleConnTimeout:     2 * time.Minute,
 		DisableCompression:  true,
 	}
-	return &client{
+	return &Client{
 		url:    "http://127.0.0.1:" + strconv.Itoa(port) + "/v1/messages",
 		http:   &http.Client{Transport: tr},
 		prefix: prefix,
-		token:  "bench-client",
+		Token:  "bench-client",
 		end:    end,
 	}
 }
 
-func (c *client) close() { c.http.CloseIdleConnections() }
+// Prefix starts the X-Bench-Id of every attempt the client makes.
+func (c *Client) Prefix() string { return c.prefix }
+
+// Close closes its idle connections.
+func (c *Client) Close() { c.http.CloseIdleConnections() }
 
 // do sends req until it succeeds, fails for good, or the run ends; rng
 // jitters the waits.
-func (c *client) do(ctx context.Context, req genReq, rng *rand.Rand) *result {
-	res := &result{class: req.class, bytes: len(req.body), sent: time.Now()}
+func (c *Client) Do(ctx context.Context, req Request, rng *rand.Rand) *Result {
+	res := &Result{Class: req.Class, Bytes: len(req.Body), Sent: time.Now()}
 	defer func() {
-		res.done = time.Now()
+		res.Done = time.Now()
 		c.mu.Lock()
 		c.results = append(c.results, res)
 		c.mu.Unlock()
 	}()
 	for attempt := 1; ; attempt++ {
-		res.attempts = attempt
-		res.id = fmt.Sprintf("%s-%d", c.prefix, c.seq.Add(1))
+		res.Attempts = attempt
+		res.ID = fmt.Sprintf("%s-%d", c.prefix, c.seq.Add(1))
 		start := time.Now()
-		status, hdr, u, ttfb, err := c.once(ctx, req, res.id)
-		res.status, res.ttfb, res.usage = status, ttfb, u
-		res.headers = start.Add(ttfb)
-		res.key = hdr.Get("X-Cc-Relay-Key")
+		status, hdr, u, ttfb, err := c.once(ctx, req, res.ID)
+		res.Status, res.TTFB, res.Usage = status, ttfb, u
+		res.Headers = start.Add(ttfb)
+		res.Key = hdr.Get("X-Cc-Relay-Key")
 		if err != nil {
-			res.errText = err.Error()
+			res.ErrText = err.Error()
 			return res
 		}
 		if status == http.StatusOK {
@@ -109,15 +116,15 @@ func (c *client) do(ctx context.Context, req genReq, rng *rand.Rand) *result {
 		switch status {
 		case http.StatusTooManyRequests:
 			// The relay marks answers that came from an upstream key.
-			if res.key != "" {
-				res.up429++
+			if res.Key != "" {
+				res.Up429++
 			} else {
-				res.relay429++
+				res.Relay429++
 			}
 		case 529:
-			res.other++
+			res.Other++
 		default:
-			res.other++
+			res.Other++
 			return res
 		}
 		if ra, err := strconv.Atoi(strings.TrimSpace(hdr.Get("Retry-After"))); err == nil && ra > 0 {
@@ -130,31 +137,31 @@ func (c *client) do(ctx context.Context, req genReq, rng *rand.Rand) *result {
 			return res
 		}
 		if time.Now().Add(wait).After(c.end) {
-			res.abandon = true
+			res.Abandon = true
 			return res
 		}
 		select {
 		case <-time.After(wait):
 		case <-ctx.Done():
-			res.abandon = true
+			res.Abandon = true
 			return res
 		}
 	}
 }
 
-func (c *client) once(ctx context.Context, req genReq, id string) (int, http.Header, usage.Usage, time.Duration, error) {
+func (c *Client) once(ctx context.Context, req Request, id string) (int, http.Header, usage.Usage, time.Duration, error) {
 	ctx, cancel := context.WithTimeout(ctx, attemptLimit)
 	defer cancel()
-	hr, _ := http.NewRequestWithContext(ctx, http.MethodPost, c.url, bytes.NewReader(req.body))
+	hr, _ := http.NewRequestWithContext(ctx, http.MethodPost, c.url, bytes.NewReader(req.Body))
 	h := hr.Header
 	h.Set("Content-Type", "application/json")
 	h.Set("Anthropic-Version", "2023-06-01")
 	h.Set("Anthropic-Beta", "claude-code-20250219,interleaved-thinking-2025-05-14")
 	h.Set("User-Agent", "claude-cli/2.0.14 (external, cli)")
-	h.Set("X-Api-Key", c.token)
+	h.Set("X-Api-Key", c.Token)
 	h.Set("X-Bench-Id", id)
-	if req.session != "" {
-		h.Set("X-Claude-Code-Session-Id", req.session)
+	if req.Session != "" {
+		h.Set("X-Claude-Code-Session-Id", req.Session)
 	}
 	start := time.Now()
 	resp, err := c.http.Do(hr)
@@ -192,8 +199,9 @@ func (c *client) once(ctx context.Context, req genReq, id string) (int, http.Hea
 	return resp.StatusCode, resp.Header, u, ttfb, nil
 }
 
-func (c *client) all() []*result {
+// All is every result so far.
+func (c *Client) All() []*Result {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return append([]*result(nil), c.results...)
+	return append([]*Result(nil), c.results...)
 }
