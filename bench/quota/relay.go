@@ -1,13 +1,11 @@
 package main
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -168,28 +166,5 @@ func (rr *relayRun) metrics(pool string) (map[string]float64, error) {
 	if err != nil {
 		return nil, err
 	}
-	samples, err := relaytest.ParseMetrics(bytes.NewReader(b))
-	if err != nil {
-		return nil, err
-	}
-	out := map[string]float64{}
-	for _, sm := range samples {
-		name, ok := strings.CutPrefix(sm.Name, "caddy_cc_relay_")
-		if !ok || sm.Labels["pool"] != pool {
-			continue
-		}
-		var keep []string
-		for k, v := range sm.Labels {
-			if k != "pool" {
-				keep = append(keep, k+"="+v)
-			}
-		}
-		slices.Sort(keep)
-		key := name
-		if len(keep) > 0 {
-			key += "{" + strings.Join(keep, ",") + "}"
-		}
-		out[key] += sm.Value
-	}
-	return out, nil
+	return ccload.PoolMetrics(b, pool)
 }

@@ -18,24 +18,6 @@ func table() *tabwriter.Writer {
 	return tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 }
 
-// meanSonnetTokens estimates a main-model request's prompt tokens (body
-// bytes / 4) from a sample of the generator's requests.
-func meanSonnetTokens(outMean int) float64 {
-	r := rand.New(rand.NewPCG(*flagSeed^0xabcdef, 3))
-	var sum, n float64
-	for range 2000 {
-		q := ccload.QuotaRequest(r, outMean)
-		if q.Class == "sonnet" {
-			sum += float64(len(q.Body)) / 4
-			n++
-		}
-	}
-	return sum / n
-}
-
-// sonnetShare is the share of quotaRequest's requests on the main model.
-const sonnetShare = 0.85
-
 // openLoop issues quotaRequests at Poisson arrival times of the given rate
 // (requests per second) until end; each is retried by its client as Claude
 // Code would. Every variant with the same seed gets the same requests at the
@@ -124,9 +106,9 @@ func scenarioQuota() bool {
 		{ID: "org-b", Keys: 1, RPM: 150, ITPM: 150_000, OTPM: 30_000},
 	}
 	rpm, itpm, otpm := ccload.OrgLimits(orgs)
-	tok := meanSonnetTokens(*flagOutMean)
+	tok := ccload.MeanSonnetTokens(*flagSeed, *flagOutMean)
 	// Offered input tokens = factor x what the limits admit over the run.
-	rate := *flagFactor * ccload.Capacity(itpm, d) / tok / d.Seconds() / sonnetShare
+	rate := *flagFactor * ccload.Capacity(itpm, d) / tok / d.Seconds() / ccload.SonnetShare
 	fmt.Printf("\n== quota (issue 3): 3 keys in 2 organizations, %s, offered %.1fx the input-token capacity ==\n", d, *flagFactor)
 	fmt.Printf("limits per model family: org-a (2 keys) %d RPM / %d ITPM / %d OTPM, org-b (1 key) %d / %d / %d; aggregate %d / %d / %d\n",
 		orgs[0].RPM, orgs[0].ITPM, orgs[0].OTPM, orgs[1].RPM, orgs[1].ITPM, orgs[1].OTPM, rpm, itpm, otpm)
@@ -230,8 +212,8 @@ func scenarioFailover() bool {
 		{ID: "org-c", Keys: 1, RPM: 600, ITPM: 600_000, OTPM: 120_000},
 	}
 	_, itpm, _ := ccload.OrgLimits(orgs)
-	tok := meanSonnetTokens(*flagOutMean)
-	rate := *flagFailLoad * float64(itpm) / 60 / tok / sonnetShare
+	tok := ccload.MeanSonnetTokens(*flagSeed, *flagOutMean)
+	rate := *flagFailLoad * float64(itpm) / 60 / tok / ccload.SonnetShare
 	outLen := min(30*time.Second, d/2)
 	outStart := (d - outLen) / 2
 	fmt.Printf("\n== failover (issue 4): 3 organizations, org-b answers 429 to everything from %s to %s ==\n", outStart, outStart+outLen)
@@ -342,14 +324,7 @@ func minTime(a, b time.Time) time.Time {
 
 // ---------------------------------------------------------------- affinity
 
-func cacheShare(v *variant) float64 {
-	var read, charged int64
-	for _, u := range v.use {
-		read += u.CacheRead
-		charged += u.Charged
-	}
-	return float64(read) / math.Max(1, float64(read+charged))
-}
+func cacheShare(v *variant) float64 { return ccload.CacheShare(v.use) }
 
 func scenarioAffinity() bool {
 	d := *flagDuration

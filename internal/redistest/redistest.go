@@ -228,9 +228,11 @@ func (s *Server) signal(sig syscall.Signal, paused bool) {
 	defer s.mu.Unlock()
 	if s.cmd == nil {
 		s.fatalf("redistest: %v to a server that is not running", sig)
+		return // Launch's fatalf returns
 	}
 	if err := s.cmd.Process.Signal(sig); err != nil {
 		s.fatalf("redistest: %v: %v", sig, err)
+		return
 	}
 	s.paused = paused
 }

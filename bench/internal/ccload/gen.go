@@ -164,7 +164,7 @@ type Request struct {
 // side requests; output lengths and max_tokens vary.
 func QuotaRequest(r *rand.Rand, outMean int) Request {
 	session := UUID(r)
-	if r.IntN(100) < 15 {
+	if r.IntN(100) < 15 { // 1 - SonnetShare
 		n := 1000 + r.IntN(3000)
 		out := ExpOut(r, 10, 80, 400)
 		b := Body{
@@ -207,6 +207,24 @@ func QuotaRequest(r *rand.Rand, outMean int) Request {
 	last := &b.Messages[len(b.Messages)-1].Content[0]
 	last.Text += Marker(out)
 	return Request{Body: Encode(b), Model: ModelSonnet, Class: "sonnet", Stream: b.Stream, Out: out, Session: session}
+}
+
+// SonnetShare is the share of QuotaRequest's requests on the main model.
+const SonnetShare = 0.85
+
+// MeanSonnetTokens estimates a main-model QuotaRequest's prompt tokens (body
+// bytes / 4) from a sample of 2000 requests drawn with seed.
+func MeanSonnetTokens(seed uint64, outMean int) float64 {
+	r := rand.New(rand.NewPCG(seed^0xabcdef, 3))
+	var sum, n float64
+	for range 2000 {
+		q := QuotaRequest(r, outMean)
+		if q.Class == "sonnet" {
+			sum += float64(len(q.Body)) / 4
+			n++
+		}
+	}
+	return sum / n
 }
 
 // Claude Code's tool definitions: identical for every session.
