@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"slices"
 	"time"
 
 	"github.com/cc-relay/caddy-cc-relay/bench/internal/ccload"
@@ -55,20 +56,21 @@ func runAffinity(e *env) bool {
 	}
 	single := ccload.CacheShare(vs[0].lr.use)
 	tw := table()
-	fmt.Fprintln(tw, "variant\tconversations\tturns\tcache-read share\tvs single key\tcharged input/turn\tsticky new/hit/scope/moved\tfailed\tupstream 429s\t")
+	fmt.Fprintln(tw, "variant\tconversations\tturns\tturns on another relay\tcache-read share\tvs single key\tcharged input/turn\tsticky new/hit/scope/moved\tfailed\tupstream 429s\t")
 	for _, v := range vs {
 		share := ccload.CacheShare(v.lr.use)
 		son := v.lr.class("sonnet")
 		m := v.lr.metrics
 		_, ulim := v.lr.upstreamTotals()
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%.1f%%\t%.3f\t%.0f\t%.0f/%.0f/%.0f/%.0f\t%d\t%d\t\n", v.name, v.starts, v.turns, 100*share,
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%.0f%%\t%.1f%%\t%.3f\t%.0f\t%.0f/%.0f/%.0f/%.0f\t%d\t%d\t\n", v.name, v.starts, v.turns, 100*moved(v.lr.results), 100*share,
 			share/math.Max(single, 1e-9), float64(son.Charged)/math.Max(1, float64(son.Accepted)),
 			m["sticky_total{outcome=new}"], m["sticky_total{outcome=hit}"], m["sticky_total{outcome=scope}"], m["sticky_total{outcome=moved}"],
 			ccload.Tally(v.lr.results).Errs, ulim)
 	}
 	tw.Flush()
 	fmt.Println("(cache-read share = cache_read / (input + cache_creation + cache_read) over all accepted requests, from the mock;")
-	fmt.Println(" charged input/turn = input + cache_creation per accepted main-model request; sticky: the relays' sticky_total, summed)")
+	fmt.Println(" charged input/turn = input + cache_creation per accepted main-model request; sticky: the relays' sticky_total, summed;")
+	fmt.Println(" turns on another relay: answered main-model turns whose conversation's previous turn another instance answered)")
 	if !*flagRedis {
 		return true
 	}
@@ -77,4 +79,26 @@ func runAffinity(e *env) bool {
 	fmt.Printf("target: cache-read share across instances within 5%% of a single key's: %.1f%% vs %.1f%% (ratio %.3f) %s\n",
 		100*shared, 100*single, shared/math.Max(single, 1e-9), check(ok))
 	return ok
+}
+
+// moved is the share of a conversation's answered main-model turns, after
+// its first, that another relay answered than its previous turn.
+func moved(rs []*ccload.Result) float64 {
+	sorted := slices.Clone(rs)
+	slices.SortFunc(sorted, func(a, b *ccload.Result) int { return a.Sent.Compare(b.Sent) })
+	last := map[string]string{}
+	var n, other int
+	for _, r := range sorted {
+		if !r.OK() || r.Class != "sonnet" {
+			continue
+		}
+		if prev, ok := last[r.Session]; ok {
+			n++
+			if prev != r.Relay {
+				other++
+			}
+		}
+		last[r.Session] = r.Relay
+	}
+	return float64(other) / math.Max(1, float64(n))
 }

@@ -111,7 +111,9 @@ func (e *env) startCluster(s clusterSpec) (*cluster, error) {
 	for i := range *flagRelays {
 		h := relayHandler(c.pool, s.orgs, s.limits, redisURL)
 		h["disable_sticky"] = s.stickyOff
-		p, port, err := e.startCaddy(fmt.Sprintf("%s-%d-relay%d", s.run, e.seq, i+1), h,
+		// Which instance answered, for the affinity run's count of moves.
+		tag := map[string]any{"handler": "headers", "response": map[string]any{"set": map[string][]string{"X-Bench-Relay": {strconv.Itoa(i + 1)}}}}
+		p, port, err := e.startCaddy(fmt.Sprintf("%s-%d-relay%d", s.run, e.seq, i+1), tag, h,
 			map[string]any{"handler": "reverse_proxy", "upstreams": []any{map[string]any{"dial": c.up.Addr()}}, "flush_interval": -1})
 		if err != nil {
 			c.stop()

@@ -42,6 +42,8 @@ type Result struct {
 	Headers  time.Time     // when they came
 	ID       string        // X-Bench-Id of the final attempt
 	Key      string        // X-Cc-Relay-Key of the final attempt
+	Relay    string        // X-Bench-Relay of the final attempt: which instance answered (bench/cluster)
+	Session  string        // the request's session id
 	Usage    usage.Usage
 	ErrText  string
 }
@@ -90,7 +92,7 @@ func (c *Client) Close() { c.http.CloseIdleConnections() }
 // do sends req until it succeeds, fails for good, or the run ends; rng
 // jitters the waits.
 func (c *Client) Do(ctx context.Context, req Request, rng *rand.Rand) *Result {
-	res := &Result{Class: req.Class, Bytes: len(req.Body), Sent: time.Now()}
+	res := &Result{Class: req.Class, Bytes: len(req.Body), Sent: time.Now(), Session: req.Session}
 	defer func() {
 		res.Done = time.Now()
 		c.mu.Lock()
@@ -105,6 +107,7 @@ func (c *Client) Do(ctx context.Context, req Request, rng *rand.Rand) *Result {
 		res.Status, res.TTFB, res.Usage = status, ttfb, u
 		res.Headers = start.Add(ttfb)
 		res.Key = hdr.Get("X-Cc-Relay-Key")
+		res.Relay = hdr.Get("X-Bench-Relay")
 		if err != nil {
 			res.ErrText = err.Error()
 			return res
