@@ -69,8 +69,8 @@ var (
 	flagVerbose    = flag.Bool("v", false, "per-relay detail")
 
 	flagSerial = flag.Int("serial", 0, "overhead: interleaved steps at one request in flight (default 3000, quick 1000)")
-	flagPairs  = flag.Int("pairs", 0, "overhead: pairs of rounds at 32 in flight (default 8, quick 4)")
-	flagRound  = flag.Int("round", 0, "overhead: requests per round at 32 in flight (default 4000, quick 2000)")
+	flagPairs  = flag.Int("pairs", 0, "overhead: pairs of rounds at 32 in flight (default 10, quick 5)")
+	flagRound  = flag.Int("round", 0, "overhead: requests per round at 32 in flight (default 8000, quick 3000)")
 	flagConc   = flag.Int("conc", 32, "overhead: requests in flight of the throughput rounds")
 )
 

@@ -82,10 +82,10 @@ func runOverhead(e *env) bool {
 		serial = map[bool]int{false: 3000, true: 1000}[*flagQuick]
 	}
 	if pairs == 0 {
-		pairs = map[bool]int{false: 8, true: 4}[*flagQuick]
+		pairs = map[bool]int{false: 10, true: 5}[*flagQuick]
 	}
 	if round == 0 {
-		round = map[bool]int{false: 4000, true: 2000}[*flagQuick]
+		round = map[bool]int{false: 8000, true: 3000}[*flagQuick]
 	}
 	conc := *flagConc
 	pairs = max(1, pairs)
