@@ -77,24 +77,7 @@ func drive(c *cluster, run string, load func(ctx context.Context, cl *ccload.Cli
 	defer cl.Close()
 	done := make(chan struct{})
 	go func() { load(ctx, cl, lr.t0, lr.end); close(done) }()
-	progress := time.NewTicker(10 * time.Second)
-	defer progress.Stop()
-	cut := time.NewTimer(d + 30*time.Second)
-	defer cut.Stop()
-wait:
-	for {
-		select {
-		case <-done:
-			break wait
-		case <-progress.C:
-			fmt.Fprintf(os.Stderr, "  %s: %s elapsed\n", run, time.Since(lr.t0).Round(time.Second))
-		case <-cut.C:
-			fmt.Fprintf(os.Stderr, "  %s: cancelling requests still running 30s after the end\n", run)
-			cancel()
-			<-done
-			break wait
-		}
-	}
+	ccload.Await(run, done, lr.t0, lr.end, cancel)
 	lr.results = cl.All()
 	lr.use, lr.span = ccload.UpstreamUse(c.up.Mock.Stats().Requests, lr.t0)
 	lr.span = max(lr.span, d)

@@ -186,22 +186,7 @@ func run(scenario string, vs []*variant, d time.Duration, load loadFunc) error {
 	}
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()
-	progress := time.NewTicker(10 * time.Second)
-	defer progress.Stop()
-wait:
-	for {
-		select {
-		case <-done:
-			break wait
-		case <-progress.C:
-			fmt.Fprintf(os.Stderr, "  %s: %s elapsed\n", scenario, time.Since(t0).Round(time.Second))
-		case <-time.After(time.Until(end.Add(30 * time.Second))):
-			fmt.Fprintf(os.Stderr, "  %s: cancelling requests still running 30s after the end\n", scenario)
-			cancel()
-			<-done
-			break wait
-		}
-	}
+	ccload.Await(scenario, done, t0, end, cancel)
 	for _, v := range vs {
 		v.results = v.cl.All()
 		v.cl.Close()
