@@ -14,6 +14,7 @@
 package keypool
 
 import (
+	"context"
 	"fmt"
 	"math"
 	"path"
@@ -105,6 +106,11 @@ type State struct {
 	est         []estimator
 	sticky      *stickyTable
 	waitq       waitQueue
+	// shared is the store the last configuration used (nil: none), to
+	// tell when one starts to be used; sharedOps counts writes to it in
+	// flight (shared_pool.go).
+	shared    SharedState
+	sharedOps sync.WaitGroup
 }
 
 // NewState returns an empty state that reads time from c.
@@ -345,6 +351,7 @@ type Pool struct {
 	lastModel string // classOf's cache, guarded by st.mu
 	lastClass int
 	lastOK    bool
+	viewAt    int64 // the shared view last applied (unix nanos of its refresh)
 }
 
 // NewPool builds cfg's view over st, matching keys by name. It refuses a
@@ -461,6 +468,10 @@ func (st *State) NewPool(cfg Config) (*Pool, error) {
 	}
 	p.sel = selector.NewState(weights, prios, cfg.Seed)
 	p.view.p = p
+	if cfg.Shared != nil && st.shared != cfg.Shared {
+		p.moveStateUp(st.clock.Now().UnixNano())
+	}
+	st.shared = cfg.Shared
 	return p, nil
 }
 
@@ -494,6 +505,17 @@ func (p *Pool) Close() {
 // can take requests as soon as a budget refills. It reports false for an
 // unknown key.
 func (p *Pool) Enable(name string) bool {
+	org, classes, ok := p.enable(name)
+	if ok && p.cfg.Shared != nil {
+		// Every instance takes it back at its next heartbeat.
+		p.cfg.Shared.Enable(context.Background(), name, org, classes)
+	}
+	return ok
+}
+
+// enable is Enable in this process; it returns the key's organization and
+// the classes of its budgets, as the shared store names them.
+func (p *Pool) enable(name string) (string, []string, bool) {
 	st := p.st
 	st.mu.Lock()
 	defer st.mu.Unlock()
@@ -506,10 +528,12 @@ func (p *Pool) Enable(name string) bool {
 		m.ks.disabled = ""
 		o := m.ks.org.resolve()
 		o.parkUntil, o.parkReason = 0, ""
-		for _, b := range o.budgets {
+		var classes []string
+		for c, b := range o.budgets {
 			if b == nil {
 				continue
 			}
+			classes = append(classes, st.cnames[c])
 			b.coolUntil, b.coolReason = 0, ""
 			caps := p.capsOf(i, b)
 			for k := range b.buckets {
@@ -520,9 +544,9 @@ func (p *Pool) Enable(name string) bool {
 			}
 		}
 		st.dispatchAll(now)
-		return true
+		return o.name, classes, true
 	}
-	return false
+	return "", nil, false
 }
 
 // Len is the number of keys in the pool.
