@@ -3,6 +3,7 @@ package keypool
 import (
 	"context"
 	"math"
+	"sync"
 	"time"
 )
 
@@ -364,4 +365,69 @@ func (p *Pool) moveStateUp(now int64) {
 	}
 	sh := p.cfg.Shared
 	p.background(func(ctx context.Context) { sh.Settle(ctx, cs) })
+}
+
+// RefreshShared brings the mirror of every budget the pool has used up to
+// the store's levels, so that a snapshot on an instance that served
+// nothing lately shows the pool-wide state: one script per budget (a
+// reservation of nothing), issued concurrently. Without a store it does
+// nothing.
+func (p *Pool) RefreshShared(ctx context.Context) {
+	sh := p.cfg.Shared
+	if sh == nil {
+		return
+	}
+	type target struct {
+		i int
+		o *org
+		c int
+		b SharedBudget
+	}
+	st := p.st
+	var ts []target
+	st.mu.Lock()
+	seen := map[*org]bool{}
+	for i := range p.members {
+		o := p.members[i].ks.org.resolve()
+		if seen[o] {
+			continue
+		}
+		seen[o] = true
+		for c, b := range o.budgets {
+			if b != nil {
+				ts = append(ts, target{i, o, c, SharedBudget{Org: o.name, Class: st.cnames[c], Caps: p.members[i].caps}})
+			}
+		}
+	}
+	st.mu.Unlock()
+	as := make([]SharedAdmission, len(ts))
+	var wg sync.WaitGroup
+	for j := range ts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			as[j] = sh.Reserve(ctx, ts[j].b, [3]float64{}, [3]float64{})
+		}()
+	}
+	wg.Wait()
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	now := st.clock.Now().UnixNano()
+	for j, t := range ts {
+		if t.o.resolve() != t.o {
+			continue // merged meanwhile
+		}
+		a := as[j]
+		p.mirror(t.i, t.o.budget(t.c), a.Levels, a.Known, a.Caps, a.Mode, now)
+		switch a.Outcome {
+		case SharedCooling:
+			if b := t.o.budget(t.c); capUntil(now, a.Until, MaxCooldown) > b.coolUntil {
+				b.coolUntil, b.coolReason = capUntil(now, a.Until, MaxCooldown), a.Reason
+			}
+		case SharedParked:
+			if at := capUntil(now, a.Until, MaxPark); at > t.o.parkUntil {
+				t.o.parkUntil, t.o.parkReason = at, a.Reason
+			}
+		}
+	}
 }

@@ -18,6 +18,7 @@ import (
 
 // instance is one relay's pool on a shared store.
 type instance struct {
+	st    *keypool.State
 	pool  *keypool.Pool
 	store *Store
 	clk   *clock.Fake
@@ -44,12 +45,13 @@ func newInstance(t *testing.T, srv *redistest.Server, keys ...keypool.KeyConfig)
 	t.Helper()
 	s := newStore(t, srv, func(c *Config) { c.Pool = t.Name() })
 	clk := clock.NewFake(time.Now())
-	p, err := keypool.NewState(clk).NewPool(poolConfig(keys, s))
+	st := keypool.NewState(clk)
+	p, err := st.NewPool(poolConfig(keys, s))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(p.WaitShared)
-	return &instance{pool: p, store: s, clk: clk}
+	return &instance{st: st, pool: p, store: s, clk: clk}
 }
 
 func (in *instance) acquire(req keypool.Request) (*keypool.Reservation, error) {
@@ -387,5 +389,119 @@ func TestConcurrentInstancesNeverOveradmit(t *testing.T) {
 	// run time may add one.
 	if admitted < 20 || admitted > 21 {
 		t.Fatalf("admitted %d of 64 with a shared budget of 20", admitted)
+	}
+}
+
+// An instance that served nothing lately shows the pool-wide levels once
+// it refreshes its mirror (the admin API does before a snapshot).
+func TestRefreshSharedShowsOtherInstancesSpending(t *testing.T) {
+	srv := redistest.Start(t)
+	key := keypool.KeyConfig{Name: "a", Org: "o", Limits: keypool.Limits{RPM: 6}}
+	a, b := newInstance(t, srv, key), newInstance(t, srv, key)
+	req := keypool.Request{Model: sonnet, Bytes: 400}
+	mustAcquire(t, b, req).Settle(ok200())
+	for range 3 {
+		mustAcquire(t, a, req).Settle(ok200())
+	}
+	a.pool.WaitShared()
+	remaining := func() int64 { return b.pool.Snapshot().Keys[0].Budgets[0].Requests.Remaining }
+	if got := remaining(); got != 5 {
+		t.Fatalf("b's mirror before refresh: %d left, want its own view (5)", got)
+	}
+	b.pool.RefreshShared(context.Background())
+	if got := remaining(); got != 2 {
+		t.Fatalf("b after refresh: %d left, want the pool's 2", got)
+	}
+}
+
+// A reload that removes redis keeps the levels the mirror last had: the
+// instance goes on from the shared state, not from full budgets.
+func TestRemovingRedisKeepsTheLevels(t *testing.T) {
+	srv := redistest.Start(t)
+	key := keypool.KeyConfig{Name: "a", Org: "o", Limits: keypool.Limits{RPM: 4}}
+	a, b := newInstance(t, srv, key), newInstance(t, srv, key)
+	req := keypool.Request{Model: sonnet, Bytes: 400}
+	for range 3 {
+		mustAcquire(t, a, req).Settle(ok200())
+	}
+	a.pool.WaitShared()
+	mustAcquire(t, b, req).Settle(ok200()) // b's mirror now says 0 left
+	local, err := b.st.NewPool(poolConfig([]keypool.KeyConfig{key}, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.pool.Close()
+	r := new(keypool.Reservation)
+	var nc *keypool.NoCapacityError
+	if err := local.Acquire(context.Background(), &req, r); !errors.As(err, &nc) {
+		t.Fatalf("after removing redis: %v, want a refusal (the shared budget is spent)", err)
+	}
+}
+
+// A stalled Redis (SIGSTOP) costs a request at most the store's timeout,
+// once: the breaker then keeps requests off it.
+func TestStalledRedisCostsAtMostTheTimeout(t *testing.T) {
+	srv := redistest.Start(t)
+	key := keypool.KeyConfig{Name: "a", Org: "o", Limits: keypool.Limits{RPM: 600}}
+	s := newStore(t, srv, func(c *Config) { c.Pool = t.Name(); c.Timeout = failTimeout })
+	p, err := keypool.NewState(clock.NewFake(time.Now())).NewPool(poolConfig([]keypool.KeyConfig{key}, s))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.WaitShared()
+	srv.Pause()
+	defer srv.Resume()
+	var slow int
+	for i := range 10 {
+		start := time.Now()
+		r := new(keypool.Reservation)
+		if err := p.Acquire(context.Background(), &keypool.Request{Model: sonnet, Bytes: 400, Session: uint64(i + 1)}, r); err != nil {
+			t.Fatalf("request %d with Redis stalled: %v", i, err)
+		}
+		r.Settle(ok200())
+		d := time.Since(start)
+		if d > 3*failTimeout {
+			t.Fatalf("request %d took %v", i, d)
+		}
+		if d > failTimeout/2 {
+			slow++
+		}
+	}
+	if slow > 1 {
+		t.Fatalf("%d of 10 requests waited for the stalled Redis; only the first should", slow)
+	}
+}
+
+// Redis restarted empty: the instances rejoin and the store is rebuilt
+// from what they spent meanwhile, not handed out full.
+func TestRestartedEmptyRedisIsRebuiltConservatively(t *testing.T) {
+	srv := redistest.Start(t)
+	key := keypool.KeyConfig{Name: "a", Org: "o", Limits: keypool.Limits{RPM: 6}}
+	a := newInstance(t, srv, key)
+	req := keypool.Request{Model: sonnet, Bytes: 400}
+	for range 4 {
+		mustAcquire(t, a, req).Settle(ok200())
+	}
+	a.pool.WaitShared()
+	srv.Restart() // empty: no persistence
+	a.store.beat()
+	// The first call after the restart finds the connection gone and
+	// falls back; the next heartbeat rejoins and charges what the
+	// fallback budget spent.
+	mustAcquire(t, a, req).Settle(ok200())
+	a.pool.WaitShared()
+	a.store.beat()
+	if m := a.store.Mode(); m != keypool.SharedModeShared {
+		t.Fatalf("mode %s after Redis came back", m)
+	}
+	b := newInstance(t, srv, key)
+	admitted := 0
+	for range 6 {
+		if _, err := b.acquire(req); err == nil {
+			admitted++
+		}
+	}
+	if admitted >= 6 {
+		t.Fatalf("a fresh instance got the whole budget (%d) from a Redis restarted empty", admitted)
 	}
 }
