@@ -31,8 +31,9 @@ func (p *Pool) acquireShared(ctx context.Context, req *Request, res *Reservation
 	sh := p.cfg.Shared
 	st := p.st
 	p.applyView(sh.View())
+	pinned := ""
 	if p.cfg.Sticky && req.Session != 0 {
-		p.followPin(ctx, req)
+		pinned = p.followPin(ctx, req)
 	}
 	start := st.clock.Now()
 	var hint time.Duration
@@ -56,7 +57,7 @@ func (p *Pool) acquireShared(ctx context.Context, req *Request, res *Reservation
 		b, admit, charge := p.sharedRequest(res)
 		a := sh.Reserve(ctx, b, admit, charge)
 		if p.applyAdmission(res, a, charge) {
-			if res.Sticky != StickyNone && res.Sticky != StickyHit {
+			if res.Sticky != StickyNone && pinned != res.ks.name {
 				p.background(func(ctx context.Context) {
 					sh.Pin(ctx, req.Session, res.ks.name, time.Duration(p.ttl))
 				})
@@ -172,11 +173,12 @@ func (r *Reservation) withdraw(now int64) {
 
 // followPin makes the local session table agree with the store's pin, so
 // that a conversation whose turns land on different instances stays on the
-// key that holds its prompt cache.
-func (p *Pool) followPin(ctx context.Context, req *Request) {
+// key that holds its prompt cache. It returns the store's pin ("" for
+// none).
+func (p *Pool) followPin(ctx context.Context, req *Request) string {
 	name, mode := p.cfg.Shared.Pinned(ctx, req.Session, time.Duration(p.ttl))
 	if name == "" || mode != SharedModeShared {
-		return
+		return name
 	}
 	st := p.st
 	st.mu.Lock()
@@ -184,17 +186,17 @@ func (p *Pool) followPin(ctx context.Context, req *Request) {
 	now := st.clock.Now().UnixNano()
 	ks := st.keys[name]
 	if ks == nil || ks.refs == 0 {
-		return
+		return name
 	}
 	if _, ok := p.byKey[ks]; !ok {
-		return
+		return name
 	}
-	if cur, _, _ := st.sticky.get(req.Session, now, p.ttl); cur == ks {
-		return
+	if cur, _, _ := st.sticky.get(req.Session, now, p.ttl); cur != ks {
+		// The last turn went elsewhere: its size is not known here, so
+		// the next is priced as a first turn within the cache scope.
+		st.sticky.pin(req.Session, ks, now, p.ttl, p.cfg.StickyMaxSessions, 0, -1)
 	}
-	// The last turn went elsewhere: its size is not known here, so the
-	// next is priced as a first turn within the cache scope.
-	st.sticky.pin(req.Session, ks, now, p.ttl, p.cfg.StickyMaxSessions, 0, -1)
+	return name
 }
 
 // applyView takes what other instances changed since the last heartbeat:
