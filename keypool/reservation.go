@@ -37,14 +37,11 @@ type Reservation struct {
 	Sticky StickyOutcome
 	// attempts is the request's, counted by this reservation.
 	attempts *Attempts
-	// sh is the shared store that holds a charge for this reservation
-	// (nil: none; see shared_pool.go): sharedCharged is what it charged,
-	// sharedMarks its running totals before, and delta what the local
-	// accounting charged since, to be passed on when it settles.
-	sh            SharedState
-	sharedCharged [numKinds]float64
-	sharedMarks   [numKinds]float64
-	delta         [numKinds]float64
+	// link is the reservation's standing with the shared store (nil:
+	// none; shared_pool.go), and delta what the local accounting charged
+	// after admission, for the store's correction.
+	link  *sharedLink
+	delta [numKinds]float64
 }
 
 // chargeBucket charges n to kind k of b for this reservation.
@@ -176,7 +173,7 @@ func (r *Reservation) ObserveHeaders(status int, h RateLimitHeaders) {
 		in = h.Tokens
 	}
 	lims := [numKinds]Limit{h.Requests, in, h.OutputTokens}
-	if r.sh != nil {
+	if r.link != nil {
 		r.observeShared(now, status, h, lims)
 		return
 	}

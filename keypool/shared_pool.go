@@ -106,9 +106,7 @@ func (p *Pool) applyAdmission(res *Reservation, a SharedAdmission, charge [3]flo
 	p.mirror(res.idx, b, a.Levels, a.Known, a.Caps, a.Mode, now)
 	switch a.Outcome {
 	case SharedAdmitted:
-		res.sh = p.cfg.Shared
-		res.sharedMarks = a.Marks
-		res.sharedCharged = charge
+		res.link = &sharedLink{sh: p.cfg.Shared, charged: charge, marks: a.Marks}
 		return true
 	case SharedCooling:
 		if at := capUntil(now, a.Until, MaxCooldown); at > b.coolUntil {
@@ -252,13 +250,47 @@ func (p *Pool) background(f func(ctx context.Context)) {
 // (corrections, pins, cooldowns) have been made; for tests and shutdown.
 func (p *Pool) WaitShared() { p.st.sharedOps.Wait() }
 
+// sharedLink is a reservation's standing with the store once admitted. It
+// is its own allocation because the store's answer to a header sync may
+// arrive after the caller has settled (and reused) the reservation.
+// Guarded by the pool's lock.
+type sharedLink struct {
+	sh      SharedState
+	charged [numKinds]float64 // what the store charged at admission
+	marks   [numKinds]float64 // its running totals before that
+	phase   linkPhase
+	// final is the correction Settle left while a sync was in flight.
+	final SharedCorrection
+}
+
+// linkPhase orders a reservation's sync and correction with the store:
+//
+//	admitted ─headers─▶ syncing ─answer─▶ synced ─Settle─▶ done
+//	    │                  └─Settle─▶ settledSyncing ─answer─▶ done
+//	    └─Settle──────────────────────────────────────────▶ done
+//
+// The correction goes out exactly once, after the sync's answer is known:
+// when the sync moved the store's input level to the upstream's account,
+// that account already holds the real input, and the usage's correction of
+// the estimate must not be applied on top.
+type linkPhase uint8
+
+const (
+	linkAdmitted linkPhase = iota
+	linkSyncing
+	linkSynced
+	linkSettledSyncing
+	linkDone
+)
+
 // observeShared is ObserveHeaders with a shared store: the headers move
-// the store's budget (Sync) and the mirror follows. st.mu is held on entry
-// and on return; it is released around the store's call.
+// the store's budget (Sync, in the background: the response is not held
+// for it) and the mirror follows. st.mu is held on entry and on return; a
+// 5xx's refund is written before the sync, with the lock released.
 func (r *Reservation) observeShared(now int64, status int, h RateLimitHeaders, lims [numKinds]Limit) {
 	p := r.p
 	st := p.st
-	sh := r.sh
+	l := r.link
 	o, b := r.current()
 	budget := SharedBudget{Org: o.name, Class: st.cnames[r.class], Caps: p.members[r.idx].caps}
 	if status >= 500 && r.input <= inputSynced {
@@ -268,67 +300,105 @@ func (r *Reservation) observeShared(now int64, status int, h RateLimitHeaders, l
 		b.buckets[kindInput].charge(-r.est)
 		r.input = inputRefunded
 		st.mu.Unlock()
-		sh.Settle(context.Background(), []SharedCorrection{{Budget: budget, Delta: [3]float64{-1, -r.est, 0}}})
+		l.sh.Settle(context.Background(), []SharedCorrection{{Budget: budget, Delta: [3]float64{-1, -r.est, 0}}})
 		st.mu.Lock()
 	}
-	s := SharedSync{Budget: budget, Observed: time.Unix(0, now), Own: r.sharedCharged}
-	for k, l := range lims {
-		s.Limit[k], s.Remaining[k] = l.Limit, l.Remaining
-		if l.Limit > 0 {
-			b.buckets[k].learned = learnedLimit(k, l.Limit)
+	s := SharedSync{Budget: budget, Observed: time.Unix(0, now), Own: l.charged}
+	for k, lim := range lims {
+		s.Limit[k], s.Remaining[k] = lim.Limit, lim.Remaining
+		if lim.Limit > 0 {
+			b.buckets[k].learned = learnedLimit(k, lim.Limit)
 		}
 		s.Mark[k] = math.NaN()
 		if r.marksValid() && o == r.o {
-			s.Mark[k] = r.sharedMarks[k]
+			s.Mark[k] = l.marks[k]
 		}
 		s.Gran[k] = 1
-		if k != kindRequests && l.Remaining >= 0 && l.Remaining%1000 == 0 {
+		if k != kindRequests && lim.Remaining >= 0 && lim.Remaining%1000 == 0 {
 			s.Gran[k] = 1000
 		}
 		cfg := p.members[r.idx].caps[k]
-		s.Raise[k] = cfg == 0 || cfg == float64(l.Limit)
+		s.Raise[k] = cfg == 0 || cfg == float64(lim.Limit)
+	}
+	r.voidMarks()
+	if r.input <= inputSynced && s.Remaining[kindInput] >= 0 {
+		// The upstream counted the request: usage corrects the estimate
+		// unless the sync's answer says the store took the upstream's
+		// account instead (syncAnswered).
+		r.input = inputSyncKept
 	}
 	coolBefore := b.coolUntil
 	r.coolDown(now, status, h, lims, b)
-	cool, coolWhy := b.coolUntil, b.coolReason
-	st.mu.Unlock()
-	if cool > coolBefore {
-		p.background(func(ctx context.Context) { sh.Cool(ctx, budget, time.Unix(0, cool), coolWhy) })
+	if cool, why := b.coolUntil, b.coolReason; cool > coolBefore {
+		p.background(func(ctx context.Context) { l.sh.Cool(ctx, budget, time.Unix(0, cool), why) })
 	}
-	res := sh.Sync(context.Background(), s)
-	st.mu.Lock()
-	r.voidMarks()
-	if r.input != inputSettled {
-		_, b = r.current()
-		p.mirror(r.idx, b, res.Levels, [3]bool{!math.IsNaN(res.Levels[0]), !math.IsNaN(res.Levels[1]), !math.IsNaN(res.Levels[2])}, res.Caps, res.Mode, st.clock.Now().UnixNano())
+	if l.phase != linkAdmitted {
+		return // one sync per reservation
 	}
-	if r.input <= inputSynced && s.Remaining[kindInput] >= 0 {
-		r.input = inputSyncKept
-		if res.Moved[kindInput] {
-			r.input = inputSynced
+	l.phase = linkSyncing
+	idx, class, tracksInput := r.idx, r.class, s.Remaining[kindInput] >= 0
+	p.background(func(ctx context.Context) {
+		res := l.sh.Sync(ctx, s)
+		st.mu.Lock()
+		defer st.mu.Unlock()
+		known := [3]bool{!math.IsNaN(res.Levels[0]), !math.IsNaN(res.Levels[1]), !math.IsNaN(res.Levels[2])}
+		p.mirror(idx, o.resolve().budget(class), res.Levels, known, res.Caps, res.Mode, st.clock.Now().UnixNano())
+		moved := tracksInput && res.Moved[kindInput]
+		switch l.phase {
+		case linkSyncing:
+			l.phase = linkSynced
+			if moved {
+				r.syncMovedInput()
+			}
+		case linkSettledSyncing:
+			l.phase = linkDone
+			if moved {
+				l.final.Delta[kindInput] = 0
+			}
+			if l.final.Delta != [3]float64{} {
+				l.sh.Settle(ctx, []SharedCorrection{l.final})
+			}
 		}
+	})
+}
+
+// syncMovedInput records that a header sync set the store's input level to
+// the upstream's account, which holds this request's input: what usage
+// corrected of the estimate before is void, and usage corrects nothing
+// more (as inputSynced in process; when usage came first, only its growth
+// from here is charged). st.mu is held.
+func (r *Reservation) syncMovedInput() {
+	r.delta[kindInput] = 0
+	if r.input == inputSyncKept {
+		r.input = inputSynced
 	}
 }
 
 // settleShared sends the store what this reservation's accounting changed
 // after admission: refunds, the real input instead of the estimate, the
-// real output instead of the expected. st.mu is held.
+// real output instead of the expected; or leaves it to a sync in flight.
+// st.mu is held.
 func (r *Reservation) settleShared() {
-	if r.sh == nil {
+	l := r.link
+	if l == nil {
 		return
 	}
 	o, _ := r.current()
 	d := r.delta
-	d[kindOutput] -= r.sharedCharged[kindOutput]
+	d[kindOutput] -= l.charged[kindOutput]
+	c := SharedCorrection{
+		Budget: SharedBudget{Org: o.name, Class: r.p.st.cnames[r.class], Caps: r.p.members[r.idx].caps},
+		Delta:  d,
+	}
+	if l.phase == linkSyncing {
+		l.phase, l.final = linkSettledSyncing, c
+		return
+	}
+	l.phase = linkDone
 	if d == [3]float64{} {
 		return
 	}
-	sh := r.sh
-	c := []SharedCorrection{{
-		Budget: SharedBudget{Org: o.name, Class: r.p.st.cnames[r.class], Caps: r.p.members[r.idx].caps},
-		Delta:  d,
-	}}
-	r.p.background(func(ctx context.Context) { sh.Settle(ctx, c) })
+	r.p.background(func(ctx context.Context) { l.sh.Settle(ctx, []SharedCorrection{c}) })
 }
 
 // moveStateUp charges a store the pool starts to use with what this

@@ -505,3 +505,29 @@ func TestRestartedEmptyRedisIsRebuiltConservatively(t *testing.T) {
 		t.Fatalf("a fresh instance got the whole budget (%d) from a Redis restarted empty", admitted)
 	}
 }
+
+// Headers that move the shared input level to the upstream's account make
+// the usage's correction of the estimate void: it is not applied on top,
+// whether the sync's answer comes before Settle or after.
+func TestSyncedInputIsNotCorrectedTwice(t *testing.T) {
+	srv := redistest.Start(t)
+	key := keypool.KeyConfig{Name: "a", Org: "o", Limits: keypool.Limits{ITPM: 10000}}
+	a, b := newInstance(t, srv, key), newInstance(t, srv, key)
+	mustAcquire(t, b, keypool.Request{Model: sonnet, Bytes: 40}).Settle(ok200())
+	r := mustAcquire(t, a, keypool.Request{Model: sonnet, Bytes: 3200})
+	r.ObserveHeaders(200, keypool.RateLimitHeaders{
+		Requests:     keypool.Limit{Limit: -1, Remaining: -1},
+		InputTokens:  keypool.Limit{Limit: 10000, Remaining: 5000},
+		OutputTokens: keypool.Limit{Limit: -1, Remaining: -1},
+		Tokens:       keypool.Limit{Limit: -1, Remaining: -1},
+	})
+	// The real input was far below the estimate; the upstream's 5000
+	// (rounded down to thousands) already counts it.
+	r.Settle(keypool.Result{Status: 200, Usage: keypool.Usage{InputTokens: 100, HaveInput: true, OutputTokens: 1, HaveOutput: true}})
+	a.pool.WaitShared()
+	b.pool.RefreshShared(context.Background())
+	got := b.pool.Snapshot().Keys[0].Budgets[0].InputTokens.Remaining
+	if got < 5000 || got > 6100 {
+		t.Fatalf("shared input level %d, want within the upstream's [5000, 5999] (plus refill)", got)
+	}
+}
