@@ -406,32 +406,21 @@ func (r *Reservation) settleShared() {
 // to a running relay does not hand out a second budget. st.mu is held.
 func (p *Pool) moveStateUp(now int64) {
 	var cs []SharedCorrection
-	seen := map[*org]bool{}
-	for i := range p.members {
-		o := p.members[i].ks.org.resolve()
-		if seen[o] {
-			continue
-		}
-		seen[o] = true
-		for c, b := range o.budgets {
-			if b == nil {
+	p.eachBudget(func(i int, o *org, c int, b *budget) {
+		var d [3]float64
+		caps := p.capsOf(i, b)
+		for k := range b.buckets {
+			bk := &b.buckets[k]
+			if caps[k] <= 0 || !bk.init {
 				continue
 			}
-			var d [3]float64
-			caps := p.capsOf(i, b)
-			for k := range b.buckets {
-				bk := &b.buckets[k]
-				if caps[k] <= 0 || !bk.init {
-					continue
-				}
-				bk.refill(now, caps[k])
-				d[k] = caps[k] - bk.level
-			}
-			if d != [3]float64{} {
-				cs = append(cs, SharedCorrection{Budget: SharedBudget{Org: o.name, Class: p.st.cnames[c], Caps: p.members[i].caps}, Delta: d})
-			}
+			bk.refill(now, caps[k])
+			d[k] = caps[k] - bk.level
 		}
-	}
+		if d != [3]float64{} {
+			cs = append(cs, SharedCorrection{Budget: SharedBudget{Org: o.name, Class: p.st.cnames[c], Caps: p.members[i].caps}, Delta: d})
+		}
+	})
 	if len(cs) == 0 {
 		return
 	}
@@ -458,19 +447,9 @@ func (p *Pool) RefreshShared(ctx context.Context) {
 	st := p.st
 	var ts []target
 	st.mu.Lock()
-	seen := map[*org]bool{}
-	for i := range p.members {
-		o := p.members[i].ks.org.resolve()
-		if seen[o] {
-			continue
-		}
-		seen[o] = true
-		for c, b := range o.budgets {
-			if b != nil {
-				ts = append(ts, target{i, o, c, SharedBudget{Org: o.name, Class: st.cnames[c], Caps: p.members[i].caps}})
-			}
-		}
-	}
+	p.eachBudget(func(i int, o *org, c int, _ *budget) {
+		ts = append(ts, target{i, o, c, SharedBudget{Org: o.name, Class: st.cnames[c], Caps: p.members[i].caps}})
+	})
 	st.mu.Unlock()
 	as := make([]SharedAdmission, len(ts))
 	var wg sync.WaitGroup
@@ -499,6 +478,24 @@ func (p *Pool) RefreshShared(ctx context.Context) {
 		case SharedParked:
 			if at := capUntil(now, a.Until, MaxPark); at > t.o.parkUntil {
 				t.o.parkUntil, t.o.parkReason = at, a.Reason
+			}
+		}
+	}
+}
+
+// eachBudget calls f once for every budget the pool's organizations have
+// used, with the index of a key of that organization. st.mu is held.
+func (p *Pool) eachBudget(f func(i int, o *org, class int, b *budget)) {
+	seen := map[*org]bool{}
+	for i := range p.members {
+		o := p.members[i].ks.org.resolve()
+		if seen[o] {
+			continue
+		}
+		seen[o] = true
+		for c, b := range o.budgets {
+			if b != nil {
+				f(i, o, c, b)
 			}
 		}
 	}

@@ -297,17 +297,24 @@ func TestSessionPinsFollowAcrossInstances(t *testing.T) {
 	}
 }
 
-// Redis gone: requests are still served, from this instance's share, and
-// no call waits longer than the store's timeout.
-func TestRedisDownStillServes(t *testing.T) {
-	srv := redistest.Start(t)
-	key := keypool.KeyConfig{Name: "a", Org: "o", Limits: keypool.Limits{RPM: 60}}
+// failingPool is a pool on a store with the failure tests' timeout.
+func failingPool(t *testing.T, srv *redistest.Server, key keypool.KeyConfig) (*keypool.Pool, *Store) {
+	t.Helper()
 	s := newStore(t, srv, func(c *Config) { c.Pool = t.Name(); c.Timeout = failTimeout })
 	p, err := keypool.NewState(clock.NewFake(time.Now())).NewPool(poolConfig([]keypool.KeyConfig{key}, s))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer p.WaitShared()
+	t.Cleanup(p.WaitShared)
+	return p, s
+}
+
+// Redis gone: requests are still served, from this instance's share, and
+// no call waits longer than the store's timeout.
+func TestRedisDownStillServes(t *testing.T) {
+	srv := redistest.Start(t)
+	key := keypool.KeyConfig{Name: "a", Org: "o", Limits: keypool.Limits{RPM: 60}}
+	p, s := failingPool(t, srv, key)
 	srv.Kill()
 	for i := range 5 {
 		start := time.Now()
@@ -443,13 +450,13 @@ func TestRemovingRedisKeepsTheLevels(t *testing.T) {
 func TestStalledRedisCostsAtMostTheTimeout(t *testing.T) {
 	srv := redistest.Start(t)
 	key := keypool.KeyConfig{Name: "a", Org: "o", Limits: keypool.Limits{RPM: 600}}
-	s := newStore(t, srv, func(c *Config) { c.Pool = t.Name(); c.Timeout = failTimeout })
-	p, err := keypool.NewState(clock.NewFake(time.Now())).NewPool(poolConfig([]keypool.KeyConfig{key}, s))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.WaitShared()
+	p, s := failingPool(t, srv, key)
 	srv.Pause()
+	defer func() {
+		if m := s.Mode(); m != keypool.SharedModeLocalFallback {
+			t.Errorf("mode %s with Redis stalled", m)
+		}
+	}()
 	defer srv.Resume()
 	var slow int
 	for i := range 10 {
