@@ -1,4 +1,4 @@
-package apierr
+package anthropic
 
 import (
 	"encoding/json"
@@ -8,10 +8,10 @@ import (
 	"time"
 )
 
-// Write answers in the Anthropic error JSON shape, with Retry-After in
+// WriteError answers in the Anthropic error JSON shape, with Retry-After in
 // seconds when retryAfter is positive.
-func Write(w http.ResponseWriter, status int, typ, msg string, retryAfter int) {
-	b := Body(typ, msg)
+func WriteError(w http.ResponseWriter, status int, typ, msg string, retryAfter int) {
+	b := ErrorBody(typ, msg)
 	hdr := w.Header()
 	hdr.Set("Content-Type", "application/json")
 	hdr.Set("Content-Length", strconv.Itoa(len(b)))
@@ -22,10 +22,10 @@ func Write(w http.ResponseWriter, status int, typ, msg string, retryAfter int) {
 	_, _ = w.Write(b)
 }
 
-// Reason is "error.type: error.message" of an upstream error body, or
+// ErrorReason is "error.type: error.message" of an upstream error body, or
 // "rejected" when the body is not one. It is neither redacted nor bounded:
 // the caller does both.
-func Reason(body []byte) string {
+func ErrorReason(body []byte) string {
 	var e wire
 	if json.Unmarshal(body, &e) != nil || e.Error.Type == "" {
 		return "rejected"

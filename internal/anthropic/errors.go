@@ -1,28 +1,24 @@
-// Package apierr builds errors in the Anthropic Messages API's shapes: the
-// JSON body of an error answer and the SSE error event of a stream that
-// fails after it began. Providers' own error formats are translated into
-// these so a client sees one API whatever upstream served it.
-package apierr
+package anthropic
 
 import "encoding/json"
 
-// Body is {"type":"error","error":{"type":typ,"message":msg}}.
-func Body(typ, msg string) []byte {
+// ErrorBody is {"type":"error","error":{"type":typ,"message":msg}}.
+func ErrorBody(typ, msg string) []byte {
 	b, _ := json.Marshal(wire{Type: "error", Error: detail{Type: typ, Message: msg}})
 	return b
 }
 
-// AppendEvent appends the SSE error event the API sends when a stream
+// AppendErrorEvent appends the SSE error event the API sends when a stream
 // fails after it began.
-func AppendEvent(dst []byte, typ, msg string) []byte {
+func AppendErrorEvent(dst []byte, typ, msg string) []byte {
 	dst = append(dst, "event: error\ndata: "...)
-	dst = append(dst, Body(typ, msg)...)
+	dst = append(dst, ErrorBody(typ, msg)...)
 	return append(dst, '\n', '\n')
 }
 
-// TypeFor is the Anthropic error type of an HTTP status the relay answers
+// ErrorType is the Anthropic error type of an HTTP status the relay answers
 // with.
-func TypeFor(status int) string {
+func ErrorType(status int) string {
 	switch status {
 	case 400:
 		return "invalid_request_error"
@@ -45,8 +41,8 @@ func TypeFor(status int) string {
 	return "api_error"
 }
 
-// Message returns error.message of an Anthropic-shaped body, if it is one.
-func Message(body []byte) (typ, msg string, ok bool) {
+// ErrorMessage returns error.message of an Anthropic-shaped body, if it is one.
+func ErrorMessage(body []byte) (typ, msg string, ok bool) {
 	var w wire
 	if json.Unmarshal(body, &w) != nil || w.Type != "error" || w.Error.Type == "" {
 		return "", "", false

@@ -1,4 +1,4 @@
-package apierr
+package anthropic
 
 import (
 	"net/http"
@@ -7,38 +7,38 @@ import (
 	"time"
 )
 
-func TestWrite(t *testing.T) {
+func TestWriteError(t *testing.T) {
 	rec := httptest.NewRecorder()
-	Write(rec, 429, "rate_limit_error", "slow down", 7)
+	WriteError(rec, 429, "rate_limit_error", "slow down", 7)
 	if rec.Code != 429 || rec.Header().Get("Retry-After") != "7" || rec.Header().Get("Content-Type") != "application/json" {
 		t.Fatalf("%d %v", rec.Code, rec.Header())
 	}
-	if typ, msg, ok := Message(rec.Body.Bytes()); !ok || typ != "rate_limit_error" || msg != "slow down" {
+	if typ, msg, ok := ErrorMessage(rec.Body.Bytes()); !ok || typ != "rate_limit_error" || msg != "slow down" {
 		t.Fatalf("body %s", rec.Body)
 	}
 	rec = httptest.NewRecorder()
-	Write(rec, 400, "invalid_request_error", "x", 0)
+	WriteError(rec, 400, "invalid_request_error", "x", 0)
 	if rec.Header().Get("Retry-After") != "" {
 		t.Fatal("Retry-After without a delay")
 	}
 }
 
-func TestReason(t *testing.T) {
+func TestErrorReason(t *testing.T) {
 	for body, want := range map[string]string{
 		`{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}`: "authentication_error: invalid x-api-key",
 		`{"type":"error","error":{"type":"permission_error"}}`:                                   "permission_error",
 		`<html>bad gateway</html>`: "rejected",
 		``:                         "rejected",
 	} {
-		if got := Reason([]byte(body)); got != want {
-			t.Errorf("Reason(%q) = %q, want %q", body, got, want)
+		if got := ErrorReason([]byte(body)); got != want {
+			t.Errorf("ErrorReason(%q) = %q, want %q", body, got, want)
 		}
 	}
 }
 
 func TestSpendCap(t *testing.T) {
 	now := time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC)
-	body := func(msg string) []byte { return Body("rate_limit_error", msg) }
+	body := func(msg string) []byte { return ErrorBody("rate_limit_error", msg) }
 	until, ok := SpendCap(http.Header{}, body("You have reached your specified API usage limits. You will regain access on 2026-12-01 at 06:30 UTC."), now)
 	if !ok || !until.Equal(time.Date(2026, 12, 1, 6, 30, 0, 0, time.UTC)) {
 		t.Fatalf("dated spend cap: %v %v", until, ok)

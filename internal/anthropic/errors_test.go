@@ -1,0 +1,24 @@
+package anthropic
+
+import "testing"
+
+func TestShapes(t *testing.T) {
+	if got := string(ErrorBody("rate_limit_error", `slow "down"`)); got != `{"type":"error","error":{"type":"rate_limit_error","message":"slow \"down\""}}` {
+		t.Fatal(got)
+	}
+	if got := string(AppendErrorEvent([]byte("x"), "api_error", "m")); got != "xevent: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"message\":\"m\"}}\n\n" {
+		t.Fatal(got)
+	}
+	for status, want := range map[int]string{400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+		404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 529: "overloaded_error", 418: "invalid_request_error", 502: "api_error"} {
+		if ErrorType(status) != want {
+			t.Errorf("%d: %s", status, ErrorType(status))
+		}
+	}
+	if typ, msg, ok := ErrorMessage(ErrorBody("x", "y")); !ok || typ != "x" || msg != "y" {
+		t.Fatal("round trip")
+	}
+	if _, _, ok := ErrorMessage([]byte(`{"error":{"code":429}}`)); ok {
+		t.Fatal("a Google error taken for Anthropic's")
+	}
+}
