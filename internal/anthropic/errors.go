@@ -1,6 +1,10 @@
 package anthropic
 
-import "encoding/json"
+import (
+	"encoding/json"
+	"net/http"
+	"strconv"
+)
 
 // ErrorBody is {"type":"error","error":{"type":typ,"message":msg}}.
 func ErrorBody(typ, msg string) []byte {
@@ -48,6 +52,35 @@ func ErrorMessage(body []byte) (typ, msg string, ok bool) {
 		return "", "", false
 	}
 	return w.Error.Type, w.Error.Message, true
+}
+
+// WriteError answers in the Anthropic error JSON shape, with Retry-After in
+// seconds when retryAfter is positive.
+func WriteError(w http.ResponseWriter, status int, typ, msg string, retryAfter int) {
+	b := ErrorBody(typ, msg)
+	hdr := w.Header()
+	hdr.Set("Content-Type", "application/json")
+	hdr.Set("Content-Length", strconv.Itoa(len(b)))
+	if retryAfter > 0 {
+		hdr.Set("Retry-After", strconv.Itoa(retryAfter))
+	}
+	w.WriteHeader(status)
+	_, _ = w.Write(b)
+}
+
+// ErrorReason is "error.type: error.message" of an upstream error body, or
+// "rejected" when the body is not one. It is neither redacted nor bounded:
+// the caller does both.
+func ErrorReason(body []byte) string {
+	var e wire
+	if json.Unmarshal(body, &e) != nil || e.Error.Type == "" {
+		return "rejected"
+	}
+	msg := e.Error.Type
+	if e.Error.Message != "" {
+		msg += ": " + e.Error.Message
+	}
+	return msg
 }
 
 type wire struct {
