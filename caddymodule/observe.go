@@ -143,7 +143,7 @@ func (o *attemptWriter) WriteHeader(code int) {
 	o.wroteHeader = true
 	o.status = code
 	hdr := o.w.Header()
-	o.res.ObserveHeaders(code, keypool.ParseHeaders(hdr, o.h.clk.Now()))
+	o.res.ObserveHeaders(code, rateLimits(hdr, o.h.clk.Now()))
 	o.action = o.h.retryDecision(o.ctx, code, o.attempt)
 	if o.action.holds() {
 		// Nothing of a held answer reaches the client: it keeps its own

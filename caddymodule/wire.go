@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/cc-relay/caddy-cc-relay/internal/anthropic"
+	"github.com/cc-relay/caddy-cc-relay/keypool"
 )
 
 // What the upstream sends and the client expects back is Anthropic's wire
@@ -31,4 +32,11 @@ func errorMessage(body []byte) string { return anthropic.ErrorReason(body) }
 // when the organization is parked until.
 func spendCap(h http.Header, body []byte, now time.Time) (time.Time, bool) {
 	return anthropic.SpendCap(h, body, now)
+}
+
+// rateLimits is what a response's headers say of its key's organization,
+// as the plain values the pool takes; delays and resets are capped at the
+// longest cooldown the pool would apply (keypool.MaxCooldown).
+func rateLimits(h http.Header, now time.Time) keypool.RateLimitHeaders {
+	return anthropic.ParseRateLimits(h, now, keypool.MaxCooldown)
 }

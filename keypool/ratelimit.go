@@ -1,0 +1,21 @@
+package keypool
+
+import "github.com/cc-relay/caddy-cc-relay/internal/anthropic"
+
+// The pool learns from what each response says about its organization's
+// limits, but it takes that as plain values (counts, times, a duration) and
+// never reads HTTP: the caller parses a response's headers with
+// anthropic.ParseRateLimits, passing MaxCooldown as the cap, and hands the
+// result to Reservation.ObserveHeaders. The types are aliases rather than
+// copies so that the parser and the pool share one definition and cannot
+// drift; they live with the parser because the header names, the
+// "absent" values and the caps are the wire format's.
+
+// RateLimitHeaders is what an upstream response says about its key's
+// organization: one Limit per kind, the retry-after and the organization
+// id, as anthropic.ParseRateLimits reads them.
+type RateLimitHeaders = anthropic.RateLimitHeaders
+
+// Limit is one kind's limit, remaining and reset; absent values are -1
+// (Limit, Remaining) and the zero time (Reset).
+type Limit = anthropic.Limit
