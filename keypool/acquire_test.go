@@ -179,3 +179,40 @@ func TestStrategiesThroughPool(t *testing.T) {
 		t.Fatalf("Len %d Name(1) %q", p.Len(), p.Name(1))
 	}
 }
+
+func TestPoolOversizedRequestAdmittedWhenFull(t *testing.T) {
+	p, clk := newPool(t, Config{Keys: []KeyConfig{{Name: "a", Limits: Limits{ITPM: 6000}}}})
+	// 40000 bytes at 4 bytes/token is 10000 tokens, more than the bucket.
+	r := acquire(t, p, Request{Model: sonnet, Bytes: 40000})
+	if r.Estimate() != 10000 {
+		t.Fatalf("estimate %d, want 10000", r.Estimate())
+	}
+	wantLevel(t, p, "a", sonnet, kindInput, -4000, 1e-6)
+	nc := refused(t, p, Request{Model: sonnet, Bytes: 4})
+	// -4000 back to 1 at 100 tokens/s.
+	if want := 40010 * time.Millisecond; !durNear(nc.RetryAfter, want) {
+		t.Fatalf("RetryAfter %v, want %v", nc.RetryAfter, want)
+	}
+	r.Settle(Result{Status: 200, Usage: Usage{InputTokens: 10000, HaveInput: true}})
+	// The big one again needs a full bucket: 100 s from -4000.
+	if ra, _ := p.RetryAfter(sonnet, 40000); !durNear(ra, 100*time.Second) {
+		t.Fatalf("RetryAfter for an oversized request %v, want 100s", ra)
+	}
+	clk.Advance(99 * time.Second)
+	refused(t, p, Request{Model: sonnet, Bytes: 40000})
+	clk.Advance(time.Second)
+	acquire(t, p, Request{Model: sonnet, Bytes: 40000})
+}
+
+func TestConfiguredLimitsBite(t *testing.T) {
+	p, clk := newPool(t, Config{Keys: []KeyConfig{{Name: "a", Limits: Limits{RPM: 3}}}})
+	for i := 0; i < 3; i++ {
+		acquire(t, p, Request{Model: sonnet}).Settle(ok200())
+	}
+	nc := refused(t, p, Request{Model: sonnet})
+	if !durNear(nc.RetryAfter, 20*time.Second) || nc.NoKeys {
+		t.Fatalf("RetryAfter %v NoKeys %v, want 20s", nc.RetryAfter, nc.NoKeys)
+	}
+	clk.Advance(20 * time.Second)
+	acquire(t, p, Request{Model: sonnet})
+}

@@ -209,3 +209,48 @@ func TestTokensRemainingZeroCoolsUntilReset(t *testing.T) {
 	clk.Advance(25 * time.Second)
 	acquire(t, p, Request{Model: sonnet, Bytes: 4})
 }
+
+func TestLimitsLearnedFromHeaders(t *testing.T) {
+	p, clk := newPool(t, Config{Keys: keys("a")})
+	// Nothing configured, nothing learned: no limit applies.
+	for i := 0; i < 500; i++ {
+		acquire(t, p, Request{Model: sonnet, Bytes: 1000}).Settle(ok200())
+	}
+	r := acquire(t, p, Request{Model: sonnet, Bytes: 1000})
+	observe(r, clk, 200,
+		"anthropic-ratelimit-requests-limit", "5",
+		"anthropic-ratelimit-requests-remaining", "4",
+		"anthropic-ratelimit-input-tokens-limit", "40000",
+		"anthropic-ratelimit-input-tokens-remaining", "39000",
+		"anthropic-ratelimit-output-tokens-limit", "8000",
+		"anthropic-ratelimit-output-tokens-remaining", "8000",
+	)
+	r.Settle(ok200())
+	s := p.Snapshot().Keys[0].Budgets[0]
+	if s.Requests.Learned != 5 || s.Requests.Configured != 0 || s.InputTokens.Learned != 40000 || s.OutputTokens.Learned != 8000 {
+		t.Fatalf("learned limits not recorded: %+v", s)
+	}
+	wantLevel(t, p, "a", sonnet, kindRequests, 4, 1e-9)
+	for i := 0; i < 4; i++ {
+		acquire(t, p, Request{Model: sonnet})
+	}
+	nc := refused(t, p, Request{Model: sonnet})
+	if !durNear(nc.RetryAfter, 12*time.Second) {
+		t.Fatalf("RetryAfter %v, want 12s (1 request at 5/min)", nc.RetryAfter)
+	}
+}
+
+func TestConfiguredLimitWinsOverLearned(t *testing.T) {
+	p, clk := newPool(t, Config{Keys: []KeyConfig{{Name: "a", Limits: Limits{RPM: 3}}}})
+	r := acquire(t, p, Request{Model: sonnet})
+	observe(r, clk, 200, "anthropic-ratelimit-requests-limit", "100", "anthropic-ratelimit-requests-remaining", "99")
+	r.Settle(ok200())
+	s := p.Snapshot().Keys[0].Budgets[0].Requests
+	if s.Configured != 3 || s.Learned != 100 {
+		t.Fatalf("snapshot %+v, want configured 3 learned 100", s)
+	}
+	// The upstream would take 99 more, but the operator said 3 a minute.
+	acquire(t, p, Request{Model: sonnet})
+	acquire(t, p, Request{Model: sonnet})
+	refused(t, p, Request{Model: sonnet})
+}
