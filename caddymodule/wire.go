@@ -9,8 +9,9 @@ import (
 )
 
 // What the upstream sends and the client expects back is Anthropic's wire
-// format, which lives in internal/anthropic; these keep the handler's call
-// sites as they were.
+// format, which lives in internal/anthropic. These are the handler's only
+// doors to it: each names what the handler uses it for, and rateLimits
+// passes the pool's cap.
 
 // writeError answers in the Anthropic error JSON shape. The handler writes
 // its own errors instead of returning a caddyhttp.Error, which would go to
