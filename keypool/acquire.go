@@ -101,22 +101,6 @@ func (e *NoCapacityError) Error() string {
 	return fmt.Sprintf("all upstream keys are at their rate limits; retry in %s", e.RetryAfter)
 }
 
-// StickyOutcome says how a request's session pin was used.
-type StickyOutcome uint8
-
-// Sticky outcomes.
-const (
-	StickyNone  StickyOutcome = iota // no session, or stickiness off
-	StickyNew                        // first request of a session
-	StickyHit                        // stayed on its pinned key
-	StickyScope                      // moved within its cache scope
-	StickyMoved                      // moved out of its cache scope
-)
-
-var stickyNames = [...]string{"none", "new", "hit", "scope", "moved"}
-
-func (s StickyOutcome) String() string { return stickyNames[s] }
-
 // Acquire picks a key for req and reserves one request and the estimated
 // input tokens on its organization's budget for req's model class. When no
 // key can take it, it waits up to the pool's MaxWait in weighted fair order
