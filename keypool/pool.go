@@ -10,6 +10,12 @@
 // config reload a new Pool is built over the same State; keys are matched by
 // name, so budgets, learned limits, cooldowns and pins carry over.
 //
+// With Config.Shared, several relay instances keep one pool: the State's
+// budgets become a mirror of shared ones and a SharedState (the Redis
+// engine in internal/redisstate) has the last word on admission
+// (shared_pool.go). Responses' rate-limit headers arrive as plain values,
+// parsed by internal/anthropic (RateLimitHeaders is an alias of its type).
+//
 // The package never sees a secret: keys are known by name only.
 package keypool
 
