@@ -20,9 +20,6 @@ import (
 // Redis configures a pool's shared state on Redis (or Valkey), so that
 // several relay instances with the same pool name act as one pool. In JSON
 // it is either the URL as a string or this object.
-//
-// Not yet hooked into Handler: keypool does not call its SharedState yet
-// (docs/perf/cluster.md, "Integration plan").
 type Redis struct {
 	// URL is redis://[user:password@]host:port[/db], or rediss:// for TLS.
 	// It may be or contain {env.*} and {file.*} placeholders, resolved at
@@ -146,18 +143,17 @@ func redactRedisURL(s string) string {
 	return u.Redacted()
 }
 
-// newStore starts the pool's shared state. An unreachable Redis is no
-// error (the instance serves locally and joins when Redis answers); mode
-// changes are logged, with the URL redacted. onRoundTrip may be nil.
-func (r *Redis) newStore(repl *caddy.Replacer, pool string, logger *zap.Logger,
-	onRoundTrip func(op string, d time.Duration, err error)) (*redisstate.Store, error) {
-	cfg, err := r.storeConfig(repl, pool)
-	if err != nil {
-		return nil, err
-	}
+// newStore starts a pool's shared state from a resolved config. An
+// unreachable Redis is no error (the instance serves locally and joins
+// when Redis answers); mode changes are logged, with the URL redacted.
+func newStore(cfg redisstate.Config, logger *zap.Logger) (*redisstate.Store, error) {
+	pool := cfg.Pool
 	where := zap.String("redis", redactRedisURL(cfg.URL))
-	cfg.OnRoundTrip = onRoundTrip
+	onMode := cfg.OnMode
 	cfg.OnMode = func(from, to keypool.SharedMode, err error) {
+		if onMode != nil {
+			onMode(from, to, err)
+		}
 		if to == keypool.SharedModeShared {
 			logger.Info("pool state shared on redis", zap.String("pool", pool), where, zap.Stringer("from", from))
 			return

@@ -119,7 +119,11 @@ func TestRedisStoreLogsNoPassword(t *testing.T) {
 	repl := caddy.NewReplacer()
 	t.Setenv("CC_TEST_REDIS_URL", "redis://default:"+pw+"@"+srv.Addr()+"/0")
 	r := Redis{URL: "{env.CC_TEST_REDIS_URL}", Timeout: caddy.Duration(time.Second)}
-	s, err := r.newStore(repl, "redis_log_pool", logger, nil)
+	cfg, err := r.storeConfig(repl, "redis_log_pool")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := newStore(cfg, logger)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,7 +136,11 @@ func TestRedisStoreLogsNoPassword(t *testing.T) {
 	s.Close()
 
 	down := Redis{URL: "redis://default:" + pw + "@" + srv.Addr() + "/0", Timeout: caddy.Duration(100 * time.Millisecond)}
-	s2, err := down.newStore(repl, "redis_log_pool2", logger, nil)
+	cfg2, err := down.storeConfig(repl, "redis_log_pool2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s2, err := newStore(cfg2, logger)
 	if err != nil {
 		t.Fatalf("redis down at start is an error: %v", err)
 	}
