@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -18,6 +17,7 @@ import (
 	zapobserver "go.uber.org/zap/zaptest/observer"
 
 	"github.com/cc-relay/caddy-cc-relay/internal/redistest"
+	"github.com/cc-relay/caddy-cc-relay/internal/relaytest"
 	"github.com/cc-relay/caddy-cc-relay/keypool"
 )
 
@@ -202,12 +202,10 @@ func TestRedisDirective(t *testing.T) {
 // listens on (the kernel just handed it out and it was closed again).
 func deadRedisURL(t *testing.T, pw string) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := relaytest.FreeAddr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := l.Addr().String()
-	l.Close()
 	return "redis://default:" + pw + "@" + addr + "/0"
 }
 
