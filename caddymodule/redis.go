@@ -145,8 +145,9 @@ func redactRedisURL(s string) string {
 
 // newStore starts a pool's shared state from a resolved config. An
 // unreachable Redis is no error (the instance serves locally and joins
-// when Redis answers); mode changes are logged, with the URL redacted.
-func newStore(cfg redisstate.Config, logger *zap.Logger) (*redisstate.Store, error) {
+// when Redis answers); mode changes are logged to logger() at the time,
+// with the URL redacted.
+func newStore(cfg redisstate.Config, logger func() *zap.Logger) (*redisstate.Store, error) {
 	pool := cfg.Pool
 	where := zap.String("redis", redactRedisURL(cfg.URL))
 	onMode := cfg.OnMode
@@ -155,10 +156,10 @@ func newStore(cfg redisstate.Config, logger *zap.Logger) (*redisstate.Store, err
 			onMode(from, to, err)
 		}
 		if to == keypool.SharedModeShared {
-			logger.Info("pool state shared on redis", zap.String("pool", pool), where, zap.Stringer("from", from))
+			logger().Info("pool state shared on redis", zap.String("pool", pool), where, zap.Stringer("from", from))
 			return
 		}
-		logger.Warn("redis unavailable: serving from this instance's share of each limit",
+		logger().Warn("redis unavailable: serving from this instance's share of each limit",
 			zap.String("pool", pool), where, zap.Stringer("mode", to), zap.String("error", redactError(err, cfg.URL)))
 	}
 	s, err := redisstate.New(cfg)
@@ -166,7 +167,7 @@ func newStore(cfg redisstate.Config, logger *zap.Logger) (*redisstate.Store, err
 		return nil, err
 	}
 	if s.Mode() != keypool.SharedModeShared {
-		logger.Warn("redis unreachable at start: serving from this instance's share of each limit until it answers",
+		logger().Warn("redis unreachable at start: serving from this instance's share of each limit until it answers",
 			zap.String("pool", pool), where)
 	}
 	return s, nil

@@ -268,3 +268,37 @@ func TestRedisE2EReloadKeepsStore(t *testing.T) {
 	}
 	pollUntil(t, "the removed store to leave the registry", func() bool { return !registered("other", second) })
 }
+
+// TestRedisE2EReloadLogsToNewConfig reloads with the same redis but
+// another log file, then loses Redis: the store kept across the reload
+// logs its fallback to the new configuration's log, not the old one's.
+func TestRedisE2EReloadLogsToNewConfig(t *testing.T) {
+	const pool = "redis_e2e_relog"
+	srv := redistest.Start(t)
+	dropRedisAtEnd(t)
+	up := newUpstream(t, nil)
+	dir := t.TempDir()
+	config := func(logName string) string {
+		return caddyGlobal(fmt.Sprintf("\tlog {\n\t\toutput file %s\n\t\tlevel WARN\n\t}", filepath.Join(dir, logName))) +
+			fmt.Sprintf("http://localhost:9080 {\n\tcc_relay %s {\n\t\tclient_auth off\n\t\tkey sk-redis-relog\n\t\tredis %s\n\t}\n\treverse_proxy %s\n}\n", pool, srv.URL(), up.addr())
+	}
+	startCaddy(t, config("old.log"))
+	first := waitMode(t, pool, "shared").Instance
+	startCaddy(t, config("new.log"))
+	if ps := waitMode(t, pool, "shared"); ps.Instance != first {
+		t.Fatalf("the reload replaced the store")
+	}
+	srv.Kill()
+	waitMode(t, pool, "local-fallback")
+	read := func(name string) string {
+		b, _ := os.ReadFile(filepath.Join(dir, name))
+		return string(b)
+	}
+	pollUntil(t, "the fallback warning in the new log", func() bool {
+		return strings.Contains(read("new.log"), "redis unavailable")
+	})
+	if strings.Contains(read("old.log"), "redis unavailable") {
+		t.Fatalf("the fallback was logged to the old configuration's log:\n%s", read("old.log"))
+	}
+	mustRelay(t, "/v1/messages")
+}

@@ -3,9 +3,11 @@ package caddymodule
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
 
 	"github.com/cc-relay/caddy-cc-relay/internal/redisstate"
 )
@@ -26,7 +28,13 @@ var stores = caddy.NewUsagePool()
 
 // sharedStore is a pooled store; the pool closes it when its last
 // configuration lets go.
-type sharedStore struct{ *redisstate.Store }
+type sharedStore struct {
+	*redisstate.Store
+	// logger is the logger of the newest configuration that acquired the
+	// store: a reload that keeps the store logs its mode changes to the
+	// new configuration's logs, not to the old one's, which may be closed.
+	logger *atomic.Pointer[zap.Logger]
+}
 
 // Destruct closes the store: it leaves the instance registry.
 func (s sharedStore) Destruct() error { return s.Close() }
@@ -58,16 +66,20 @@ func (h *Handler) acquireStore(ctx caddy.Context, repl *caddy.Replacer) error {
 	key := storeKey(cfg)
 	val, _, err := stores.LoadOrNew(key, func() (caddy.Destructor, error) {
 		cfg.OnRoundTrip = redisRoundTripObserver(ctx, h.Pool)
-		s, err := newStore(cfg, h.logger)
+		logger := new(atomic.Pointer[zap.Logger])
+		logger.Store(h.logger)
+		s, err := newStore(cfg, logger.Load)
 		if err != nil {
 			return nil, err
 		}
-		return sharedStore{s}, nil
+		return sharedStore{s, logger}, nil
 	})
 	if err != nil {
 		return err
 	}
-	h.store, h.storeKey = val.(sharedStore).Store, key
+	ss := val.(sharedStore)
+	ss.logger.Store(h.logger)
+	h.store, h.storeKey = ss.Store, key
 	return nil
 }
 

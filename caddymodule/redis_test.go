@@ -117,7 +117,7 @@ func TestRedisStoreLogsNoPassword(t *testing.T) {
 		t.Fatal(err)
 	}
 	core, logs := zapobserver.New(zap.DebugLevel)
-	logger := zap.New(core)
+	logger := func() *zap.Logger { return zap.New(core) }
 	repl := caddy.NewReplacer()
 	t.Setenv("CC_TEST_REDIS_URL", "redis://default:"+pw+"@"+srv.Addr()+"/0")
 	r := Redis{URL: "{env.CC_TEST_REDIS_URL}", Timeout: caddy.Duration(time.Second)}
@@ -242,10 +242,11 @@ func TestRedisUnreachableAtStart(t *testing.T) {
 // reload with the same redis keeps the store (same instance id, no new
 // connection); a changed prefix gets a new store; a store closes, leaving
 // Redis's instance registry, when the last configuration holding it is
-// cleaned up.
+// cleaned up, and then leaves no goroutine.
 func TestRedisStoresAcrossReloads(t *testing.T) {
 	const pool = "redis_reload_unit"
 	srv := redistest.Start(t)
+	lc := startLeakCheck()
 	load := func(redis string) (*Handler, context.CancelFunc) {
 		t.Helper()
 		ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
@@ -299,7 +300,6 @@ func TestRedisStoresAcrossReloads(t *testing.T) {
 	}
 	third := h3.store
 	h4, cancel4 := load("")
-	defer cancel4()
 	if h4.store != nil {
 		t.Fatal("a config without redis got a store")
 	}
@@ -310,6 +310,8 @@ func TestRedisStoresAcrossReloads(t *testing.T) {
 	if registered("other", third.Instance()) {
 		t.Fatal("the removed store is still registered")
 	}
+	cancel4()
+	lc.verify(t) // a closed store leaves no goroutine behind
 }
 
 // The status view prints where a pool with redis keeps its state, and
