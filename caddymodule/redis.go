@@ -23,7 +23,8 @@ import (
 type Redis struct {
 	// URL is redis://[user:password@]host:port[/db], or rediss:// for TLS.
 	// It may be or contain {env.*} and {file.*} placeholders, resolved at
-	// provision time; it is never logged or shown with its password.
+	// provision time; it is never logged or shown with its password. It
+	// is required; there is no default.
 	URL string `json:"url,omitempty"`
 	// Timeout bounds every call to Redis; after it the instance serves
 	// from its local share of each limit. Default: 100ms.
