@@ -66,6 +66,16 @@ func (a *AdminAPI) Routes() []caddy.AdminRoute {
 // budgets, in-flight requests, pinned sessions and totals).
 type PoolStatus struct {
 	Name string `json:"name"`
+	// Instance is this relay instance's id among those sharing the pool
+	// on Redis; empty without redis.
+	Instance string `json:"instance,omitempty"`
+	// Mode is where the pool's shared state lives now: local (no redis),
+	// shared (on Redis) or local-fallback (Redis failed: this instance
+	// serves from its share of each limit until Redis answers).
+	Mode string `json:"mode"`
+	// InstancesAlive counts the instances sharing the pool that sent a
+	// heartbeat lately, this one included; absent without redis.
+	InstancesAlive int `json:"instances_alive,omitempty"`
 	keypool.Snapshot
 	// Probes shows, for each disabled key, when the relay next re-checks
 	// it with the upstream (POST …/enable puts it back at once).
@@ -151,7 +161,9 @@ func (a *AdminAPI) handlePools(w http.ResponseWriter, r *http.Request) error {
 // poolStatus snapshots a pool. Reasons hold no secret: an upstream's text is
 // redacted before it becomes a reason.
 func poolStatus(name string, e liveEntry) PoolStatus {
-	return PoolStatus{Name: name, Snapshot: e.pool.Snapshot(), Probes: e.pool.ProbeStatuses(), Clients: clientSnapshots(e.pool)}
+	sh := sharedOf(e)
+	return PoolStatus{Name: name, Instance: sh.Instance, Mode: sh.Mode.String(), InstancesAlive: sh.InstancesAlive,
+		Snapshot: e.pool.Snapshot(), Probes: e.pool.ProbeStatuses(), Clients: clientSnapshots(e.pool)}
 }
 
 func onlyMethod(w http.ResponseWriter, r *http.Request, method string) error {

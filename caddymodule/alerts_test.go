@@ -49,7 +49,7 @@ func TestAlertRulesUseRealMetrics(t *testing.T) {
 			t.Errorf("the alert rules match key state %q; the relay has %v", state[1], keyStates)
 		}
 	}
-	// The upstream's 429 is counted as outcome "upstream_429" (observe.go).
+	// The upstream's 429 is counted as outcome "upstream_429" (attemptwriter.go).
 	if !strings.Contains(string(src), `outcome="upstream_429"`) {
 		t.Error(`the 429 share rule does not match outcome="upstream_429"`)
 	}

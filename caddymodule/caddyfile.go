@@ -63,6 +63,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    }
 //	    bedrock <name> { ... }   (caddyfile_provider.go)
 //	    vertex  <name> { ... }
+//	    redis   <url> [{ ... }]   (redis.go)
 //	    max_wait             <duration>
 //	    max_body             <size>
 //	    read_body_timeout    <duration> | off
@@ -141,6 +142,15 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 					return err
 				}
 				h.Vertex = append(h.Vertex, v)
+			}
+		case "redis":
+			// redis.go reads the line and its block.
+			if h.Redis != nil {
+				return d.Err("redis given twice")
+			}
+			h.Redis = new(Redis)
+			if err := h.Redis.unmarshalCaddyfile(d); err != nil {
+				return err
 			}
 		case "max_wait":
 			dur, err := durationArg(d)

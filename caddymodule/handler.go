@@ -8,6 +8,7 @@ package caddymodule
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"math"
 	"strings"
@@ -18,6 +19,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/cc-relay/caddy-cc-relay/internal/clock"
+	"github.com/cc-relay/caddy-cc-relay/internal/redisstate"
 	"github.com/cc-relay/caddy-cc-relay/keypool"
 	"github.com/cc-relay/caddy-cc-relay/selector"
 )
@@ -150,6 +152,15 @@ type Handler struct {
 	// Vertex are keys that reach Claude on Google Vertex AI. Default: none.
 	Vertex []VertexKey `json:"vertex,omitempty"`
 
+	// Redis keeps the pool's state on Redis (or Valkey), so that relay
+	// instances with the same pool name, Redis and key prefix act as one
+	// pool. In JSON it is the URL ("redis://…", may be {env.*} or
+	// {file.*}) or an object with url, timeout and key_prefix. When Redis
+	// is unreachable, at start or later, the instance serves from its
+	// share of each limit and rejoins when Redis answers. Default: none:
+	// the pool's state lives in this process only.
+	Redis *Redis `json:"redis,omitempty"`
+
 	logger   *zap.Logger
 	state    *keypool.State
 	pool     *keypool.Pool
@@ -171,6 +182,10 @@ type Handler struct {
 	upstreams       []upstream
 	providerSecrets []string
 	elig            *eligibility
+	// store is the pool's shared state on Redis, held in stores under
+	// storeKey; nil without redis.
+	store    *redisstate.Store
+	storeKey string
 }
 
 // ClientToken is one client credential.
@@ -393,6 +408,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	all = append(all, h.providerSecrets...)
 	h.redactor = newRedactor(all)
 
+	if h.Redis != nil {
+		if err := h.acquireStore(ctx, repl); err != nil {
+			return fmt.Errorf("pool %q: %v", h.Pool, err)
+		}
+		cfg.Shared = h.store
+	}
 	val, _, err := pools.LoadOrNew(h.Pool, func() (caddy.Destructor, error) {
 		return keypool.NewState(h.clk), nil
 	})
@@ -406,7 +427,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("pool %q: %v", h.Pool, err)
 	}
 	h.metrics = provisionMetrics(ctx, h)
-	registerPool(h.Pool, h.pool)
+	registerPool(h.Pool, h.pool, h.store)
 	if err := h.provisionClients(ctx); err != nil {
 		return err
 	}
@@ -453,6 +474,9 @@ func (h *Handler) setDefaults() {
 	if h.SpendCapPark == 0 {
 		h.SpendCapPark = caddy.Duration(defaultSpendCapPark)
 	}
+	if h.Redis != nil {
+		h.Redis.setDefaults()
+	}
 }
 
 // Validate checks the configuration, provisioned or not (0 stands for a
@@ -471,6 +495,11 @@ func (h *Handler) Validate() error {
 	}
 	if h.Strategy != "" {
 		if _, err := selector.Parse(h.Strategy); err != nil {
+			return err
+		}
+	}
+	if h.Redis != nil {
+		if err := h.Redis.validate(); err != nil {
 			return err
 		}
 	}
@@ -589,13 +618,13 @@ func (h *Handler) Cleanup() error {
 		unregisterPool(h.poolName, h.pool)
 		h.pool.Close()
 	}
+	var err error
 	if h.state != nil {
 		h.state = nil
-		if _, err := pools.Delete(h.poolName); err != nil {
-			return err
-		}
+		_, err = pools.Delete(h.poolName)
 	}
-	return nil
+	// After the pool: the store outlives the last pool that uses it.
+	return errors.Join(err, h.releaseStore())
 }
 
 // resolveSecret expands {env.*} and {file.*}; an empty result is an error

@@ -70,6 +70,7 @@ var (
 	collectors = []prometheus.Collector{
 		requestsTotal, tokensTotal, cooldownsTotal, disablesTotal,
 		shortCircuitsTotal, retriesTotal, stickyTotal, waitSeconds, poolCollector{},
+		redisRoundTripSeconds, redisErrorsTotal, redisCollector{}, // redis_metrics.go
 	}
 )
 

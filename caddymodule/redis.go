@@ -20,13 +20,11 @@ import (
 // Redis configures a pool's shared state on Redis (or Valkey), so that
 // several relay instances with the same pool name act as one pool. In JSON
 // it is either the URL as a string or this object.
-//
-// Not yet hooked into Handler: keypool does not call its SharedState yet
-// (docs/perf/cluster.md, "Integration plan").
 type Redis struct {
 	// URL is redis://[user:password@]host:port[/db], or rediss:// for TLS.
 	// It may be or contain {env.*} and {file.*} placeholders, resolved at
-	// provision time; it is never logged or shown with its password.
+	// provision time; it is never logged or shown with its password. It
+	// is required; there is no default.
 	URL string `json:"url,omitempty"`
 	// Timeout bounds every call to Redis; after it the instance serves
 	// from its local share of each limit. Default: 100ms.
@@ -146,23 +144,23 @@ func redactRedisURL(s string) string {
 	return u.Redacted()
 }
 
-// newStore starts the pool's shared state. An unreachable Redis is no
-// error (the instance serves locally and joins when Redis answers); mode
-// changes are logged, with the URL redacted. onRoundTrip may be nil.
-func (r *Redis) newStore(repl *caddy.Replacer, pool string, logger *zap.Logger,
-	onRoundTrip func(op string, d time.Duration, err error)) (*redisstate.Store, error) {
-	cfg, err := r.storeConfig(repl, pool)
-	if err != nil {
-		return nil, err
-	}
+// newStore starts a pool's shared state from a resolved config. An
+// unreachable Redis is no error (the instance serves locally and joins
+// when Redis answers); mode changes are logged to logger() at the time,
+// with the URL redacted.
+func newStore(cfg redisstate.Config, logger func() *zap.Logger) (*redisstate.Store, error) {
+	pool := cfg.Pool
 	where := zap.String("redis", redactRedisURL(cfg.URL))
-	cfg.OnRoundTrip = onRoundTrip
+	onMode := cfg.OnMode
 	cfg.OnMode = func(from, to keypool.SharedMode, err error) {
+		if onMode != nil {
+			onMode(from, to, err)
+		}
 		if to == keypool.SharedModeShared {
-			logger.Info("pool state shared on redis", zap.String("pool", pool), where, zap.Stringer("from", from))
+			logger().Info("pool state shared on redis", zap.String("pool", pool), where, zap.Stringer("from", from))
 			return
 		}
-		logger.Warn("redis unavailable: serving from this instance's share of each limit",
+		logger().Warn("redis unavailable: serving from this instance's share of each limit",
 			zap.String("pool", pool), where, zap.Stringer("mode", to), zap.String("error", redactError(err, cfg.URL)))
 	}
 	s, err := redisstate.New(cfg)
@@ -170,7 +168,7 @@ func (r *Redis) newStore(repl *caddy.Replacer, pool string, logger *zap.Logger,
 		return nil, err
 	}
 	if s.Mode() != keypool.SharedModeShared {
-		logger.Warn("redis unreachable at start: serving from this instance's share of each limit until it answers",
+		logger().Warn("redis unreachable at start: serving from this instance's share of each limit until it answers",
 			zap.String("pool", pool), where)
 	}
 	return s, nil

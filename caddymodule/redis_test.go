@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +17,7 @@ import (
 	zapobserver "go.uber.org/zap/zaptest/observer"
 
 	"github.com/cc-relay/caddy-cc-relay/internal/redistest"
+	"github.com/cc-relay/caddy-cc-relay/internal/relaytest"
 	"github.com/cc-relay/caddy-cc-relay/keypool"
 )
 
@@ -115,11 +117,15 @@ func TestRedisStoreLogsNoPassword(t *testing.T) {
 		t.Fatal(err)
 	}
 	core, logs := zapobserver.New(zap.DebugLevel)
-	logger := zap.New(core)
+	logger := func() *zap.Logger { return zap.New(core) }
 	repl := caddy.NewReplacer()
 	t.Setenv("CC_TEST_REDIS_URL", "redis://default:"+pw+"@"+srv.Addr()+"/0")
 	r := Redis{URL: "{env.CC_TEST_REDIS_URL}", Timeout: caddy.Duration(time.Second)}
-	s, err := r.newStore(repl, "redis_log_pool", logger, nil)
+	cfg, err := r.storeConfig(repl, "redis_log_pool")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := newStore(cfg, logger)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,7 +138,11 @@ func TestRedisStoreLogsNoPassword(t *testing.T) {
 	s.Close()
 
 	down := Redis{URL: "redis://default:" + pw + "@" + srv.Addr() + "/0", Timeout: caddy.Duration(100 * time.Millisecond)}
-	s2, err := down.newStore(repl, "redis_log_pool2", logger, nil)
+	cfg2, err := down.storeConfig(repl, "redis_log_pool2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s2, err := newStore(cfg2, logger)
 	if err != nil {
 		t.Fatalf("redis down at start is an error: %v", err)
 	}
@@ -150,6 +160,191 @@ func TestRedisStoreLogsNoPassword(t *testing.T) {
 		}
 		if !strings.Contains(line, srv.Addr()) {
 			t.Fatalf("log line does not say which redis: %s", line)
+		}
+	}
+}
+
+// The redis line in a cc_relay block: adapt keeps a placeholder as it is,
+// writes the block form as an object, refuses a second line, and its
+// errors never carry a literal password.
+func TestRedisDirective(t *testing.T) {
+	site := func(redis string) string {
+		return ":8080 {\n\tcc_relay redis_adapt {\n\t\tclient_auth off\n\t\tkey sk-redis-adapt\n\t\t" + redis + "\n\t}\n\treverse_proxy 127.0.0.1:1\n}"
+	}
+	out, err := adapt(t, site("redis {env.REDIS_URL}"))
+	if err != nil || !strings.Contains(out, `"redis":"{env.REDIS_URL}"`) {
+		t.Fatalf("placeholder not kept: %v\n%s", err, out)
+	}
+	out, err = adapt(t, site("redis redis://10.0.0.5:6379 {\n\t\t\ttimeout 50ms\n\t\t\tkey_prefix relay1\n\t\t}"))
+	if err != nil || !strings.Contains(out, `"redis":{"key_prefix":"relay1","timeout":50000000,"url":"redis://10.0.0.5:6379"}`) {
+		t.Fatalf("block form: %v\n%s", err, out)
+	}
+	if _, err := adapt(t, site("redis redis://a:1\n\t\tredis redis://b:1")); err == nil || !strings.Contains(err.Error(), "redis given twice") {
+		t.Fatalf("two redis lines: %v", err)
+	}
+	const pw = "s3cret-adapt-pw"
+	for _, bad := range []string{"http://u:" + pw + "@h:1", "redis://u:" + pw + "@h:notaport"} {
+		_, err := adapt(t, site("redis "+bad))
+		if err == nil || !strings.Contains(err.Error(), "redis") {
+			t.Fatalf("%s accepted or error names no redis: %v", redactRedisURL(bad), err)
+		}
+		if strings.Contains(err.Error(), pw) {
+			t.Fatalf("adapt error leaks the password: %v", err)
+		}
+	}
+	h := Handler{DisableClientAuth: true, Keys: []Key{{Key: "sk-a"}}, Redis: &Redis{}}
+	if err := h.Validate(); err == nil || !strings.Contains(err.Error(), "redis: url is empty") {
+		t.Fatalf("empty url: %v", err)
+	}
+}
+
+// deadRedisURL is a redis URL with a password on a 127.0.0.1 port nothing
+// listens on (the kernel just handed it out and it was closed again).
+func deadRedisURL(t *testing.T, pw string) string {
+	t.Helper()
+	addr, err := relaytest.FreeAddr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return "redis://default:" + pw + "@" + addr + "/0"
+}
+
+// A Redis nothing answers on at start is no configuration error: the pool
+// serves from local-fallback and its errors and status hold no password.
+func TestRedisUnreachableAtStart(t *testing.T) {
+	const pool, pw = "redis_unreachable", "s3cret-dead-pw"
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: t.Context()})
+	defer cancel()
+	m, err := ctx.LoadModuleByID("http.handlers.cc_relay", json.RawMessage(
+		`{"pool":"`+pool+`","disable_client_auth":true,"keys":[{"key":"sk-redis-dead"}],"redis":"`+deadRedisURL(t, pw)+`"}`))
+	if err != nil {
+		t.Fatalf("provisioning with redis down: %v", err)
+	}
+	h := m.(*Handler)
+	if h.store == nil || h.Redis.Timeout != caddy.Duration(defaultRedisTimeout) || h.Redis.KeyPrefix != defaultRedisKeyPrefix {
+		t.Fatalf("store %v, defaults %+v", h.store != nil, h.Redis.Timeout)
+	}
+	e, ok := lookupEntry(pool)
+	if !ok {
+		t.Fatal("pool not live")
+	}
+	st := poolStatus(pool, e)
+	if st.Mode != "local-fallback" || st.Instance == "" || st.Instance != h.store.Instance() {
+		t.Fatalf("status mode %q instance %q", st.Mode, st.Instance)
+	}
+	b, _ := json.Marshal(st)
+	if strings.Contains(string(b), pw) {
+		t.Fatalf("status leaks the password: %s", b)
+	}
+}
+
+// One store per pool, URL, prefix and timeout, across configurations: a
+// reload with the same redis keeps the store (same instance id, no new
+// connection); a changed prefix gets a new store; a store closes, leaving
+// Redis's instance registry, when the last configuration holding it is
+// cleaned up, and then leaves no goroutine.
+func TestRedisStoresAcrossReloads(t *testing.T) {
+	const pool = "redis_reload_unit"
+	srv := redistest.Start(t)
+	lc := startLeakCheck()
+	load := func(redis string) (*Handler, context.CancelFunc) {
+		t.Helper()
+		ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+		raw := `{"pool":"` + pool + `","disable_client_auth":true,"keys":[{"key":"sk-redis-reload"}]`
+		if redis != "" {
+			raw += `,"redis":` + redis
+		}
+		m, err := ctx.LoadModuleByID("http.handlers.cc_relay", json.RawMessage(raw+"}"))
+		if err != nil {
+			cancel()
+			t.Fatal(err)
+		}
+		return m.(*Handler), cancel
+	}
+	registered := func(prefix, instance string) bool {
+		score, err := srv.Do("ZSCORE", "{"+prefix+":"+pool+"}:instances", instance)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return score != ""
+	}
+	refs := func(h *Handler) int { n, _ := stores.References(h.storeKey); return n }
+
+	h1, cancel1 := load(`"` + srv.URL() + `"`)
+	if h1.store == nil || h1.store.Mode() != keypool.SharedModeShared || !registered("cc_relay", h1.store.Instance()) {
+		t.Fatalf("first config: store %v", h1.store != nil)
+	}
+	first := h1.store
+	h2, cancel2 := load(`{"url":"` + srv.URL() + `","timeout":"100ms","key_prefix":"cc_relay"}`)
+	if h2.store != first || refs(h2) != 2 {
+		t.Fatalf("same redis (defaults spelled out) got another store; refs %d", refs(h2))
+	}
+	cancel1()
+	if refs(h2) != 1 || !registered("cc_relay", first.Instance()) || first.Mode() != keypool.SharedModeShared {
+		t.Fatalf("old config's cleanup closed the store the new one holds")
+	}
+	if e, _ := lookupEntry(pool); e.store != first || poolStatus(pool, e).Instance != first.Instance() {
+		t.Fatalf("live entry lost its store")
+	}
+
+	h3, cancel3 := load(`{"url":"` + srv.URL() + `","key_prefix":"other"}`)
+	if h3.store == nil || h3.store == first || h3.store.Instance() == first.Instance() {
+		t.Fatal("a changed key prefix kept the old store")
+	}
+	cancel2()
+	if _, ok := stores.References(h2.storeKey); ok || registered("cc_relay", first.Instance()) {
+		t.Fatal("the replaced store is still open after its last config was cleaned up")
+	}
+	if !registered("other", h3.store.Instance()) {
+		t.Fatal("the new store is not registered")
+	}
+	third := h3.store
+	h4, cancel4 := load("")
+	if h4.store != nil {
+		t.Fatal("a config without redis got a store")
+	}
+	cancel3()
+	if e, _ := lookupEntry(pool); e.store != nil || poolStatus(pool, e).Mode != "local" || poolStatus(pool, e).Instance != "" {
+		t.Fatalf("without redis: %+v", poolStatus(pool, e))
+	}
+	if registered("other", third.Instance()) {
+		t.Fatal("the removed store is still registered")
+	}
+	cancel4()
+	lc.verify(t) // a closed store leaves no goroutine behind
+}
+
+// The status view prints where a pool with redis keeps its state, and
+// nothing about it for a pool without.
+func TestRedisStatusLine(t *testing.T) {
+	var b strings.Builder
+	printStatus(&b, []PoolStatus{
+		{Name: "with", Mode: "local-fallback", Instance: "a1b2", InstancesAlive: 3},
+		{Name: "without", Mode: "local"},
+	}, time.Now(), false)
+	out := b.String()
+	if !strings.Contains(out, "redis local-fallback · instance a1b2 · 3 instances alive") || strings.Count(out, "redis ") != 1 {
+		t.Fatalf("status view:\n%s", out)
+	}
+}
+
+// The alert rules match only modes the relay reports.
+func TestAlertRulesRedisModes(t *testing.T) {
+	src, err := os.ReadFile(alertRules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := regexp.MustCompile(`mode="([a-z-]+)"`).FindAllStringSubmatch(string(src), -1)
+	if len(found) == 0 {
+		t.Fatal("no rule watches the redis mode")
+	}
+	for _, m := range found {
+		known := false
+		for _, sm := range sharedModes {
+			known = known || sm.String() == m[1]
+		}
+		if !known {
+			t.Errorf("the alert rules match mode %q, which the relay never reports", m[1])
 		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"slices"
 	"sync"
 
+	"github.com/cc-relay/caddy-cc-relay/internal/redisstate"
 	"github.com/cc-relay/caddy-cc-relay/keypool"
 )
 
@@ -22,14 +23,17 @@ var live = struct {
 
 type liveEntry struct {
 	pool *keypool.Pool
+	// store is the pool's shared state on Redis; nil without redis.
+	store *redisstate.Store
 }
 
-// registerPool makes p the live pool of name until it is unregistered or a
-// newer configuration registers another.
-func registerPool(name string, p *keypool.Pool) {
+// registerPool makes p, with its store (nil without redis), the live pool
+// of name until it is unregistered or a newer configuration registers
+// another.
+func registerPool(name string, p *keypool.Pool, store *redisstate.Store) {
 	live.Lock()
 	defer live.Unlock()
-	live.pools[name] = append(live.pools[name], liveEntry{pool: p})
+	live.pools[name] = append(live.pools[name], liveEntry{pool: p, store: store})
 }
 
 // unregisterPool removes p; the previous pool registered under name, if

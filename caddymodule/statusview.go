@@ -72,6 +72,19 @@ func printStatus(w io.Writer, pools []PoolStatus, now time.Time, color bool) (bl
 	return blocked
 }
 
+// printShared writes where a pool with redis keeps its state, and with
+// how many instances; nothing for a pool without redis.
+func printShared(w io.Writer, ps PoolStatus, p painter) {
+	if ps.Mode == "" || ps.Mode == keypool.SharedModeLocal.String() {
+		return
+	}
+	mode := p.paint(ansiGreen, ps.Mode)
+	if ps.Mode != keypool.SharedModeShared.String() {
+		mode = p.paint(ansiBold+ansiYellow, ps.Mode)
+	}
+	fmt.Fprintf(w, "  %s %s · instance %s · %d instances alive\n", p.paint(ansiDim, "redis"), mode, ps.Instance, ps.InstancesAlive)
+}
+
 // printPool writes one pool; it reports whether some key can serve.
 func printPool(w io.Writer, ps PoolStatus, now time.Time, p painter) bool {
 	ready := 0
@@ -86,6 +99,7 @@ func printPool(w io.Writer, ps PoolStatus, now time.Time, p painter) bool {
 	}
 	fmt.Fprintf(w, "%s %s — %s · strategy %s · waiting %d · pinned sessions %d\n",
 		p.paint(ansiDim, "pool"), p.paint(ansiBold, ps.Name), verdict, ps.Strategy, ps.Waiting, ps.StickySessions)
+	printShared(w, ps, p)
 
 	t := &textTable{color: p, right: map[int]bool{4: true, 5: true, 6: true, 7: true, 8: true, 9: true, 10: true, 11: true}}
 	t.row("", "KEY", "", "ORG", "", "STATE", "", "UNTIL", "", "IN FLIGHT", "", "SESSIONS", "", "REQUESTS", "", "OK", "", "429", "", "FAILED", "", "INPUT", "", "OUTPUT")

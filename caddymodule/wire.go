@@ -4,12 +4,14 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/cc-relay/caddy-cc-relay/internal/apierr"
+	"github.com/cc-relay/caddy-cc-relay/internal/anthropic"
+	"github.com/cc-relay/caddy-cc-relay/keypool"
 )
 
 // What the upstream sends and the client expects back is Anthropic's wire
-// format, which lives in internal/apierr; these keep the handler's call
-// sites as they were.
+// format, which lives in internal/anthropic. These are the handler's only
+// doors to it: each names what the handler uses it for, and rateLimits
+// passes the pool's cap.
 
 // writeError answers in the Anthropic error JSON shape. The handler writes
 // its own errors instead of returning a caddyhttp.Error, which would go to
@@ -18,17 +20,24 @@ import (
 // and message from this shape, and retry 429 by its Retry-After, as they
 // do for the upstream's own errors.
 func writeError(w http.ResponseWriter, status int, typ, msg string, retryAfter int) {
-	apierr.Write(w, status, typ, msg, retryAfter)
+	anthropic.WriteError(w, status, typ, msg, retryAfter)
 }
 
 // errorMessage is the reason a key was disabled, from an upstream error
-// body (apierr.Reason). The caller redacts, then bounds it (maxReason);
+// body (anthropic.ErrorReason). The caller redacts, then bounds it (maxReason);
 // the body itself is bounded by maxHeld.
-func errorMessage(body []byte) string { return apierr.Reason(body) }
+func errorMessage(body []byte) string { return anthropic.ErrorReason(body) }
 
 // spendCap recognises a 429 about the organization's spend cap, and the
-// date access returns if the upstream names it (apierr.SpendCap): that is
+// date access returns if the upstream names it (anthropic.SpendCap): that is
 // when the organization is parked until.
 func spendCap(h http.Header, body []byte, now time.Time) (time.Time, bool) {
-	return apierr.SpendCap(h, body, now)
+	return anthropic.SpendCap(h, body, now)
+}
+
+// rateLimits is what a response's headers say of its key's organization,
+// as the plain values the pool takes; delays and resets are capped at the
+// longest cooldown the pool would apply (keypool.MaxCooldown).
+func rateLimits(h http.Header, now time.Time) keypool.RateLimitHeaders {
+	return anthropic.ParseRateLimits(h, now, keypool.MaxCooldown)
 }

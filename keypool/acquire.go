@@ -101,22 +101,6 @@ func (e *NoCapacityError) Error() string {
 	return fmt.Sprintf("all upstream keys are at their rate limits; retry in %s", e.RetryAfter)
 }
 
-// StickyOutcome says how a request's session pin was used.
-type StickyOutcome uint8
-
-// Sticky outcomes.
-const (
-	StickyNone  StickyOutcome = iota // no session, or stickiness off
-	StickyNew                        // first request of a session
-	StickyHit                        // stayed on its pinned key
-	StickyScope                      // moved within its cache scope
-	StickyMoved                      // moved out of its cache scope
-)
-
-var stickyNames = [...]string{"none", "new", "hit", "scope", "moved"}
-
-func (s StickyOutcome) String() string { return stickyNames[s] }
-
 // Acquire picks a key for req and reserves one request and the estimated
 // input tokens on its organization's budget for req's model class. When no
 // key can take it, it waits up to the pool's MaxWait in weighted fair order
@@ -125,6 +109,14 @@ func (s StickyOutcome) String() string { return stickyNames[s] }
 // shortHeadroom), a client above its weighted share of recent use is
 // refused. A cancelled ctx leaves the queue at once.
 func (p *Pool) Acquire(ctx context.Context, req *Request, res *Reservation) error {
+	if p.cfg.Shared != nil {
+		return p.acquireShared(ctx, req, res)
+	}
+	return p.acquire(ctx, req, res, p.cfg.MaxWait)
+}
+
+// acquire is Acquire on this process's budgets, waiting at most maxWait.
+func (p *Pool) acquire(ctx context.Context, req *Request, res *Reservation, maxWait time.Duration) error {
 	st := p.st
 	// The clock is read before the lock: on a VM a read costs about as
 	// much as the rest of a pick, and every request would wait for the
@@ -141,7 +133,7 @@ func (p *Pool) Acquire(ctx context.Context, req *Request, res *Reservation) erro
 	margin := st.est[class].margin()
 	need := est * (1 + margin)
 	retry := req.Attempts.N() > 0
-	mayWait := p.cfg.MaxWait > 0 && !retry
+	mayWait := maxWait > 0 && !retry
 	if !mayWait || !st.waitq.waiting(class) {
 		// Nobody waits for this class (or this request will not wait):
 		// take what is free, beyond what waiters hold.
@@ -170,16 +162,16 @@ func (p *Pool) Acquire(ctx context.Context, req *Request, res *Reservation) erro
 		}
 		return &NoCapacityError{RetryAfter: after, NoKeys: noKeys}
 	}
-	return p.wait(ctx, now, class, est, margin, need, req, res)
+	return p.wait(ctx, now, class, est, margin, need, req, res, maxWait)
 }
 
 // wait queues the request and blocks until a pass admits it, its deadline
 // passes or ctx ends. st.mu is held on entry and released on return.
-func (p *Pool) wait(ctx context.Context, now int64, class int, est, margin, need float64, req *Request, res *Reservation) error {
+func (p *Pool) wait(ctx context.Context, now int64, class int, est, margin, need float64, req *Request, res *Reservation, maxWait time.Duration) error {
 	st := p.st
 	w := &waiter{
 		ch: make(chan struct{}, 1), p: p, req: req, res: res, class: class, client: req.Client,
-		est: est, margin: margin, need: need, deadline: now + int64(p.cfg.MaxWait),
+		est: est, margin: margin, need: need, deadline: now + int64(maxWait),
 	}
 	st.waitq.push(w, req.ClientWeight, need+st.est[class].outMean)
 	st.dispatch(class, now)
@@ -339,6 +331,7 @@ func (p *Pool) reserve(i int, now int64, class int, est float64, req *Request, r
 	m.ks.totals.Requests++
 	if a := req.Attempts; a != nil {
 		a.n++
+		res.attempts = a
 	}
 	if so != StickyNone {
 		p.st.sticky.pin(req.Session, m.ks, now, p.ttl, p.cfg.StickyMaxSessions, int32(min(req.Bytes, math.MaxInt32)), int32(class))

@@ -19,10 +19,7 @@ import (
 // a level only to v+999).
 func setLevel(t testing.TB, p *Pool, name, model string, kind int, v int64) {
 	t.Helper()
-	var h RateLimitHeaders
-	for _, l := range []*Limit{&h.Requests, &h.InputTokens, &h.OutputTokens, &h.Tokens} {
-		*l = Limit{Limit: -1, Remaining: -1}
-	}
+	h := noHeaders()
 	limit := p.members[memberIndex(t, p, name)].caps[kind]
 	if limit <= 0 {
 		t.Fatalf("setLevel: %s has no configured %s limit", name, kindNames[kind])

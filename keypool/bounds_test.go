@@ -1,7 +1,6 @@
 package keypool
 
 import (
-	"net/http"
 	"testing"
 	"time"
 
@@ -121,9 +120,8 @@ func TestFarDatesAreCappedNotIgnored(t *testing.T) {
 	// A headers value built by hand (not parsed) is capped as well.
 	p, clk = newPool(t, Config{Keys: keys("a")})
 	r = acquire(t, p, Request{Model: sonnet})
-	h := ParseHeaders(http.Header{}, clk.Now())
+	h := noHeaders()
 	h.Requests = Limit{Limit: -1, Remaining: 0, Reset: time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)}
-	h.RetryAfter, h.HasRetryAfter = 0, false
 	r.ObserveHeaders(429, h)
 	if k := p.Snapshot().Keys[0]; k.Until == nil || !k.Until.Equal(clk.Now().Add(MaxCooldown)) {
 		t.Fatalf("hand-built reset: %+v", k)

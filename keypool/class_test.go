@@ -103,3 +103,77 @@ func familyName(i int) string {
 	}
 	return string(b)
 }
+
+func TestModelClassesHaveSeparateBudgets(t *testing.T) {
+	p, _ := newPool(t, Config{Keys: []KeyConfig{{Name: "a", Limits: Limits{RPM: 2, ITPM: 1000}}}})
+	for i := 0; i < 2; i++ {
+		r := acquire(t, p, Request{Model: sonnet, Bytes: 400})
+		if r.Class() != "sonnet" {
+			t.Fatalf("class %q", r.Class())
+		}
+	}
+	refused(t, p, Request{Model: sonnet})
+	// Haiku has its own budget; draining it leaves Sonnet's alone.
+	for i := 0; i < 2; i++ {
+		if r := acquire(t, p, Request{Model: haiku, Bytes: 2000}); r.Class() != "haiku" {
+			t.Fatalf("class %q", r.Class())
+		}
+	}
+	refused(t, p, Request{Model: haiku})
+	wantLevel(t, p, "a", sonnet, kindInput, 800, 1e-9)
+	wantLevel(t, p, "a", haiku, kindInput, 0, 1e-9)
+	acquire(t, p, Request{Model: opus})
+	if r := acquire(t, p, Request{Model: "gpt-5"}); r.Class() != "default" {
+		t.Fatalf("class %q", r.Class())
+	}
+	if got := len(p.Snapshot().Keys[0].Budgets); got != 4 {
+		t.Fatalf("%d budgets, want 4 (sonnet, haiku, opus, default)", got)
+	}
+}
+
+func TestModelFamily(t *testing.T) {
+	for m, want := range map[string]string{
+		"claude-opus-4-1-20250805":   "opus",
+		"claude-3-opus-20240229":     "opus",
+		"claude-sonnet-4-5-20250929": "sonnet",
+		"claude-3-7-sonnet-latest":   "sonnet",
+		"claude-3-5-haiku-20241022":  "haiku",
+		"claude-haiku-4-5":           "haiku",
+		"":                           "default",
+		"mistral":                    "default",
+	} {
+		if got := ModelFamily(m); got != want {
+			t.Errorf("ModelFamily(%q) = %q, want %q", m, got, want)
+		}
+	}
+}
+
+func TestModelClassRulesOverride(t *testing.T) {
+	p, _ := newPool(t, Config{
+		Keys: []KeyConfig{{Name: "a", Limits: Limits{RPM: 2}}},
+		ModelClasses: []ClassRule{
+			{Pattern: "claude-3-7-*", Class: "legacy"},
+			{Pattern: "my-finetune-*", Class: "sonnet"},
+			{Pattern: "claude-haiku-4*", Class: "fast"},
+		},
+	})
+	for m, want := range map[string]string{
+		"claude-3-7-sonnet-latest": "legacy",
+		"my-finetune-v2":           "sonnet",
+		"claude-haiku-4-5":         "fast",
+		"claude-3-5-haiku-latest":  "haiku",
+		"claude-sonnet-4-5":        "sonnet",
+	} {
+		r := acquire(t, p, Request{Model: m})
+		if r.Class() != want {
+			t.Errorf("%s: class %q, want %q", m, r.Class(), want)
+		}
+		r.Settle(Result{Status: 0}) // refund: no request counted
+	}
+	// my-finetune shares the Sonnet budget.
+	acquire(t, p, Request{Model: "my-finetune-v2"})
+	acquire(t, p, Request{Model: sonnet})
+	refused(t, p, Request{Model: "claude-sonnet-4"})
+	refused(t, p, Request{Model: "my-finetune-v3"})
+	acquire(t, p, Request{Model: "claude-3-7-sonnet-latest"})
+}

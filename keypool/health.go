@@ -1,6 +1,7 @@
 package keypool
 
 import (
+	"context"
 	"time"
 )
 
@@ -36,11 +37,14 @@ type keyHealth struct {
 	// gen counts disablements: the outcome of a probe started before the
 	// key was enabled and disabled again is not this disablement's.
 	gen uint64
+	// since is when the key was disabled (unix nanos).
+	since int64
 }
 
 // disabledAt starts recovery for a key disabled at now.
 func (h *keyHealth) disabledAt(now int64) {
 	h.gen++
+	h.since = now
 	h.phase = probeWaiting
 	h.backoff = ProbeBackoffMin
 	h.next = now + int64(h.backoff)
@@ -105,6 +109,12 @@ func (p *Pool) FinishProbe(pr Probe, outcome ProbeOutcome, reason string) {
 	if outcome == ProbePassed {
 		ks.disabled = ""
 		st.dispatchAll(st.clock.Now().UnixNano())
+		if sh := p.cfg.Shared; sh != nil {
+			// Every instance takes the key back, not only the one whose
+			// probe passed.
+			name := ks.name
+			p.background(func(ctx context.Context) { sh.Enable(ctx, name, "", nil) })
+		}
 		return
 	}
 	if outcome == ProbeRefused && reason != "" {

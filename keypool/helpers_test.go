@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cc-relay/caddy-cc-relay/internal/anthropic"
 	"github.com/cc-relay/caddy-cc-relay/internal/clock"
 )
 
@@ -180,9 +181,18 @@ func hdr(kv ...string) http.Header {
 	return h
 }
 
-// observe feeds r the parsed form of the given headers.
+// observe feeds r the given response headers, parsed as the relay parses
+// them (anthropic.ParseRateLimits capped at MaxCooldown): most tests speak
+// in the upstream's header names.
 func observe(r *Reservation, clk *clock.Fake, status int, kv ...string) {
-	r.ObserveHeaders(status, ParseHeaders(hdr(kv...), clk.Now()))
+	r.ObserveHeaders(status, anthropic.ParseRateLimits(hdr(kv...), clk.Now(), MaxCooldown))
+}
+
+// noHeaders is a response that says nothing about its limits: every Limit
+// absent, no retry-after. Tests set the fields they mean.
+func noHeaders() RateLimitHeaders {
+	none := Limit{Limit: -1, Remaining: -1}
+	return RateLimitHeaders{Requests: none, InputTokens: none, OutputTokens: none, Tokens: none}
 }
 
 func rfc3339(t time.Time) string { return t.UTC().Format(time.RFC3339) }

@@ -2,7 +2,6 @@ package keypool
 
 import (
 	"fmt"
-	"math"
 	"strings"
 	"testing"
 	"time"
@@ -10,76 +9,6 @@ import (
 	"github.com/cc-relay/caddy-cc-relay/internal/clock"
 	"github.com/cc-relay/caddy-cc-relay/selector"
 )
-
-func TestNewPoolValidation(t *testing.T) {
-	for _, c := range []struct {
-		name string
-		cfg  Config
-		want string
-	}{
-		{"no keys", Config{}, "no keys"},
-		{"unnamed", Config{Keys: []KeyConfig{{}}}, "without a name"},
-		{"duplicate", Config{Keys: keys("a", "b", "a")}, `duplicate key name "a"`},
-		{"negative rpm", Config{Keys: []KeyConfig{{Name: "a", Limits: Limits{RPM: -1}}}}, "negative"},
-		{"negative itpm", Config{Keys: []KeyConfig{{Name: "a", Limits: Limits{ITPM: -1}}}}, "negative"},
-		{"negative otpm", Config{Keys: []KeyConfig{{Name: "a", Limits: Limits{OTPM: -5}}}}, "negative"},
-		{"negative weight", Config{Keys: []KeyConfig{{Name: "a", Weight: -2}}}, "negative"},
-		{"org conflict", Config{Keys: []KeyConfig{
-			{Name: "a", Org: "X", Limits: Limits{RPM: 50, ITPM: 1000}},
-			{Name: "b", Org: "X", Limits: Limits{ITPM: 2000}},
-		}}, `keys "a" and "b" of org "X" configure different input_tokens limits`},
-		{"bad class pattern", Config{Keys: keys("a"), ModelClasses: []ClassRule{{Pattern: "[", Class: "x"}}}, "model_class"},
-		{"empty class", Config{Keys: keys("a"), ModelClasses: []ClassRule{{Pattern: "x*"}}}, "model_class"},
-	} {
-		st := NewState(clock.NewFake(t0))
-		// A failing configuration changes nothing in the state.
-		good, err := newPoolOn(st, Config{Keys: keys("keep")})
-		if err != nil {
-			t.Fatal(err)
-		}
-		orgs := len(st.orgs)
-		p, err := newPoolOn(st, c.cfg)
-		if err == nil || !strings.Contains(err.Error(), c.want) {
-			t.Errorf("%s: NewPool = %v, %v; want error containing %q", c.name, p, err, c.want)
-			continue
-		}
-		if len(st.keys) != 1 || len(st.orgs) != orgs || st.keys["keep"].refs != 1 {
-			t.Errorf("%s: a failed NewPool changed the state: %d keys, %d orgs (had %d)", c.name, len(st.keys), len(st.orgs), orgs)
-		}
-		good.Close()
-	}
-	// keypool has no defaults: what the caller must set is refused when
-	// missing, and names what is missing.
-	for _, c := range []struct {
-		name string
-		cfg  Config
-		want string
-	}{
-		{"no ratio", Config{Keys: keys("a"), DefaultCooldown: time.Second, SpendCapPark: time.Hour}, "token estimate ratio"},
-		{"NaN ratio", Config{Keys: keys("a"), TokenEstimateRatio: math.NaN(), DefaultCooldown: time.Second, SpendCapPark: time.Hour}, "token estimate ratio"},
-		{"sticky without ttl", Config{Keys: keys("a"), Sticky: true, StickyMaxSessions: 5, TokenEstimateRatio: 4, DefaultCooldown: time.Second, SpendCapPark: time.Hour}, "sticky"},
-		{"no cooldown", Config{Keys: keys("a"), TokenEstimateRatio: 4, SpendCapPark: time.Hour}, "default cooldown"},
-		{"no park", Config{Keys: keys("a"), TokenEstimateRatio: 4, DefaultCooldown: time.Second}, "spend cap park"},
-	} {
-		if _, err := NewState(clock.NewFake(t0)).NewPool(c.cfg); err == nil || !strings.Contains(err.Error(), c.want) {
-			t.Errorf("%s: NewPool error %v, want one naming %q", c.name, err, c.want)
-		}
-	}
-	if _, err := NewState(clock.NewFake(t0)).NewPool(Config{Keys: keys("a"), TokenEstimateRatio: 4, DefaultCooldown: time.Second, SpendCapPark: time.Hour}); err != nil {
-		t.Errorf("a config setting every number (not sticky) was refused: %v", err)
-	}
-	// Same limits on several keys of one org, or limits on one of them, are fine.
-	st := NewState(clock.NewFake(t0))
-	if _, err := newPoolOn(st, Config{Keys: []KeyConfig{
-		{Name: "a", Org: "X", Limits: Limits{RPM: 50}},
-		{Name: "b", Org: "X", Limits: Limits{RPM: 50, ITPM: 100}},
-		{Name: "c", Org: "X"},
-		{Name: "d", Limits: Limits{RPM: 7}},
-		{Name: "e", Limits: Limits{RPM: 8}},
-	}}); err != nil {
-		t.Fatalf("valid config refused: %v", err)
-	}
-}
 
 func TestConfiguredOrgSharesOneBudget(t *testing.T) {
 	p, clk := newPool(t, Config{Keys: []KeyConfig{
@@ -216,80 +145,6 @@ func TestKeyMovesToAnotherLearnedOrganization(t *testing.T) {
 	if s.Keys[0].Org != "org-2" || s.Keys[1].Org != "org-1" {
 		t.Fatalf("orgs %q %q", s.Keys[0].Org, s.Keys[1].Org)
 	}
-}
-
-func TestModelClassesHaveSeparateBudgets(t *testing.T) {
-	p, _ := newPool(t, Config{Keys: []KeyConfig{{Name: "a", Limits: Limits{RPM: 2, ITPM: 1000}}}})
-	for i := 0; i < 2; i++ {
-		r := acquire(t, p, Request{Model: sonnet, Bytes: 400})
-		if r.Class() != "sonnet" {
-			t.Fatalf("class %q", r.Class())
-		}
-	}
-	refused(t, p, Request{Model: sonnet})
-	// Haiku has its own budget; draining it leaves Sonnet's alone.
-	for i := 0; i < 2; i++ {
-		if r := acquire(t, p, Request{Model: haiku, Bytes: 2000}); r.Class() != "haiku" {
-			t.Fatalf("class %q", r.Class())
-		}
-	}
-	refused(t, p, Request{Model: haiku})
-	wantLevel(t, p, "a", sonnet, kindInput, 800, 1e-9)
-	wantLevel(t, p, "a", haiku, kindInput, 0, 1e-9)
-	acquire(t, p, Request{Model: opus})
-	if r := acquire(t, p, Request{Model: "gpt-5"}); r.Class() != "default" {
-		t.Fatalf("class %q", r.Class())
-	}
-	if got := len(p.Snapshot().Keys[0].Budgets); got != 4 {
-		t.Fatalf("%d budgets, want 4 (sonnet, haiku, opus, default)", got)
-	}
-}
-
-func TestModelFamily(t *testing.T) {
-	for m, want := range map[string]string{
-		"claude-opus-4-1-20250805":   "opus",
-		"claude-3-opus-20240229":     "opus",
-		"claude-sonnet-4-5-20250929": "sonnet",
-		"claude-3-7-sonnet-latest":   "sonnet",
-		"claude-3-5-haiku-20241022":  "haiku",
-		"claude-haiku-4-5":           "haiku",
-		"":                           "default",
-		"mistral":                    "default",
-	} {
-		if got := ModelFamily(m); got != want {
-			t.Errorf("ModelFamily(%q) = %q, want %q", m, got, want)
-		}
-	}
-}
-
-func TestModelClassRulesOverride(t *testing.T) {
-	p, _ := newPool(t, Config{
-		Keys: []KeyConfig{{Name: "a", Limits: Limits{RPM: 2}}},
-		ModelClasses: []ClassRule{
-			{Pattern: "claude-3-7-*", Class: "legacy"},
-			{Pattern: "my-finetune-*", Class: "sonnet"},
-			{Pattern: "claude-haiku-4*", Class: "fast"},
-		},
-	})
-	for m, want := range map[string]string{
-		"claude-3-7-sonnet-latest": "legacy",
-		"my-finetune-v2":           "sonnet",
-		"claude-haiku-4-5":         "fast",
-		"claude-3-5-haiku-latest":  "haiku",
-		"claude-sonnet-4-5":        "sonnet",
-	} {
-		r := acquire(t, p, Request{Model: m})
-		if r.Class() != want {
-			t.Errorf("%s: class %q, want %q", m, r.Class(), want)
-		}
-		r.Settle(Result{Status: 0}) // refund: no request counted
-	}
-	// my-finetune shares the Sonnet budget.
-	acquire(t, p, Request{Model: "my-finetune-v2"})
-	acquire(t, p, Request{Model: sonnet})
-	refused(t, p, Request{Model: "claude-sonnet-4"})
-	refused(t, p, Request{Model: "my-finetune-v3"})
-	acquire(t, p, Request{Model: "claude-3-7-sonnet-latest"})
 }
 
 // A key whose organization id changes keeps what it knows of its budget:

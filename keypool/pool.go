@@ -10,14 +10,20 @@
 // config reload a new Pool is built over the same State; keys are matched by
 // name, so budgets, learned limits, cooldowns and pins carry over.
 //
+// With Config.Shared, several relay instances keep one pool: the State's
+// budgets become a mirror of shared ones and a SharedState (the Redis
+// engine in internal/redisstate) has the last word on admission
+// (shared_pool.go). Responses' rate-limit headers arrive as plain values,
+// parsed by internal/anthropic (RateLimitHeaders is an alias of its type).
+//
 // The package never sees a secret: keys are known by name only.
 package keypool
 
 import (
+	"context"
 	"fmt"
 	"math"
 	"path"
-	"strings"
 	"sync"
 	"time"
 
@@ -105,6 +111,11 @@ type State struct {
 	est         []estimator
 	sticky      *stickyTable
 	waitq       waitQueue
+	// shared is the store the last configuration used (nil: none), to
+	// tell when one starts to be used; sharedOps counts writes to it in
+	// flight (shared_pool.go).
+	shared    SharedState
+	sharedOps sync.WaitGroup
 }
 
 // NewState returns an empty state that reads time from c.
@@ -149,179 +160,6 @@ type Totals struct {
 	CacheCreationTokens int64 `json:"cache_creation_input_tokens"`
 }
 
-type org struct {
-	name       string // "cfg:<label>", "key:<name>" or "id:<organization id>"
-	id         string // upstream organization id, once learned
-	into       *org   // merged into another organization
-	budgets    []*budget
-	parkUntil  int64
-	parkReason string
-}
-
-func (o *org) resolve() *org {
-	for o.into != nil {
-		o = o.into
-	}
-	return o
-}
-
-func (o *org) budget(class int) *budget {
-	for len(o.budgets) <= class {
-		o.budgets = append(o.budgets, nil)
-	}
-	if o.budgets[class] == nil {
-		o.budgets[class] = &budget{}
-	}
-	return o.budgets[class]
-}
-
-// label is the organization as operators know it.
-func (o *org) label() string {
-	if o.id != "" {
-		return o.id
-	}
-	_, l, _ := strings.Cut(o.name, ":")
-	return l
-}
-
-type budget struct {
-	buckets    [numKinds]bucket
-	coolUntil  int64
-	coolReason string
-	// pendingOut is the output that requests in flight are expected to
-	// produce and have not reported yet: the upstream charges output as
-	// it is generated, a stream reports it only at its end.
-	pendingOut float64
-	// holdReq and holdIn are what waiters hold ahead on this budget
-	// (requests, input tokens): others are admitted only beyond them.
-	holdReq, holdIn float64
-}
-
-func (st *State) orgNamed(name string) *org {
-	o := st.orgs[name]
-	if o == nil {
-		o = &org{name: name}
-		st.orgs[name] = o
-	}
-	return o
-}
-
-// Learned organizations are bounded: a key follows at most
-// maxOrgMovesPerKey changes of its organization id (a key really moves
-// rarely; an upstream that names a new id on every response must not make
-// the pool track each), at most maxLearnedOrgs ids are known at once, and
-// an organization no key refers to any more is forgotten. An id beyond a
-// bound is ignored: the key keeps the budget it has.
-const (
-	maxOrgMovesPerKey = 8
-	maxLearnedOrgs    = 4096
-)
-
-// learnOrg records that ks belongs to the upstream organization id and
-// merges its budgets with every other key seen in that organization. caps
-// are the key's configured limits (0: use what was learned); now is when
-// the merge happens.
-func (st *State) learnOrg(ks *keyState, id string, now int64, caps [numKinds]float64) {
-	cur := ks.org.resolve()
-	if cur.id == id {
-		return
-	}
-	moving := cur.id != ""
-	if moving && ks.orgMoves >= maxOrgMovesPerKey {
-		return
-	}
-	target := st.orgs["id:"+id]
-	if target == nil {
-		if st.learnedOrgs >= maxLearnedOrgs {
-			return
-		}
-		st.learnedOrgs++
-		if !moving {
-			// First sighting: this organization simply gets its name.
-			cur.id = id
-			st.orgs["id:"+id] = cur
-			return
-		}
-		target = st.orgNamed("id:" + id)
-		target.id = id
-	}
-	target = target.resolve()
-	if target == cur {
-		return
-	}
-	// Both describe the key's budget: keep the more pessimistic view.
-	mergeBudgets(target, cur, now, caps)
-	if moving {
-		// The key moved to another organization: it leaves the old one,
-		// taking what it knows of its budget along (a new id must not
-		// hand out a full budget), and the old one may now be unused.
-		ks.orgMoves++
-		ks.org = target
-		st.sweepOrgs()
-		return
-	}
-	cur.into = target
-}
-
-// mergeBudgets lowers dst's budgets to src's where src's are lower,
-// comparing the two levels at the same moment (a budget drained long ago
-// has refilled since), and keeps the later cooldowns and park.
-func mergeBudgets(dst, src *org, now int64, caps [numKinds]float64) {
-	for c, b := range src.budgets {
-		if b == nil {
-			continue
-		}
-		tb := dst.budget(c)
-		for k := range b.buckets {
-			from, to := &b.buckets[k], &tb.buckets[k]
-			capacity := caps[k]
-			if capacity <= 0 {
-				capacity = math.Max(from.learned, to.learned)
-			}
-			switch {
-			case !from.init:
-			case !to.init:
-				// Keep the running total: marks of reservations on the
-				// target refer to it.
-				charged := to.charged
-				*to = *from
-				to.charged = charged
-			default:
-				from.refill(now, capacity)
-				to.refill(now, capacity)
-				to.level = math.Min(to.level, from.level)
-				to.learned = math.Max(to.learned, from.learned)
-			}
-		}
-		if b.coolUntil > tb.coolUntil {
-			tb.coolUntil, tb.coolReason = b.coolUntil, b.coolReason
-		}
-	}
-	if src.parkUntil > dst.parkUntil {
-		dst.parkUntil, dst.parkReason = src.parkUntil, src.parkReason
-	}
-}
-
-// sweepOrgs forgets organizations no key refers to, directly or through a
-// merge. Reservations in flight keep their own pointer and settle on it.
-func (st *State) sweepOrgs() {
-	live := make(map[*org]bool, len(st.keys))
-	for _, ks := range st.keys {
-		for o := ks.org; o != nil && !live[o]; o = o.into {
-			live[o] = true
-		}
-	}
-	st.learnedOrgs = 0
-	for name, o := range st.orgs {
-		switch {
-		case !live[o]:
-			delete(st.orgs, name)
-		case strings.HasPrefix(name, "id:"):
-			st.learnedOrgs++
-		}
-	}
-}
-
 // member is a key as one configuration sees it.
 type member struct {
 	ks    *keyState
@@ -345,6 +183,7 @@ type Pool struct {
 	lastModel string // classOf's cache, guarded by st.mu
 	lastClass int
 	lastOK    bool
+	viewAt    int64 // the shared view last applied (unix nanos of its refresh)
 }
 
 // NewPool builds cfg's view over st, matching keys by name. It refuses a
@@ -461,6 +300,10 @@ func (st *State) NewPool(cfg Config) (*Pool, error) {
 	}
 	p.sel = selector.NewState(weights, prios, cfg.Seed)
 	p.view.p = p
+	if cfg.Shared != nil && st.shared != cfg.Shared {
+		p.moveStateUp(st.clock.Now().UnixNano())
+	}
+	st.shared = cfg.Shared
 	return p, nil
 }
 
@@ -494,6 +337,17 @@ func (p *Pool) Close() {
 // can take requests as soon as a budget refills. It reports false for an
 // unknown key.
 func (p *Pool) Enable(name string) bool {
+	org, classes, ok := p.enable(name)
+	if ok && p.cfg.Shared != nil {
+		// Every instance takes it back at its next heartbeat.
+		p.cfg.Shared.Enable(context.Background(), name, org, classes)
+	}
+	return ok
+}
+
+// enable is Enable in this process; it returns the key's organization and
+// the classes of its budgets, as the shared store names them.
+func (p *Pool) enable(name string) (string, []string, bool) {
 	st := p.st
 	st.mu.Lock()
 	defer st.mu.Unlock()
@@ -506,10 +360,12 @@ func (p *Pool) Enable(name string) bool {
 		m.ks.disabled = ""
 		o := m.ks.org.resolve()
 		o.parkUntil, o.parkReason = 0, ""
-		for _, b := range o.budgets {
+		var classes []string
+		for c, b := range o.budgets {
 			if b == nil {
 				continue
 			}
+			classes = append(classes, st.cnames[c])
 			b.coolUntil, b.coolReason = 0, ""
 			caps := p.capsOf(i, b)
 			for k := range b.buckets {
@@ -520,9 +376,9 @@ func (p *Pool) Enable(name string) bool {
 			}
 		}
 		st.dispatchAll(now)
-		return true
+		return o.name, classes, true
 	}
-	return false
+	return "", nil, false
 }
 
 // Len is the number of keys in the pool.
@@ -537,82 +393,4 @@ func (p *Pool) capsOf(i int, b *budget) [numKinds]float64 {
 		c[k] = capOf(p.members[i].caps[k], &b.buckets[k])
 	}
 	return c
-}
-
-// view is the selector's window on the pool for one pick; it reuses one
-// value per pool so a pick allocates nothing.
-type view struct {
-	p       *Pool
-	now     int64
-	class   int
-	est     float64
-	exclude *Attempts
-	only    []bool
-}
-
-func (v *view) Len() int { return len(v.p.members) }
-
-func (v *view) Load(i int) (bool, float64, int) {
-	m := &v.p.members[i]
-	ks := m.ks
-	if ks.disabled != "" || v.exclude != nil && v.exclude.excludes(ks) || !servable(v.only, i) {
-		return false, 0, 0
-	}
-	o := ks.org
-	if o.into != nil {
-		o = o.resolve()
-	}
-	now := v.now
-	if o.parkUntil > now {
-		return false, 0, 0
-	}
-	b := o.budget(v.class)
-	if b.coolUntil > now {
-		return false, 0, 0
-	}
-	// Load runs for every candidate a strategy looks at (every key of a
-	// pool of up to 16 under least_loaded), so the three kinds are written
-	// out rather than looped over with capsOf's array: same order, same
-	// arithmetic, without the stack copies. A bucket of unknown capacity
-	// is left alone, admits and has headroom 1 (see bucket).
-	// What waiters hold ahead (see waitQueue) is not there to take; both
-	// holds are zero unless someone waits.
-	h := 1.0
-	bk := &b.buckets[kindRequests]
-	if c := capOf(m.caps[kindRequests], bk); c > 0 {
-		bk.refill(now, c)
-		if !bk.admitsBeyond(c, 1, b.holdReq) {
-			return false, 0, 0
-		}
-		h = min(h, bk.headroomBeyond(c, b.holdReq))
-	}
-	bk = &b.buckets[kindInput]
-	if c := capOf(m.caps[kindInput], bk); c > 0 {
-		bk.refill(now, c)
-		if !bk.admitsBeyond(c, v.est, b.holdIn) {
-			return false, 0, 0
-		}
-		h = min(h, bk.headroomBeyond(c, b.holdIn))
-	}
-	bk = &b.buckets[kindOutput]
-	if c := capOf(m.caps[kindOutput], bk); c > 0 {
-		bk.refill(now, c)
-		// Output is charged as it is produced: admission needs positive
-		// headroom, not max_tokens of it, once what the requests in
-		// flight are still producing is counted.
-		if bk.init && bk.level-max(0, b.pendingOut) <= 0 {
-			return false, 0, 0
-		}
-		h = min(h, bk.headroom(c))
-	}
-	return true, h, ks.inFlight
-}
-
-// capOf is one kind's capacity: the configured org-wide cap, else what
-// the bucket learned (0: unknown).
-func capOf(cfg float64, bk *bucket) float64 {
-	if cfg == 0 {
-		return bk.learned
-	}
-	return cfg
 }

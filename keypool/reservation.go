@@ -1,6 +1,7 @@
 package keypool
 
 import (
+	"context"
 	"math"
 	"time"
 )
@@ -34,6 +35,19 @@ type Reservation struct {
 	cu     *clientUse
 	cuCost float64
 	Sticky StickyOutcome
+	// attempts is the request's, counted by this reservation.
+	attempts *Attempts
+	// link is the reservation's standing with the shared store (nil:
+	// none; shared_pool.go), and delta what the local accounting charged
+	// after admission, for the store's correction.
+	link  *sharedLink
+	delta [numKinds]float64
+}
+
+// chargeBucket charges n to kind k of b for this reservation.
+func (r *Reservation) chargeBucket(b *budget, k int, n float64) {
+	b.buckets[k].charge(n)
+	r.delta[k] += n
 }
 
 // inputState is where a reservation's input accounting stands: what its
@@ -140,8 +154,12 @@ func (r *Reservation) ObserveHeaders(status int, h RateLimitHeaders) {
 	defer st.mu.Unlock()
 	now := st.clock.Now().UnixNano()
 	r.status = status
-	if h.OrganizationID != "" {
-		st.learnOrg(r.ks, h.OrganizationID, now, p.members[r.idx].caps)
+	if id := h.OrganizationID; id != "" {
+		if sh := p.cfg.Shared; sh != nil && r.ks.org.resolve().id != id {
+			name := r.ks.name
+			p.background(func(ctx context.Context) { sh.LearnOrg(ctx, name, id) })
+		}
+		st.learnOrg(r.ks, id, now, p.members[r.idx].caps)
 	}
 	if !r.input.open() {
 		// count_tokens and models have their own upstream limits: their
@@ -155,6 +173,10 @@ func (r *Reservation) ObserveHeaders(status int, h RateLimitHeaders) {
 		in = h.Tokens
 	}
 	lims := [numKinds]Limit{h.Requests, in, h.OutputTokens}
+	if r.link != nil {
+		r.observeShared(now, status, h, lims)
+		return
+	}
 	b := r.syncHeaders(now, status, lims)
 	r.coolDown(now, status, h, lims, b)
 }
@@ -263,6 +285,10 @@ func (r *Reservation) Disable(reason string) {
 	defer st.mu.Unlock()
 	r.ks.disabled = reason
 	r.ks.health.disabledAt(st.clock.Now().UnixNano())
+	if sh := r.p.cfg.Shared; sh != nil {
+		name := r.ks.name
+		r.p.background(func(ctx context.Context) { sh.Disable(ctx, name, reason) })
+	}
 }
 
 // Park takes the reserved key's organization out of rotation until the
@@ -282,6 +308,10 @@ func (r *Reservation) Park(until time.Time, reason string) {
 	// with its own reason.
 	if at >= o.parkUntil {
 		o.parkUntil, o.parkReason = at, reason
+	}
+	if sh := r.p.cfg.Shared; sh != nil {
+		name := o.name
+		r.p.background(func(ctx context.Context) { sh.Park(ctx, name, time.Unix(0, at), reason) })
 	}
 }
 
@@ -316,15 +346,15 @@ func (r *Reservation) charge(u Usage) {
 		in := math.Min(float64(u.InputTokens+u.CacheCreationInputTokens), inputBound(r.bytes, caps[kindInput]))
 		switch r.input {
 		case inputRefunded:
-			b.buckets[kindInput].charge(in)
+			r.chargeBucket(b, kindInput, in)
 		case inputEstimated, inputSyncKept:
-			b.buckets[kindInput].charge(in - r.est)
+			r.chargeBucket(b, kindInput, in-r.est)
 		case inputCharged:
 			if in > r.in {
 				// Cumulative usage grew during the turn (server tools
 				// add input): the upstream charges that too, after any
 				// header.
-				b.buckets[kindInput].charge(in - r.in)
+				r.chargeBucket(b, kindInput, in-r.in)
 				r.in = in
 			}
 		}
@@ -344,7 +374,7 @@ func (r *Reservation) charge(u Usage) {
 	if out := math.Min(float64(u.OutputTokens), outputBound(r.maxTokens, caps[kindOutput])); u.HaveOutput && out > r.output {
 		d := out - r.output
 		b.pendingOut -= max(0, r.outRes-r.output) - max(0, r.outRes-out)
-		b.buckets[kindOutput].charge(d)
+		r.chargeBucket(b, kindOutput, d)
 		r.ks.totals.OutputTokens += int64(d)
 		r.output = out
 	}
@@ -381,11 +411,12 @@ func (r *Reservation) Settle(res Result) {
 	}
 	if r.input == inputEstimated && !ok {
 		// The upstream did not count this request's input.
-		b.buckets[kindInput].charge(-r.est)
+		r.chargeBucket(b, kindInput, -r.est)
 		if res.Status == 0 || res.Status >= 500 {
-			b.buckets[kindRequests].charge(-1) // not the key's fault: no penalty
+			r.chargeBucket(b, kindRequests, -1) // not the key's fault: no penalty
 		}
 	}
+	r.settleShared()
 	r.input = inputSettled
 	r.ks.inFlight--
 	if ok {

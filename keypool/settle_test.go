@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+	"time"
 )
 
 // settlePool has one key with limits on every budget, so every charge and
@@ -241,13 +242,11 @@ func TestReservationAccessorsRaceFree(t *testing.T) {
 func TestPassiveHeadersLeaveBudgetsAlone(t *testing.T) {
 	p := settlePool(t)
 	r := acquire(t, p, Request{Model: sonnet, Bytes: 4000, Passive: true})
-	r.ObserveHeaders(429, ParseHeaders(hdr(
-		"Retry-After", "30",
-		"Anthropic-Ratelimit-Requests-Limit", "100",
-		"Anthropic-Ratelimit-Requests-Remaining", "0",
-		"Anthropic-Ratelimit-Input-Tokens-Limit", "100000",
-		"Anthropic-Ratelimit-Input-Tokens-Remaining", "0",
-	), p.st.clock.Now()))
+	h := noHeaders()
+	h.RetryAfter, h.HasRetryAfter = 30*time.Second, true
+	h.Requests = Limit{Limit: 100, Remaining: 0}
+	h.InputTokens = Limit{Limit: 100000, Remaining: 0}
+	r.ObserveHeaders(429, h)
 	r.Settle(Result{Status: 429})
 	wantLevels(t, p, 100, 100000, 10000)
 	if ks := p.Snapshot().Keys[0]; ks.State != "ok" {

@@ -147,3 +147,19 @@ func (t *stickyTable) dropKey(ks *keyState) {
 		i = next
 	}
 }
+
+// StickyOutcome says how a request's session pin was used.
+type StickyOutcome uint8
+
+// Sticky outcomes.
+const (
+	StickyNone  StickyOutcome = iota // no session, or stickiness off
+	StickyNew                        // first request of a session
+	StickyHit                        // stayed on its pinned key
+	StickyScope                      // moved within its cache scope
+	StickyMoved                      // moved out of its cache scope
+)
+
+var stickyNames = [...]string{"none", "new", "hit", "scope", "moved"}
+
+func (s StickyOutcome) String() string { return stickyNames[s] }

@@ -5,7 +5,7 @@ import (
 	"net/http"
 	"strings"
 
-	"github.com/cc-relay/caddy-cc-relay/internal/apierr"
+	"github.com/cc-relay/caddy-cc-relay/internal/anthropic"
 )
 
 // StatusOverloaded is the status Anthropic's API answers when it is
@@ -41,7 +41,7 @@ func mapException(name string, status int) (int, string) {
 	case status >= 500:
 		return status, "api_error"
 	}
-	return status, apierr.TypeFor(status)
+	return status, anthropic.ErrorType(status)
 }
 
 // ErrorName is the exception name of a Bedrock error answer: the
@@ -79,7 +79,7 @@ func MapError(status int, h http.Header, body []byte) (int, []byte) {
 			msg = http.StatusText(status)
 		}
 	}
-	return code, apierr.Body(typ, "Amazon Bedrock: "+msg)
+	return code, anthropic.ErrorBody(typ, "Amazon Bedrock: "+msg)
 }
 
 // messageOf reads message (or Message) from a Bedrock error body, bounded.

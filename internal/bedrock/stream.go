@@ -10,7 +10,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws/protocol/eventstream"
 
-	"github.com/cc-relay/caddy-cc-relay/internal/apierr"
+	"github.com/cc-relay/caddy-cc-relay/internal/anthropic"
 	"github.com/cc-relay/caddy-cc-relay/internal/jsonedit"
 )
 
@@ -85,7 +85,7 @@ func (s *Stream) Convert(dst, p []byte) ([]byte, error) {
 func (s *Stream) fail(dst []byte) ([]byte, error) {
 	s.broken = true
 	s.pending = nil
-	return apierr.AppendEvent(dst, "api_error", "Amazon Bedrock sent a malformed event stream"), ErrStream
+	return anthropic.AppendErrorEvent(dst, "api_error", "Amazon Bedrock sent a malformed event stream"), ErrStream
 }
 
 // message converts one whole event-stream message.
@@ -213,5 +213,5 @@ func appendException(dst []byte, exceptionType string, payload []byte) []byte {
 	if msg == "" {
 		msg = exceptionType
 	}
-	return apierr.AppendEvent(dst, typ, "Amazon Bedrock: "+msg)
+	return anthropic.AppendErrorEvent(dst, typ, "Amazon Bedrock: "+msg)
 }

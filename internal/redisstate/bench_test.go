@@ -138,3 +138,55 @@ func BenchmarkStoreReserve(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkPoolRequest is one request's whole life in the pool (Acquire,
+// ObserveHeaders, Settle) without a store and with one on loopback Redis,
+// side by side in one run, with and without a session:
+// go test -run '^$' -bench PoolRequest -benchtime 2s ./internal/redisstate/
+func BenchmarkPoolRequest(b *testing.B) {
+	srv := redistest.Start(b)
+	hdr := keypool.RateLimitHeaders{
+		Requests:     keypool.Limit{Limit: 1e6, Remaining: 999000},
+		InputTokens:  keypool.Limit{Limit: 1e9, Remaining: 999000000},
+		OutputTokens: keypool.Limit{Limit: 1e9, Remaining: 999000000},
+		Tokens:       keypool.Limit{Limit: -1, Remaining: -1},
+	}
+	keys := []keypool.KeyConfig{{Name: "a", Org: "o1"}, {Name: "b", Org: "o2"}}
+	for _, mode := range []string{"local", "redis"} {
+		for _, session := range []bool{false, true} {
+			name := mode + "/session=" + strconv.FormatBool(session)
+			b.Run(name, func(b *testing.B) {
+				var sh keypool.SharedState
+				if mode == "redis" {
+					s, err := New(Config{URL: srv.URL(), Pool: name, Timeout: benchTimeout})
+					if err != nil {
+						b.Fatal(err)
+					}
+					defer s.Close()
+					sh = s
+				}
+				p, err := keypool.NewState(nil).NewPool(poolConfig(keys, sh))
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer p.WaitShared()
+				ctx := context.Background()
+				var n uint64
+				b.ResetTimer()
+				for b.Loop() {
+					n++
+					req := keypool.Request{Model: sonnet, Bytes: 4000}
+					if session {
+						req.Session = n%512 + 1
+					}
+					var r keypool.Reservation
+					if err := p.Acquire(ctx, &req, &r); err != nil {
+						b.Fatal(err)
+					}
+					r.ObserveHeaders(200, hdr)
+					r.Settle(ok200())
+				}
+			})
+		}
+	}
+}

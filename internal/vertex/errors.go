@@ -4,7 +4,7 @@ import (
 	"encoding/json"
 	"net/http"
 
-	"github.com/cc-relay/caddy-cc-relay/internal/apierr"
+	"github.com/cc-relay/caddy-cc-relay/internal/anthropic"
 )
 
 // googleError is Google's error body, {"error":{"code","message","status"}};
@@ -36,11 +36,11 @@ func parseGoogle(body []byte) (googleError, bool) {
 // 403 permission_error, UNAUTHENTICATED 401 authentication_error,
 // INVALID_ARGUMENT 400 invalid_request_error, NOT_FOUND 404.
 func MapError(status int, body []byte) (int, []byte, bool) {
-	if _, _, ok := apierr.Message(body); ok {
+	if _, _, ok := anthropic.ErrorMessage(body); ok {
 		return status, body, false
 	}
 	g, ok := parseGoogle(body)
-	code, typ := status, apierr.TypeFor(status)
+	code, typ := status, anthropic.ErrorType(status)
 	switch g.Error.Status {
 	case "RESOURCE_EXHAUSTED":
 		code, typ = http.StatusTooManyRequests, "rate_limit_error"
@@ -68,5 +68,5 @@ func MapError(status int, body []byte) (int, []byte, bool) {
 	if len(msg) > 500 {
 		msg = msg[:500]
 	}
-	return code, apierr.Body(typ, "Vertex AI: "+msg), true
+	return code, anthropic.ErrorBody(typ, "Vertex AI: "+msg), true
 }

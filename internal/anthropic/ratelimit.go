@@ -1,4 +1,4 @@
-package keypool
+package anthropic
 
 import (
 	"errors"
@@ -21,7 +21,7 @@ type Limit struct {
 func (l Limit) Present() bool { return l.Limit >= 0 || l.Remaining >= 0 || !l.Reset.IsZero() }
 
 // RateLimitHeaders is what an upstream response says about its key's
-// organization.
+// organization, parsed into plain values (keypool takes them as they are).
 type RateLimitHeaders struct {
 	Requests     Limit
 	InputTokens  Limit
@@ -38,9 +38,11 @@ type RateLimitHeaders struct {
 
 const hdrPrefix = "Anthropic-Ratelimit-"
 
-// ParseHeaders reads the rate-limit headers of an upstream response. It
-// never fails: malformed values are treated as absent.
-func ParseHeaders(h http.Header, now time.Time) RateLimitHeaders {
+// ParseRateLimits reads the rate-limit headers of an upstream response. It
+// never fails: malformed values are treated as absent. A retry-after or a
+// reset further ahead than maxWait is capped to it rather than dropped: a
+// far date still means "not now".
+func ParseRateLimits(h http.Header, now time.Time, maxWait time.Duration) RateLimitHeaders {
 	out := RateLimitHeaders{
 		Requests:     parseLimit(h, "Requests-"),
 		InputTokens:  parseLimit(h, "Input-Tokens-"),
@@ -52,25 +54,23 @@ func ParseHeaders(h http.Header, now time.Time) RateLimitHeaders {
 		out.OrganizationID = out.OrganizationID[:128]
 	}
 	if ra := strings.TrimSpace(h.Get("Retry-After")); ra != "" {
-		// Both forms are capped at MaxCooldown rather than dropped when
-		// they lie far ahead: a far date still means "not now".
 		if secs, err := strconv.ParseFloat(ra, 64); err == nil || errors.Is(err, strconv.ErrRange) {
 			if secs >= 0 { // NaN and negative numbers are no delay at all
-				out.RetryAfter = MaxCooldown
-				if secs < MaxCooldown.Seconds() {
+				out.RetryAfter = maxWait
+				if secs < maxWait.Seconds() {
 					out.RetryAfter = time.Duration(secs * float64(time.Second))
 				}
 				out.HasRetryAfter = true
 			}
 		} else if t, err := http.ParseTime(ra); err == nil {
-			out.RetryAfter = min(max(t.Sub(now), 0), MaxCooldown)
+			out.RetryAfter = min(max(t.Sub(now), 0), maxWait)
 			out.HasRetryAfter = true
 		}
 	}
 	for _, l := range []*Limit{&out.Requests, &out.InputTokens, &out.OutputTokens, &out.Tokens} {
-		// A reset beyond the cooldown cap is capped: its UnixNano would
-		// not even fit an int64 past the year 2262.
-		if horizon := now.Add(MaxCooldown); l.Reset.After(horizon) {
+		// A reset beyond the cap is capped: its UnixNano would not even
+		// fit an int64 past the year 2262.
+		if horizon := now.Add(maxWait); l.Reset.After(horizon) {
 			l.Reset = horizon
 		}
 	}
@@ -116,8 +116,8 @@ func parseCount(v string) int64 {
 	}
 	n, err := strconv.ParseInt(v, 10, 64)
 	if errors.Is(err, strconv.ErrRange) && n > 0 {
-		// Beyond int64: capped, then bounded like any large value (see
-		// learnedLimit), rather than taken as absent.
+		// Beyond int64: capped rather than taken as absent, like any large
+		// value (keypool bounds what it learns from one).
 		return math.MaxInt64
 	}
 	if err != nil || n < 0 {

@@ -1,41 +1,11 @@
-package apierr
+package anthropic
 
 import (
 	"encoding/json"
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
 )
-
-// Write answers in the Anthropic error JSON shape, with Retry-After in
-// seconds when retryAfter is positive.
-func Write(w http.ResponseWriter, status int, typ, msg string, retryAfter int) {
-	b := Body(typ, msg)
-	hdr := w.Header()
-	hdr.Set("Content-Type", "application/json")
-	hdr.Set("Content-Length", strconv.Itoa(len(b)))
-	if retryAfter > 0 {
-		hdr.Set("Retry-After", strconv.Itoa(retryAfter))
-	}
-	w.WriteHeader(status)
-	_, _ = w.Write(b)
-}
-
-// Reason is "error.type: error.message" of an upstream error body, or
-// "rejected" when the body is not one. It is neither redacted nor bounded:
-// the caller does both.
-func Reason(body []byte) string {
-	var e wire
-	if json.Unmarshal(body, &e) != nil || e.Error.Type == "" {
-		return "rejected"
-	}
-	msg := e.Error.Type
-	if e.Error.Message != "" {
-		msg += ": " + e.Error.Message
-	}
-	return msg
-}
 
 // SpendCap recognises a 429 that is about the organization's spend cap
 // rather than its rate limits: it has no retry-after, and its message

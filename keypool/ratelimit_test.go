@@ -1,78 +1,9 @@
 package keypool
 
 import (
-	"net/http"
-	"strings"
 	"testing"
 	"time"
 )
-
-func TestParseHeaders(t *testing.T) {
-	now := t0
-	h := hdr(
-		"anthropic-ratelimit-requests-limit", "50",
-		"anthropic-ratelimit-requests-remaining", " 49 ",
-		"anthropic-ratelimit-requests-reset", "2025-06-01T12:00:02Z",
-		"anthropic-ratelimit-input-tokens-limit", "40000",
-		"anthropic-ratelimit-input-tokens-remaining", "-5", // malformed
-		"anthropic-ratelimit-input-tokens-reset", "soon", // malformed
-		"anthropic-ratelimit-output-tokens-remaining", "abc",
-		"anthropic-organization-id", "  org-123  ",
-		"retry-after", "7",
-	)
-	got := ParseHeaders(h, now)
-	if got.Requests.Limit != 50 || got.Requests.Remaining != 49 || !got.Requests.Reset.Equal(t0.Add(2*time.Second)) {
-		t.Fatalf("requests %+v", got.Requests)
-	}
-	if got.InputTokens.Limit != 40000 || got.InputTokens.Remaining != -1 || !got.InputTokens.Reset.IsZero() {
-		t.Fatalf("input %+v: malformed values must read as absent", got.InputTokens)
-	}
-	if got.OutputTokens.Present() || got.Tokens.Present() {
-		t.Fatalf("absent triples reported present: %+v %+v", got.OutputTokens, got.Tokens)
-	}
-	if !got.InputTokens.Present() {
-		t.Fatal("a triple with only a limit is present")
-	}
-	if got.OrganizationID != "org-123" {
-		t.Fatalf("org %q", got.OrganizationID)
-	}
-	if !got.HasRetryAfter || got.RetryAfter != 7*time.Second {
-		t.Fatalf("retry-after %v %v", got.HasRetryAfter, got.RetryAfter)
-	}
-
-	for _, c := range []struct {
-		v    string
-		ok   bool
-		want time.Duration
-	}{
-		{"1.5", true, 1500 * time.Millisecond},
-		{"0", true, 0},
-		{now.Add(90 * time.Second).Format(http.TimeFormat), true, 90 * time.Second},
-		{now.Add(-time.Hour).Format(http.TimeFormat), true, 0},
-		{"-3", false, 0},
-		// Far delays are capped, not ignored, and never overflow.
-		{"1e12", true, MaxCooldown},
-		{"1e400", true, MaxCooldown},
-		{"86401", true, MaxCooldown},
-		{"NaN", false, 0},
-		{"Thu, 31 Dec 9999 23:59:59 GMT", true, MaxCooldown},
-		{"tomorrow", false, 0},
-		{"", false, 0},
-	} {
-		got := ParseHeaders(hdr("Retry-After", c.v), now)
-		if got.HasRetryAfter != c.ok || got.RetryAfter != c.want {
-			t.Errorf("retry-after %q: %v %v, want %v %v", c.v, got.HasRetryAfter, got.RetryAfter, c.ok, c.want)
-		}
-	}
-	long := strings.Repeat("x", 500)
-	if got := ParseHeaders(hdr("anthropic-organization-id", long), now); len(got.OrganizationID) != 128 {
-		t.Fatalf("org id not bounded: %d bytes", len(got.OrganizationID))
-	}
-	empty := ParseHeaders(http.Header{}, now)
-	if empty.Requests.Present() || empty.HasRetryAfter || empty.OrganizationID != "" {
-		t.Fatalf("empty headers parsed as %+v", empty)
-	}
-}
 
 // learnedPool is one key whose limits the first response teaches:
 // 10 requests, 10000 input and 10000 output tokens a minute.
@@ -277,4 +208,49 @@ func TestTokensRemainingZeroCoolsUntilReset(t *testing.T) {
 	acquire(t, p, Request{Model: haiku, Bytes: 4})
 	clk.Advance(25 * time.Second)
 	acquire(t, p, Request{Model: sonnet, Bytes: 4})
+}
+
+func TestLimitsLearnedFromHeaders(t *testing.T) {
+	p, clk := newPool(t, Config{Keys: keys("a")})
+	// Nothing configured, nothing learned: no limit applies.
+	for i := 0; i < 500; i++ {
+		acquire(t, p, Request{Model: sonnet, Bytes: 1000}).Settle(ok200())
+	}
+	r := acquire(t, p, Request{Model: sonnet, Bytes: 1000})
+	observe(r, clk, 200,
+		"anthropic-ratelimit-requests-limit", "5",
+		"anthropic-ratelimit-requests-remaining", "4",
+		"anthropic-ratelimit-input-tokens-limit", "40000",
+		"anthropic-ratelimit-input-tokens-remaining", "39000",
+		"anthropic-ratelimit-output-tokens-limit", "8000",
+		"anthropic-ratelimit-output-tokens-remaining", "8000",
+	)
+	r.Settle(ok200())
+	s := p.Snapshot().Keys[0].Budgets[0]
+	if s.Requests.Learned != 5 || s.Requests.Configured != 0 || s.InputTokens.Learned != 40000 || s.OutputTokens.Learned != 8000 {
+		t.Fatalf("learned limits not recorded: %+v", s)
+	}
+	wantLevel(t, p, "a", sonnet, kindRequests, 4, 1e-9)
+	for i := 0; i < 4; i++ {
+		acquire(t, p, Request{Model: sonnet})
+	}
+	nc := refused(t, p, Request{Model: sonnet})
+	if !durNear(nc.RetryAfter, 12*time.Second) {
+		t.Fatalf("RetryAfter %v, want 12s (1 request at 5/min)", nc.RetryAfter)
+	}
+}
+
+func TestConfiguredLimitWinsOverLearned(t *testing.T) {
+	p, clk := newPool(t, Config{Keys: []KeyConfig{{Name: "a", Limits: Limits{RPM: 3}}}})
+	r := acquire(t, p, Request{Model: sonnet})
+	observe(r, clk, 200, "anthropic-ratelimit-requests-limit", "100", "anthropic-ratelimit-requests-remaining", "99")
+	r.Settle(ok200())
+	s := p.Snapshot().Keys[0].Budgets[0].Requests
+	if s.Configured != 3 || s.Learned != 100 {
+		t.Fatalf("snapshot %+v, want configured 3 learned 100", s)
+	}
+	// The upstream would take 99 more, but the operator said 3 a minute.
+	acquire(t, p, Request{Model: sonnet})
+	acquire(t, p, Request{Model: sonnet})
+	refused(t, p, Request{Model: sonnet})
 }

@@ -1,0 +1,502 @@
+package keypool
+
+import (
+	"context"
+	"math"
+	"sync"
+	"time"
+)
+
+// How a pool uses its SharedState (Config.Shared). The in-process budgets
+// stay: they are a mirror of the shared ones, refreshed by every reply of
+// the store, and they keep choosing the key (selection, the wait queue and
+// retry hints cost no round trip). The store has the last word: a key the
+// mirror picked is reserved in the store with one script, and when the
+// store refuses (another instance took the capacity), the local
+// reservation is withdrawn, the mirror takes the store's levels, cooldown
+// or park, and the request picks again — another organization, or a wait
+// in the local queue until the mirror says the budget has refilled.
+//
+// Per request: Reserve (one round trip), Sync when the response's headers
+// arrive (one), and a correction after it ends (sent in the background; the
+// client's auto-pipelining batches concurrent ones). A request with a
+// session also reads its pin (one) and writes it when it moves.
+
+// maxSharedTries bounds how often one request may be refused by the store
+// and pick again before it is refused itself; each refusal lowers the
+// mirror, so a second pick lands elsewhere or waits.
+const maxSharedTries = 8
+
+func (p *Pool) acquireShared(ctx context.Context, req *Request, res *Reservation) error {
+	sh := p.cfg.Shared
+	st := p.st
+	p.applyView(sh.View())
+	pinned := ""
+	if p.cfg.Sticky && req.Session != 0 {
+		pinned = p.followPin(ctx, req)
+	}
+	start := st.clock.Now()
+	var hint time.Duration
+	for try := 0; ; try++ {
+		wait := p.cfg.MaxWait - st.clock.Now().Sub(start)
+		if p.cfg.MaxWait > 0 && wait <= 0 {
+			wait = time.Nanosecond // its deadline has passed: refused at once
+		}
+		if p.cfg.MaxWait == 0 {
+			wait = 0
+		}
+		if err := p.acquire(ctx, req, res, wait); err != nil {
+			if nc, ok := err.(*NoCapacityError); ok && !nc.NoKeys && hint > nc.RetryAfter {
+				nc.RetryAfter = hint
+			}
+			return err
+		}
+		if res.input == inputPassive {
+			return nil
+		}
+		b, admit, charge := p.sharedRequest(res)
+		a := sh.Reserve(ctx, b, admit, charge)
+		if p.applyAdmission(res, a, charge) {
+			if res.Sticky != StickyNone && pinned != res.ks.name {
+				p.background(func(ctx context.Context) {
+					sh.Pin(ctx, req.Session, res.ks.name, time.Duration(p.ttl))
+				})
+			}
+			return nil
+		}
+		switch a.Outcome {
+		case SharedWait:
+			hint = a.Wait
+		default:
+			hint = a.Until.Sub(st.clock.Now())
+		}
+		if try+1 >= maxSharedTries || ctx.Err() != nil {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			return &NoCapacityError{RetryAfter: max(hint, 0)}
+		}
+	}
+}
+
+// sharedRequest is what the store must admit and charge for res: one
+// request and the input estimate plus its margin admitted, the estimate and
+// the expected output charged. The output is charged up front (and
+// corrected when the response ends) so that other instances see output in
+// flight, which the in-process pool keeps as its budget's pendingOut.
+func (p *Pool) sharedRequest(res *Reservation) (SharedBudget, [3]float64, [3]float64) {
+	st := p.st
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	o, _ := res.current()
+	margin := st.est[res.class].margin()
+	b := SharedBudget{Org: o.name, Class: st.cnames[res.class], Caps: p.members[res.idx].caps}
+	return b, [3]float64{1, res.est * (1 + margin), 0}, [3]float64{1, res.est, res.outRes}
+}
+
+// applyAdmission records the store's answer: the mirror takes its levels,
+// learned limits, cooldown or park; an admitted reservation remembers what
+// the store charged; a refused one is withdrawn. It reports admission.
+func (p *Pool) applyAdmission(res *Reservation, a SharedAdmission, charge [3]float64) bool {
+	st := p.st
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	now := st.clock.Now().UnixNano()
+	o, b := res.current()
+	p.mirror(res.idx, b, a.Levels, a.Known, a.Caps, a.Mode, now)
+	switch a.Outcome {
+	case SharedAdmitted:
+		res.link = &sharedLink{sh: p.cfg.Shared, charged: charge, marks: a.Marks}
+		return true
+	case SharedCooling:
+		if at := capUntil(now, a.Until, MaxCooldown); at > b.coolUntil {
+			b.coolUntil, b.coolReason = at, a.Reason
+		}
+	case SharedParked:
+		if at := capUntil(now, a.Until, MaxPark); at > o.parkUntil {
+			o.parkUntil, o.parkReason = at, a.Reason
+		}
+	}
+	res.withdraw(now)
+	return false
+}
+
+// mirror sets the local budget of key i to the store's levels (mode says
+// whether they are the pool-wide ones or this instance's fallback share)
+// and adopts limits the store learned from any instance's headers. st.mu
+// is held.
+func (p *Pool) mirror(i int, b *budget, levels [3]float64, known [3]bool, caps [3]float64, mode SharedMode, now int64) {
+	m := &p.members[i]
+	for k := range b.buckets {
+		if !known[k] || math.IsNaN(levels[k]) {
+			continue
+		}
+		bk := &b.buckets[k]
+		if mode == SharedModeShared && m.caps[k] == 0 && caps[k] > 0 {
+			bk.learned = learnedLimit(k, int64(caps[k]))
+		}
+		c := capOf(m.caps[k], bk)
+		if c <= 0 {
+			continue
+		}
+		bk.refill(now, c)
+		l := levels[k]
+		if k == kindOutput {
+			// The store's output level has the expected output of every
+			// request in flight charged; locally that of this instance's
+			// is kept apart as pendingOut, and subtracted on admission.
+			l += max(0, b.pendingOut)
+		}
+		bk.level = max(min(l, c), -c)
+	}
+}
+
+// withdraw undoes a local reservation the store refused, as if it had
+// never been made. st.mu is held.
+func (r *Reservation) withdraw(now int64) {
+	b := r.bud
+	b.buckets[kindRequests].charge(-1)
+	b.buckets[kindInput].charge(-r.est)
+	b.pendingOut -= r.outRes
+	if r.cu != nil {
+		r.cu.add(now, -r.cuCost)
+	}
+	r.ks.inFlight--
+	r.ks.totals.Requests--
+	if a := r.attempts; a != nil {
+		a.n--
+	}
+	*r = Reservation{}
+}
+
+// followPin makes the local session table agree with the store's pin, so
+// that a conversation whose turns land on different instances stays on the
+// key that holds its prompt cache. It returns the store's pin ("" for
+// none).
+func (p *Pool) followPin(ctx context.Context, req *Request) string {
+	name, mode := p.cfg.Shared.Pinned(ctx, req.Session, time.Duration(p.ttl))
+	if name == "" || mode != SharedModeShared {
+		return name
+	}
+	st := p.st
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	now := st.clock.Now().UnixNano()
+	ks := st.keys[name]
+	if ks == nil || ks.refs == 0 {
+		return name
+	}
+	if _, ok := p.byKey[ks]; !ok {
+		return name
+	}
+	if cur, _, _ := st.sticky.get(req.Session, now, p.ttl); cur != ks {
+		// The last turn went elsewhere: its size is not known here, so
+		// the next is priced as a first turn within the cache scope.
+		st.sticky.pin(req.Session, ks, now, p.ttl, p.cfg.StickyMaxSessions, 0, -1)
+	}
+	return name
+}
+
+// applyView takes what other instances changed since the last heartbeat:
+// keys disabled or enabled elsewhere, organization ids learned elsewhere.
+func (p *Pool) applyView(v SharedView) {
+	st := p.st
+	at := v.Refreshed.UnixNano()
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if at == 0 || at == p.viewAt {
+		return
+	}
+	p.viewAt = at
+	now := st.clock.Now().UnixNano()
+	changed := false
+	for i := range p.members {
+		m := &p.members[i]
+		ks := m.ks
+		reason, off := v.Disabled[ks.name]
+		switch {
+		case off && ks.disabled == "":
+			ks.disabled = reason
+			ks.health.disabledAt(now)
+		case !off && ks.disabled != "" && now > ks.health.since+int64(viewLag):
+			// Enabled on another instance (a disable made here after
+			// the view was read stays until the view can know it).
+			ks.disabled = ""
+			changed = true
+		}
+		if id := v.OrgIDs[ks.name]; id != "" {
+			st.learnOrg(ks, id, now, m.caps)
+		}
+	}
+	if changed {
+		st.dispatchAll(now)
+	}
+}
+
+// viewLag is how long a local change may take to reach the store's view.
+const viewLag = 3 * time.Second
+
+// background runs a write to the store off the request path. Writes are
+// bounded by the store's own timeout; WaitShared waits for them.
+func (p *Pool) background(f func(ctx context.Context)) {
+	p.st.sharedOps.Add(1)
+	go func() {
+		defer p.st.sharedOps.Done()
+		f(context.Background())
+	}()
+}
+
+// WaitShared waits until the writes to the shared state started so far
+// (corrections, pins, cooldowns) have been made; for tests and shutdown.
+func (p *Pool) WaitShared() { p.st.sharedOps.Wait() }
+
+// sharedLink is a reservation's standing with the store once admitted. It
+// is its own allocation because the store's answer to a header sync may
+// arrive after the caller has settled (and reused) the reservation.
+// Guarded by the pool's lock.
+type sharedLink struct {
+	sh      SharedState
+	charged [numKinds]float64 // what the store charged at admission
+	marks   [numKinds]float64 // its running totals before that
+	phase   linkPhase
+	// final is the correction Settle left while a sync was in flight.
+	final SharedCorrection
+}
+
+// linkPhase orders a reservation's sync and correction with the store:
+//
+//	admitted ─headers─▶ syncing ─answer─▶ synced ─Settle─▶ done
+//	    │                  └─Settle─▶ settledSyncing ─answer─▶ done
+//	    └─Settle──────────────────────────────────────────▶ done
+//
+// The correction goes out exactly once, after the sync's answer is known:
+// when the sync moved the store's input level to the upstream's account,
+// that account already holds the real input, and the usage's correction of
+// the estimate must not be applied on top.
+type linkPhase uint8
+
+const (
+	linkAdmitted linkPhase = iota
+	linkSyncing
+	linkSynced
+	linkSettledSyncing
+	linkDone
+)
+
+// observeShared is ObserveHeaders with a shared store: the headers move
+// the store's budget (Sync, in the background: the response is not held
+// for it) and the mirror follows. st.mu is held on entry and on return; a
+// 5xx's refund is written before the sync, with the lock released.
+func (r *Reservation) observeShared(now int64, status int, h RateLimitHeaders, lims [numKinds]Limit) {
+	p := r.p
+	st := p.st
+	l := r.link
+	o, b := r.current()
+	budget := SharedBudget{Org: o.name, Class: st.cnames[r.class], Caps: p.members[r.idx].caps}
+	if status >= 500 && r.input <= inputSynced {
+		// As syncHeaders: the upstream took neither the request nor its
+		// input. The store gets the refund before the sync.
+		b.buckets[kindRequests].charge(-1)
+		b.buckets[kindInput].charge(-r.est)
+		r.input = inputRefunded
+		st.mu.Unlock()
+		l.sh.Settle(context.Background(), []SharedCorrection{{Budget: budget, Delta: [3]float64{-1, -r.est, 0}}})
+		st.mu.Lock()
+	}
+	s := SharedSync{Budget: budget, Observed: time.Unix(0, now), Own: l.charged}
+	for k, lim := range lims {
+		s.Limit[k], s.Remaining[k] = lim.Limit, lim.Remaining
+		if lim.Limit > 0 {
+			b.buckets[k].learned = learnedLimit(k, lim.Limit)
+		}
+		s.Mark[k] = math.NaN()
+		if r.marksValid() && o == r.o {
+			s.Mark[k] = l.marks[k]
+		}
+		s.Gran[k] = 1
+		if k != kindRequests && lim.Remaining >= 0 && lim.Remaining%1000 == 0 {
+			s.Gran[k] = 1000
+		}
+		cfg := p.members[r.idx].caps[k]
+		s.Raise[k] = cfg == 0 || cfg == float64(lim.Limit)
+	}
+	r.voidMarks()
+	if r.input <= inputSynced && s.Remaining[kindInput] >= 0 {
+		// The upstream counted the request: usage corrects the estimate
+		// unless the sync's answer says the store took the upstream's
+		// account instead (syncAnswered).
+		r.input = inputSyncKept
+	}
+	coolBefore := b.coolUntil
+	r.coolDown(now, status, h, lims, b)
+	if cool, why := b.coolUntil, b.coolReason; cool > coolBefore {
+		p.background(func(ctx context.Context) { l.sh.Cool(ctx, budget, time.Unix(0, cool), why) })
+	}
+	if l.phase != linkAdmitted {
+		return // one sync per reservation
+	}
+	l.phase = linkSyncing
+	idx, class, tracksInput := r.idx, r.class, s.Remaining[kindInput] >= 0
+	p.background(func(ctx context.Context) {
+		res := l.sh.Sync(ctx, s)
+		st.mu.Lock()
+		defer st.mu.Unlock()
+		known := [3]bool{!math.IsNaN(res.Levels[0]), !math.IsNaN(res.Levels[1]), !math.IsNaN(res.Levels[2])}
+		p.mirror(idx, o.resolve().budget(class), res.Levels, known, res.Caps, res.Mode, st.clock.Now().UnixNano())
+		moved := tracksInput && res.Moved[kindInput]
+		switch l.phase {
+		case linkSyncing:
+			l.phase = linkSynced
+			if moved {
+				r.syncMovedInput()
+			}
+		case linkSettledSyncing:
+			l.phase = linkDone
+			if moved {
+				l.final.Delta[kindInput] = 0
+			}
+			if l.final.Delta != [3]float64{} {
+				l.sh.Settle(ctx, []SharedCorrection{l.final})
+			}
+		}
+	})
+}
+
+// syncMovedInput records that a header sync set the store's input level to
+// the upstream's account, which holds this request's input: what usage
+// corrected of the estimate before is void, and usage corrects nothing
+// more (as inputSynced in process; when usage came first, only its growth
+// from here is charged). st.mu is held.
+func (r *Reservation) syncMovedInput() {
+	r.delta[kindInput] = 0
+	if r.input == inputSyncKept {
+		r.input = inputSynced
+	}
+}
+
+// settleShared sends the store what this reservation's accounting changed
+// after admission: refunds, the real input instead of the estimate, the
+// real output instead of the expected; or leaves it to a sync in flight.
+// st.mu is held.
+func (r *Reservation) settleShared() {
+	l := r.link
+	if l == nil {
+		return
+	}
+	o, _ := r.current()
+	d := r.delta
+	d[kindOutput] -= l.charged[kindOutput]
+	c := SharedCorrection{
+		Budget: SharedBudget{Org: o.name, Class: r.p.st.cnames[r.class], Caps: r.p.members[r.idx].caps},
+		Delta:  d,
+	}
+	if l.phase == linkSyncing {
+		l.phase, l.final = linkSettledSyncing, c
+		return
+	}
+	l.phase = linkDone
+	if d == [3]float64{} {
+		return
+	}
+	r.p.background(func(ctx context.Context) { l.sh.Settle(ctx, []SharedCorrection{c}) })
+}
+
+// moveStateUp charges a store the pool starts to use with what this
+// process's budgets have spent and not yet refilled, so that adding redis
+// to a running relay does not hand out a second budget. st.mu is held.
+func (p *Pool) moveStateUp(now int64) {
+	var cs []SharedCorrection
+	p.eachBudget(func(i int, o *org, c int, b *budget) {
+		var d [3]float64
+		caps := p.capsOf(i, b)
+		for k := range b.buckets {
+			bk := &b.buckets[k]
+			if caps[k] <= 0 || !bk.init {
+				continue
+			}
+			bk.refill(now, caps[k])
+			d[k] = caps[k] - bk.level
+		}
+		if d != [3]float64{} {
+			cs = append(cs, SharedCorrection{Budget: SharedBudget{Org: o.name, Class: p.st.cnames[c], Caps: p.members[i].caps}, Delta: d})
+		}
+	})
+	if len(cs) == 0 {
+		return
+	}
+	sh := p.cfg.Shared
+	p.background(func(ctx context.Context) { sh.Settle(ctx, cs) })
+}
+
+// RefreshShared brings the mirror of every budget the pool has used up to
+// the store's levels, so that a snapshot on an instance that served
+// nothing lately shows the pool-wide state: one script per budget (a
+// reservation of nothing), issued concurrently. Without a store it does
+// nothing.
+func (p *Pool) RefreshShared(ctx context.Context) {
+	sh := p.cfg.Shared
+	if sh == nil {
+		return
+	}
+	type target struct {
+		i int
+		o *org
+		c int
+		b SharedBudget
+	}
+	st := p.st
+	var ts []target
+	st.mu.Lock()
+	p.eachBudget(func(i int, o *org, c int, _ *budget) {
+		ts = append(ts, target{i, o, c, SharedBudget{Org: o.name, Class: st.cnames[c], Caps: p.members[i].caps}})
+	})
+	st.mu.Unlock()
+	as := make([]SharedAdmission, len(ts))
+	var wg sync.WaitGroup
+	for j := range ts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			as[j] = sh.Reserve(ctx, ts[j].b, [3]float64{}, [3]float64{})
+		}()
+	}
+	wg.Wait()
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	now := st.clock.Now().UnixNano()
+	for j, t := range ts {
+		if t.o.resolve() != t.o {
+			continue // merged meanwhile
+		}
+		a := as[j]
+		p.mirror(t.i, t.o.budget(t.c), a.Levels, a.Known, a.Caps, a.Mode, now)
+		switch a.Outcome {
+		case SharedCooling:
+			if b := t.o.budget(t.c); capUntil(now, a.Until, MaxCooldown) > b.coolUntil {
+				b.coolUntil, b.coolReason = capUntil(now, a.Until, MaxCooldown), a.Reason
+			}
+		case SharedParked:
+			if at := capUntil(now, a.Until, MaxPark); at > t.o.parkUntil {
+				t.o.parkUntil, t.o.parkReason = at, a.Reason
+			}
+		}
+	}
+}
+
+// eachBudget calls f once for every budget the pool's organizations have
+// used, with the index of a key of that organization. st.mu is held.
+func (p *Pool) eachBudget(f func(i int, o *org, class int, b *budget)) {
+	seen := map[*org]bool{}
+	for i := range p.members {
+		o := p.members[i].ks.org.resolve()
+		if seen[o] {
+			continue
+		}
+		seen[o] = true
+		for c, b := range o.budgets {
+			if b != nil {
+				f(i, o, c, b)
+			}
+		}
+	}
+}
