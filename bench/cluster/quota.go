@@ -35,7 +35,8 @@ func closedLoopWorkers(orgs []ccload.Org, d time.Duration) (int, float64) {
 }
 
 // closedLoop runs workers clients until end, each sending quotaRequests one
-// after another (each retried by the client as Claude Code would).
+// after another (each retried by the client as Claude Code would); a client
+// whose request could not be retried before the end stops.
 func closedLoop(ctx context.Context, cl *ccload.Client, workers int, end time.Time) {
 	var wg sync.WaitGroup
 	for w := range workers {
@@ -45,7 +46,11 @@ func closedLoop(ctx context.Context, cl *ccload.Client, workers int, end time.Ti
 			bodies := rand.New(rand.NewPCG(*flagSeed, uint64(w)+7))
 			jitter := rand.New(rand.NewPCG(*flagSeed, uint64(w)+1000))
 			for time.Now().Before(end) && ctx.Err() == nil {
-				cl.Do(ctx, ccload.QuotaRequest(bodies, *flagOutMean), jitter)
+				// Abandoned: its retry would start after the end, and
+				// so would the next request's.
+				if cl.Do(ctx, ccload.QuotaRequest(bodies, *flagOutMean), jitter).Abandon {
+					return
+				}
 			}
 		}()
 	}
