@@ -149,19 +149,21 @@ func main() {
 		fmt.Printf("load average after %s: %s\n", r, loadAvg())
 	}
 	fmt.Printf("\ntotal wall time %s\n", time.Since(start).Round(time.Second))
+	code := 0
 	switch {
 	case env.failed:
 		fmt.Println("RESULT: a run could not run (see above)")
-		env.close()
-		os.Exit(1)
+		code = 1
 	case *flagDuration < judgeFrom:
 		fmt.Printf("RESULT: runs completed; targets printed, not judged: runs shorter than %s are dominated by the buckets' initial burst and, learned, by the first responses before any limit is known\n", judgeFrom)
 	case !ok:
 		fmt.Println("RESULT: some targets missed (see above)")
-		os.Exit(1)
+		code = 1
 	default:
 		fmt.Println("RESULT: all targets met")
 	}
+	env.close() // os.Exit skips deferred calls, and redis-server is no child that dies with us
+	os.Exit(code)
 }
 
 // judgeFrom is the shortest run whose figures are held against the targets
