@@ -10,6 +10,7 @@ import (
 
 	"github.com/cc-relay/caddy-cc-relay/bench/internal/ccload"
 	"github.com/cc-relay/caddy-cc-relay/internal/redistest"
+	"github.com/cc-relay/caddy-cc-relay/keypool"
 )
 
 // phase is a stretch of the outage run between two events.
@@ -61,7 +62,8 @@ func runOutage(e *env) bool {
 
 	recs := c.up.Mock.Stats().Requests
 	tw := table()
-	fmt.Fprintln(tw, "phase\tfrom s\tto s\tclient reqs\tok\tfailed\trelay 429s\tupstream 429s to client\tupstream reqs\tupstream 429s\t")
+	_, itpm, _ := ccload.OrgLimits(orgs)
+	fmt.Fprintln(tw, "phase\tfrom s\tto s\tclient reqs\tok\tfailed\trelay 429s\tupstream 429s to client\tupstream reqs\tupstream 429s\tinput admitted / refill\t")
 	var failed int
 	var allReqs, allLim int
 	for _, p := range phases {
@@ -73,27 +75,39 @@ func runOutage(e *env) bool {
 		}
 		t := ccload.Tally(rs)
 		var ureq, ulim int
+		var input int64 // main-model input + cache creation the upstream accepted
 		for _, r := range recs {
 			if r.Path == "/v1/messages" && !r.Time.Before(p.from) && r.Time.Before(p.to) {
 				ureq++
-				if r.Status == http.StatusTooManyRequests {
+				switch {
+				case r.Status == http.StatusTooManyRequests:
 					ulim++
+				case r.Status == http.StatusOK && keypool.ModelFamily(r.Model) == "sonnet":
+					input += r.InputTokens + r.CacheCreationInputTokens
 				}
 			}
 		}
+		// What the phase's refill (limit/60 per second) would admit; the
+		// first phase also spends the buckets' initial burst.
+		to := p.to
+		if end := lr.t0.Add(lr.span); end.Before(to) {
+			to = end
+		}
+		refill := float64(itpm) / 60 * to.Sub(p.from).Seconds()
 		failed += t.Errs
 		allReqs += ureq
 		allLim += ulim
-		fmt.Fprintf(tw, "%s\t%.1f\t%.1f\t%d\t%d\t%d\t%d\t%d\t%d\t%d (%.2f%%)\t\n", p.name, p.from.Sub(lr.t0).Seconds(), p.to.Sub(lr.t0).Seconds(),
-			t.Reqs, t.OK, t.Errs, t.Relay429, t.Up429, ureq, ulim, 100*float64(ulim)/math.Max(1, float64(ureq)))
+		fmt.Fprintf(tw, "%s\t%.1f\t%.1f\t%d\t%d\t%d\t%d\t%d\t%d\t%d (%.2f%%)\t%.0f%%\t\n", p.name, p.from.Sub(lr.t0).Seconds(), p.to.Sub(lr.t0).Seconds(),
+			t.Reqs, t.OK, t.Errs, t.Relay429, t.Up429, ureq, ulim, 100*float64(ulim)/math.Max(1, float64(ureq)), 100*float64(input)/math.Max(1, refill))
 	}
 	t := ccload.Tally(lr.results)
 	ureq, ulim := lr.upstreamTotals()
-	fmt.Fprintf(tw, "whole run\t0\t%.1f\t%d\t%d\t%d\t%d\t%d\t%d\t%d (%.2f%%)\t\n", lr.span.Seconds(), t.Reqs, t.OK, t.Errs, t.Relay429, t.Up429,
-		ureq, ulim, 100*float64(ulim)/math.Max(1, float64(ureq)))
+	fmt.Fprintf(tw, "whole run\t0\t%.1f\t%d\t%d\t%d\t%d\t%d\t%d\t%d (%.2f%%)\t%.0f%%\t\n", lr.span.Seconds(), t.Reqs, t.OK, t.Errs, t.Relay429, t.Up429,
+		ureq, ulim, 100*float64(ulim)/math.Max(1, float64(ureq)), 100*float64(lr.class("sonnet").Charged)/(float64(itpm)/60*lr.span.Seconds()))
 	tw.Flush()
 	fmt.Println("(requests by the phase they were sent in, upstream requests by the phase they arrived in; failed: transport errors")
-	fmt.Println(" and answers other than 200/429/529 after the client's retries)")
+	fmt.Println(" and answers other than 200/429/529 after the client's retries; input admitted / refill: main-model input tokens the")
+	fmt.Println(" upstream accepted in the phase over what the input-token limits refill in it (the first phase also has the initial burst))")
 	for _, l := range modeLog {
 		fmt.Println(l)
 	}

@@ -9,12 +9,14 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/cc-relay/caddy-cc-relay/bench/internal/caddyproc"
 	"github.com/cc-relay/caddy-cc-relay/bench/internal/ccload"
+	"github.com/cc-relay/caddy-cc-relay/internal/redistest"
 )
 
 // site is one relay of the overhead run, reached directly.
@@ -162,6 +164,8 @@ func runOverhead(e *env) bool {
 	pairedMed := ccload.Pct(paired, 50)
 
 	// Many in flight.
+	calls0, usec0, _ := scriptStats(rdb)
+	var sentR int
 	var ratios, rpsL, rpsR []float64
 	for i := range pairs {
 		order := []*site{local, shared}
@@ -173,6 +177,9 @@ func runOverhead(e *env) bool {
 			r, n := closedRound(s, bodies, round, conc)
 			errs[s.name] += n
 			rps[s.name] = r
+			if s == shared {
+				sentR += round
+			}
 		}
 		rpsL, rpsR = append(rpsL, rps["local"]), append(rpsR, rps["redis"])
 		ratios = append(ratios, rps["redis"]/rps["local"])
@@ -184,6 +191,10 @@ func runOverhead(e *env) bool {
 	lo, hi := slices.Min(ratios), slices.Max(ratios)
 	fmt.Fprintf(tw, "%d\treq/s (median of %d rounds)\t%.0f\t%.0f\t%.3fx [%.3f … %.3f]\t\n", conc, pairs, median(rpsL), median(rpsR), median(ratios), lo, hi)
 	tw.Flush()
+	if calls1, usec1, err := scriptStats(rdb); err == nil {
+		fmt.Printf("Redis during the %d-in-flight rounds: %.2f scripts (EVALSHA/EVAL) run, %.0f µs of redis-server time in them, per request\n"+
+			"with Redis (INFO commandstats; the relay's heartbeat included)\n", conc, float64(calls1-calls0)/float64(max(sentR, 1)), float64(usec1-usec0)/float64(max(sentR, 1)))
+	}
 	fmt.Printf("errors: without Redis %d, with Redis %d\n", errs["local"], errs["redis"])
 	ok := added <= 200*time.Microsecond && median(ratios) >= 0.85 && errs["local"]+errs["redis"] == 0
 	fmt.Printf("target: added p50 at 1 in flight <= 0.2 ms: %+.3f ms %s; throughput at %d in flight >= 0.85x: %.3fx %s\n",
@@ -225,4 +236,31 @@ func median(v []float64) float64 {
 		return s[len(s)/2]
 	}
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// scriptStats sums the calls and microseconds of the scripts redis-server
+// ran (EVALSHA and EVAL in INFO commandstats; the commands a script calls
+// are counted there too, so they are left out).
+func scriptStats(rdb *redistest.Server) (calls, usec int64, err error) {
+	info, err := rdb.Do("INFO", "commandstats")
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, line := range strings.Split(info, "\n") {
+		name, fields, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if !ok || (name != "cmdstat_evalsha" && name != "cmdstat_eval") {
+			continue
+		}
+		for _, f := range strings.Split(fields, ",") {
+			k, v, _ := strings.Cut(f, "=")
+			n, _ := strconv.ParseInt(v, 10, 64)
+			switch k {
+			case "calls":
+				calls += n
+			case "usec":
+				usec += n
+			}
+		}
+	}
+	return calls, usec, nil
 }
