@@ -5,10 +5,13 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"net/http"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/cc-relay/caddy-cc-relay/bench/internal/ccload"
+	"github.com/cc-relay/caddy-cc-relay/internal/mockanthropic"
 )
 
 // quotaOrgs are the two organizations of the quota, learned and outage
@@ -105,6 +108,9 @@ func runQuota(e *env, limits bool) bool {
 	h := lr.class("haiku")
 	fmt.Printf("haiku: %d accepted, %d input, %d output, %d upstream 429s; upstream 429s by the limit they name: %v\n",
 		h.Accepted, h.Charged, h.Output, h.Limited, c.up.Limited())
+	if at := limitedAt(c.up.Mock.Stats().Requests, lr.t0); at != "" {
+		fmt.Printf("upstream 429s at (s from the start): %s\n", at)
+	}
 	printModes(modes)
 	if *flagVerbose {
 		fmt.Printf("relay metrics (summed): %v\n", lr.metrics)
@@ -129,4 +135,22 @@ func printModes(modes []string) {
 	if shown {
 		fmt.Printf("relay modes at the end (admin API): %v\n", modes)
 	}
+}
+
+// limitedAt lists when the upstream answered 429, in seconds from t0 (at
+// most 40 of them).
+func limitedAt(recs []mockanthropic.Record, t0 time.Time) string {
+	var b strings.Builder
+	n := 0
+	for _, r := range recs {
+		if r.Status != http.StatusTooManyRequests {
+			continue
+		}
+		if n++; n > 40 {
+			b.WriteString(" …")
+			break
+		}
+		fmt.Fprintf(&b, " %.1f", r.Time.Sub(t0).Seconds())
+	}
+	return strings.TrimSpace(b.String())
 }
