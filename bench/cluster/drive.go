@@ -7,6 +7,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/cc-relay/caddy-cc-relay/bench/internal/caddyproc"
 	"github.com/cc-relay/caddy-cc-relay/bench/internal/ccload"
 )
 
@@ -38,6 +39,17 @@ func drive(c *cluster, run string, load func(ctx context.Context, cl *ccload.Cli
 	lr.use, lr.span = ccload.UpstreamUse(c.up.Mock.Stats().Requests, lr.t0)
 	lr.span = max(lr.span, d)
 	lr.metrics = c.metrics()
+	for i, p := range append(append([]*caddyproc.Proc(nil), c.relays...), c.lb) {
+		select {
+		case <-p.Done():
+			name := "the load balancer"
+			if i < len(c.relays) {
+				name = fmt.Sprintf("relay%d", i+1)
+			}
+			fmt.Printf("%s: %s exited during the run: %s\n", run, name, p.LastLogLine())
+		default:
+		}
+	}
 	return lr
 }
 

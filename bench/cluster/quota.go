@@ -51,7 +51,13 @@ func closedLoop(ctx context.Context, cl *ccload.Client, workers int, end time.Ti
 			for time.Now().Before(end) && ctx.Err() == nil {
 				// Abandoned: its retry would start after the end, and
 				// so would the next request's.
-				if cl.Do(ctx, ccload.QuotaRequest(bodies, *flagOutMean), jitter).Abandon {
+				res := cl.Do(ctx, ccload.QuotaRequest(bodies, *flagOutMean), jitter)
+				if res.Abandon {
+					return
+				}
+				// A failure came at once: pause, as a user would, rather
+				// than fail thousands of requests a second.
+				if res.Status != http.StatusOK && res.Status != http.StatusTooManyRequests && !ccload.SleepUntil(ctx, time.Now().Add(250*time.Millisecond)) {
 					return
 				}
 			}
