@@ -49,7 +49,9 @@ type ClientState struct {
 	mu      sync.Mutex
 	clock   clock.Clock
 	clients map[string]*clientState
-	flushMu sync.Mutex // one Flush at a time, so writes land in order
+	flushMu sync.Mutex // one Flush or ShareSpend at a time, so writes land in order
+	// shared, when set, shares spend with other instances (UseShared).
+	shared SharedSpend
 }
 
 // NewClientState returns an empty client state that reads time from c.
@@ -79,6 +81,17 @@ type clientState struct {
 	epoch       uint64
 	spent       pricing.PicoUSD
 	reserved    pricing.PicoUSD
+
+	// With shared spend (ClientState.shared), spent is the shared total
+	// last seen (base) plus this instance's spend since: admission reads
+	// it without a round trip. resets is the shared total's reset count
+	// last seen; resetDue says an operator's reset waits for the next
+	// exchange; sharedGen changes with every reset and new period, so
+	// that the reply of an exchange begun before is dropped.
+	base      pricing.PicoUSD
+	resets    int64
+	resetDue  bool
+	sharedGen uint64
 
 	totals ClientTotals
 	loaded bool // spend was read from the store (or there was none)
@@ -110,6 +123,8 @@ func (c *clientState) roll(now time.Time, p Period) {
 		c.spent, c.reserved = 0, 0
 		c.epoch++
 		c.dirty = true
+		c.base, c.resets, c.resetDue = 0, 0, false
+		c.sharedGen++
 	}
 	c.period, c.periodStart = p, start
 }
@@ -328,10 +343,14 @@ func (c *Clients) Admit(req *ClientRequest, res *ClientReservation) error {
 	ratio := c.cfg.TokenEstimateRatio
 	est := st.est.estimate(req.Bytes, ratio)
 	margin := st.est.margin()
+	share := cs.share()
 	var worst, limit int64
 	var wait float64
 	for k := range st.buckets {
-		capacity := m.caps[k]
+		// With shared spend each instance enforces its share of the
+		// client's per-minute limits: N instances together admit the
+		// limit, whichever instance a request lands on.
+		capacity := m.caps[k] / share
 		if capacity <= 0 {
 			continue
 		}
@@ -351,7 +370,8 @@ func (c *Clients) Admit(req *ClientRequest, res *ClientReservation) error {
 			}
 		}
 		if w > wait {
-			wait, worst, limit = w, int64(k), int64(capacity)
+			// The client's limit as configured, not this instance's share.
+			wait, worst, limit = w, int64(k), int64(m.caps[k])
 		}
 	}
 	if wait > 0 {
@@ -491,6 +511,10 @@ func (c *Clients) Reset(name string) bool {
 	st.roll(cs.clock.Now(), m.cfg.Period)
 	st.spent = 0
 	st.dirty = true
+	// With shared spend the next exchange sets the shared total to what
+	// this instance spends until then, for every instance.
+	st.base, st.resetDue = 0, cs.shared != nil
+	st.sharedGen++
 	for k := range st.buckets {
 		if m.caps[k] > 0 && st.buckets[k].init {
 			st.buckets[k].level = m.caps[k]

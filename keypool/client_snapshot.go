@@ -14,7 +14,8 @@ type ClientSnapshot struct {
 	MaxConcurrent int      `json:"max_concurrent"`
 	InFlight      int      `json:"in_flight"`
 	// Requests, InputTokens and OutputTokens are the client's own
-	// per-minute limits (Configured 0: none; Remaining -1 then).
+	// per-minute limits (Configured 0: none; Remaining -1 then). With
+	// shared spend Remaining is of this instance's share of the limit.
 	Requests     BucketSnapshot `json:"requests"`
 	InputTokens  BucketSnapshot `json:"input_tokens"`
 	OutputTokens BucketSnapshot `json:"output_tokens"`
@@ -47,6 +48,7 @@ func (c *Clients) Snapshot() []ClientSnapshot {
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
 	now := cs.clock.Now()
+	share := cs.share()
 	out := make([]ClientSnapshot, 0, len(c.members))
 	for _, m := range c.members {
 		st := m.st
@@ -59,7 +61,7 @@ func (c *Clients) Snapshot() []ClientSnapshot {
 		for k := range st.buckets {
 			*dst[k] = BucketSnapshot{Configured: int64(m.caps[k]), Remaining: -1}
 			if m.caps[k] > 0 {
-				st.buckets[k].refill(now.UnixNano(), m.caps[k])
+				st.buckets[k].refill(now.UnixNano(), m.caps[k]/share)
 				dst[k].Remaining = int64(math.Floor(st.buckets[k].level))
 			}
 		}

@@ -24,6 +24,8 @@ var (
 	untilSrc string
 	//go:embed lua/heartbeat.lua
 	heartbeatSrc string
+	//go:embed lua/spend.lua
+	spendSrc string
 	// enableSrc runs with a plain EVAL, pipelined with the HDEL of the
 	// disabled key: it is rare and short.
 	//go:embed lua/enable.lua
@@ -34,4 +36,5 @@ var (
 	syncScript      = rueidis.NewLuaScript(preludeSrc + syncSrc)
 	untilScript     = rueidis.NewLuaScript(untilSrc)
 	heartbeatScript = rueidis.NewLuaScript(heartbeatSrc)
+	spendScript     = rueidis.NewLuaScript(spendSrc)
 )
