@@ -88,7 +88,10 @@ type clientState struct {
 	// last seen; resetDue says an operator's reset waits for the next
 	// exchange; sharedGen changes with every reset and new period, so
 	// that the reply of an exchange begun before is dropped.
+	// others is what the other instances' requests in flight hold of the
+	// budget, as of the last exchange.
 	base      pricing.PicoUSD
+	others    pricing.PicoUSD
 	resets    int64
 	resetDue  bool
 	sharedGen uint64
@@ -123,7 +126,7 @@ func (c *clientState) roll(now time.Time, p Period) {
 		c.spent, c.reserved = 0, 0
 		c.epoch++
 		c.dirty = true
-		c.base, c.resets, c.resetDue = 0, 0, false
+		c.base, c.others, c.resets, c.resetDue = 0, 0, 0, false
 		c.sharedGen++
 	}
 	c.period, c.periodStart = p, start
@@ -389,11 +392,14 @@ func (c *Clients) Admit(req *ClientRequest, res *ClientReservation) error {
 		// A request that fits what is left is admitted; one larger than
 		// that only runs alone, when nothing else is reserved: spend then
 		// stops within one request's cost of the budget, and a request
-		// larger than the whole budget can still run once.
-		fits := st.spent.Plus(st.reserved).Plus(need) <= m.cfg.Budget || st.reserved == 0 && st.spent < m.cfg.Budget
+		// larger than the whole budget can still run once. With shared
+		// spend, what other instances' requests hold (as of the last
+		// exchange) counts as reserved too.
+		reserved := st.reserved.Plus(st.others)
+		fits := st.spent.Plus(reserved).Plus(need) <= m.cfg.Budget || reserved == 0 && st.spent < m.cfg.Budget
 		if !fits {
 			start := time.Unix(0, st.periodStart).UTC()
-			e := &ClientLimitError{Limit: "budget", Budget: m.cfg.Budget, Spent: st.spent, Reserved: st.reserved, Need: need,
+			e := &ClientLimitError{Limit: "budget", Budget: m.cfg.Budget, Spent: st.spent, Reserved: reserved, Need: need,
 				Period: m.cfg.Period, Resets: m.cfg.Period.End(start)}
 			e.RetryAfter = e.Resets.Sub(now)
 			if st.spent < m.cfg.Budget {

@@ -25,7 +25,9 @@ type ClientSnapshot struct {
 
 // SpendSnapshot is a client's spend in its current period (the budget's,
 // or the calendar month without a budget), in USD and exactly in
-// picodollars.
+// picodollars. With spend shared across instances, spent is the shared
+// total plus this instance's spend since the last exchange, and reserved
+// counts the other instances' requests in flight as of that exchange.
 type SpendSnapshot struct {
 	Period      string    `json:"period"`
 	PeriodStart time.Time `json:"period_start"`
@@ -68,8 +70,8 @@ func (c *Clients) Snapshot() []ClientSnapshot {
 		start := time.Unix(0, st.periodStart).UTC()
 		s.Spend = SpendSnapshot{
 			Period: m.cfg.Period.String(), PeriodStart: start, Resets: m.cfg.Period.End(start),
-			SpentUSD: st.spent.USD(), ReservedUSD: st.reserved.USD(),
-			SpentPicoUSD: int64(st.spent), ReservedPicoUSD: int64(st.reserved),
+			SpentUSD: st.spent.USD(), ReservedUSD: st.reserved.Plus(st.others).USD(),
+			SpentPicoUSD: int64(st.spent), ReservedPicoUSD: int64(st.reserved.Plus(st.others)),
 		}
 		if b := m.cfg.Budget; b > 0 {
 			budget, left := b.USD(), (b - st.spent).USD()

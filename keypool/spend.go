@@ -151,6 +151,11 @@ type SpendUpdate struct {
 	Floor pricing.PicoUSD
 	// Resets is the total's reset count this instance last saw.
 	Resets int64
+	// Reserved is what this instance's requests in flight hold of the
+	// client's budget now: the other instances count it as reserved
+	// until this instance's next exchange replaces it, or until it is
+	// no longer alive.
+	Reserved pricing.PicoUSD
 	// Reset sets the total to Add and counts one more reset: an
 	// operator's reset (Clients.Reset) reaching every instance.
 	Reset bool
@@ -160,6 +165,9 @@ type SpendUpdate struct {
 type SpendTotal struct {
 	Spent  pricing.PicoUSD
 	Resets int64
+	// Others is what the other live instances' requests in flight hold
+	// of the budget, as each last reported it.
+	Others pricing.PicoUSD
 }
 
 // SharedSpend keeps client spend shared by several relay instances: the
@@ -190,9 +198,12 @@ func (c *Clients) UseShared(sp SharedSpend) {
 	cs := c.cs
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
-	if sp != nil && cs.shared == nil {
-		for _, st := range cs.clients {
+	for _, st := range cs.clients {
+		if sp != nil && cs.shared == nil {
 			st.base = st.spent
+		}
+		if sp == nil {
+			st.others = 0
 		}
 	}
 	cs.shared = sp
@@ -237,6 +248,7 @@ func (c *Clients) ShareSpend(ctx context.Context) error {
 		us = append(us, SpendUpdate{
 			SpendKey: SpendKey{Client: st.name, Period: st.period, PeriodStart: time.Unix(0, st.periodStart).UTC()},
 			Add:      st.spent.Plus(-st.base), Floor: st.base, Resets: st.resets, Reset: st.resetDue,
+			Reserved: st.reserved,
 		})
 		sents = append(sents, sent{st, st.sharedGen, st.spent})
 		st.resetDue = false
@@ -250,6 +262,10 @@ func (c *Clients) ShareSpend(ctx context.Context) error {
 	defer cs.mu.Unlock()
 	for i, s := range sents {
 		st := s.st
+		if err == nil {
+			// Holds of requests in flight are not tied to a total.
+			st.others = totals[i].Others
+		}
 		if st.sharedGen != s.gen {
 			// A reset or a new period since: the reply is of a total
 			// this instance no longer counts.

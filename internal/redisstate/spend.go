@@ -33,7 +33,10 @@ func (sp *Spend) Add(ctx context.Context, us []keypool.SpendUpdate) ([]keypool.S
 		return nil, nil
 	}
 	ks := make([]string, len(us))
-	args := make([]string, 0, 5*len(us))
+	// Holds count for as long as the instance counts as alive: a dead
+	// instance's requests in flight stop counting with it.
+	args := make([]string, 0, 2+6*len(us))
+	args = append(args, sp.s.cfg.Instance, fmtInt(sp.s.cfg.Alive.Milliseconds()))
 	for i, u := range us {
 		ks[i] = sp.s.keys.spend(u.Client, u.Period.String(), u.PeriodStart.Unix())
 		op := "add"
@@ -41,13 +44,14 @@ func (sp *Spend) Add(ctx context.Context, us []keypool.SpendUpdate) ([]keypool.S
 			op = "set"
 		}
 		expire := u.Period.End(u.PeriodStart).Add(SpendGrace).UnixMilli()
-		args = append(args, op, fmtInt(int64(max(u.Add, 0))), fmtInt(int64(max(u.Floor, 0))), fmtInt(u.Resets), fmtInt(expire))
+		args = append(args, op, fmtInt(int64(max(u.Add, 0))), fmtInt(int64(max(u.Floor, 0))), fmtInt(u.Resets),
+			fmtInt(int64(max(u.Reserved, 0))), fmtInt(expire))
 	}
 	var vs []rueidis.RedisMessage
 	err := sp.s.call(ctx, "spend", func(ctx context.Context, c rueidis.Client) error {
 		var err error
 		vs, err = spendScript.Exec(ctx, c, ks, args).ToArray()
-		if err == nil && len(vs) != 2*len(us) {
+		if err == nil && len(vs) != 3*len(us) {
 			err = errMalformed
 		}
 		return err
@@ -57,12 +61,13 @@ func (sp *Spend) Add(ctx context.Context, us []keypool.SpendUpdate) ([]keypool.S
 	}
 	out := make([]keypool.SpendTotal, len(us))
 	for i := range out {
-		spent, err1 := exactInt(vs[2*i])
-		resets, err2 := exactInt(vs[2*i+1])
-		if err1 != nil || err2 != nil {
+		spent, err1 := exactInt(vs[3*i])
+		resets, err2 := exactInt(vs[3*i+1])
+		others, err3 := exactInt(vs[3*i+2])
+		if err1 != nil || err2 != nil || err3 != nil {
 			return nil, errMalformed
 		}
-		out[i] = keypool.SpendTotal{Spent: pricing.PicoUSD(spent), Resets: resets}
+		out[i] = keypool.SpendTotal{Spent: pricing.PicoUSD(spent), Resets: resets, Others: pricing.PicoUSD(others)}
 	}
 	return out, nil
 }

@@ -289,3 +289,67 @@ func TestSharedSpendKeys(t *testing.T) {
 		t.Fatal("a client name opened a hash tag")
 	}
 }
+
+// Requests in flight on one instance hold the budget on the others from
+// the next exchange on: 16 concurrent requests on one instance and the
+// other refuses what would go beyond the budget; the holds go when the
+// requests settle, or when their instance is no longer alive.
+func TestSharedSpendHoldsAcrossInstances(t *testing.T) {
+	srv := redistest.Start(t)
+	clk := clock.NewFake(midday())
+	ins := twoInstances(t, srv, clk, pricing.PerUSD) // $1
+	ctx := context.Background()
+	exchange := func() {
+		t.Helper()
+		for _, in := range ins {
+			if err := in.clients.ShareSpend(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	req := keypool.ClientRequest{Client: "alice", Model: "claude-sonnet-4-5", Bytes: 400, MaxTokens: 5000} // about $0.075 at worst
+	var held []*keypool.ClientReservation
+	for range 16 {
+		r := new(keypool.ClientReservation)
+		if ins[0].clients.Admit(&req, r) == nil {
+			held = append(held, r)
+		}
+	}
+	if len(held) < 12 || len(held) > 13 {
+		t.Fatalf("%d of 16 concurrent $0.075 requests admitted on a $1 budget", len(held))
+	}
+	exchange()
+	var r keypool.ClientReservation
+	err := ins[1].clients.Admit(&req, &r)
+	var le *keypool.ClientLimitError
+	if !errors.As(err, &le) || le.Limit != "budget" || le.Reserved < pricing.PerUSD*8/10 {
+		t.Fatalf("the other instance: %v, want a budget refusal counting the holds", err)
+	}
+	for _, r := range held {
+		r.Add(pricing.Usage{InputTokens: 100, OutputTokens: 10}, true, true)
+		r.Settle()
+	}
+	exchange()
+	if err := ins[1].clients.Admit(&req, &r); err != nil {
+		t.Fatalf("after the requests settled: %v", err)
+	}
+	// Instance 1's request in flight, instance 1 then gone: its hold
+	// counts until its deadline (made past here, as its liveness would
+	// run out) and is dropped then.
+	exchange()
+	exchange() // instance 0 hears of it after instance 1 told
+	if got := ins[0].clients.Snapshot()[0].Spend.ReservedPicoUSD; got == 0 {
+		t.Fatal("instance 0 does not see instance 1's request in flight")
+	}
+	c := direct(t, srv)
+	k := ins[0].store.keys.spend("alice", "day", keypool.PeriodDay.Start(clk.Now()).Unix())
+	if err := c.Do(ctx, c.B().Hset().Key(k).FieldValue().FieldValue("h:i1", "60000000000 1").Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	if err := ins[0].clients.ShareSpend(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := ins[0].clients.Snapshot()[0].Spend.ReservedPicoUSD; got != 0 {
+		t.Fatalf("a dead instance's hold still counts: %d", got)
+	}
+}
