@@ -18,6 +18,7 @@ type memSpend struct {
 	mu        sync.Mutex
 	totals    map[SpendKey]SpendTotal
 	instances int
+	others    pricing.PicoUSD // other instances' holds, in every reply
 	fail      bool
 	during    func() // called inside Add, between reading and replying
 	got       [][]SpendUpdate
@@ -48,6 +49,7 @@ func (m *memSpend) Add(_ context.Context, us []SpendUpdate) ([]SpendTotal, error
 			t.Spent += u.Add
 		}
 		m.totals[u.SpendKey], out[i] = t, t
+		out[i].Others = m.others
 	}
 	during := m.during
 	m.mu.Unlock()
@@ -205,4 +207,38 @@ func TestClientShareSpendResetDuringExchange(t *testing.T) {
 	if u := sp.last()[0]; u.Reset || u.Floor != 0 || !u.PeriodStart.Equal(PeriodDay.Start(clk.Now())) {
 		t.Fatalf("sent %+v in a new period", u)
 	}
+}
+
+// Other instances' requests in flight count as reserved at admission: a
+// request beyond what they leave is refused, and one larger than the rest
+// does not run "alone" while they hold any.
+func TestClientSharedHoldsOfOtherInstances(t *testing.T) {
+	ctx := context.Background()
+	clk := clock.NewFake(t0)
+	_, c := newClients(t, clk, ClientConfig{Name: "alice", Budget: pricing.PerUSD / 100, Period: PeriodDay}) // $0.01
+	sp := &memSpend{others: pricing.PerUSD / 100}
+	c.UseShared(sp)
+	if err := c.ShareSpend(ctx); err != nil {
+		t.Fatal(err)
+	}
+	le := limited(t, c, "alice", "budget", 40, 10)
+	if le.Reserved != pricing.PerUSD/100 || le.RetryAfter != budgetBusyRetry {
+		t.Fatalf("refusal %+v, want the other instances' holds as reserved", le)
+	}
+	sp.others = 0
+	if err := c.ShareSpend(ctx); err != nil {
+		t.Fatal(err)
+	}
+	done(admit(t, c, "alice", 40, 10), 10, 1)
+	if u := sp.last()[0]; u.Reserved != 0 {
+		t.Fatalf("sent %+v with nothing in flight", u)
+	}
+	r := admit(t, c, "alice", 40, 10)
+	if err := c.ShareSpend(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if u := sp.last()[0]; u.Reserved == 0 {
+		t.Fatalf("sent %+v with a request in flight", u)
+	}
+	done(r, 10, 1)
 }
