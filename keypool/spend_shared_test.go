@@ -67,6 +67,17 @@ func (m *memSpend) last() []SpendUpdate {
 	return m.got[len(m.got)-1]
 }
 
+// sharedAlice is a state with client alice ($1 a day) sharing spend
+// through a memSpend.
+func sharedAlice(t *testing.T) (*clock.Fake, *Clients, *memSpend) {
+	t.Helper()
+	clk := clock.NewFake(t0)
+	_, c := newClients(t, clk, ClientConfig{Name: "alice", Budget: pricing.PerUSD, Period: PeriodDay})
+	sp := &memSpend{}
+	c.UseShared(sp)
+	return clk, c, sp
+}
+
 func spentOf(c *Clients) pricing.PicoUSD { return pricing.PicoUSD(c.Snapshot()[0].Spend.SpentPicoUSD) }
 
 // With shared spend each instance enforces its share of a client's
@@ -96,10 +107,7 @@ func TestClientSharedLimitsSplitOverInstances(t *testing.T) {
 // exchange that fails changes nothing and the next one sends it all.
 func TestClientShareSpendKeepsCountingWhileUnreachable(t *testing.T) {
 	ctx := context.Background()
-	clk := clock.NewFake(t0)
-	_, c := newClients(t, clk, ClientConfig{Name: "alice", Budget: pricing.PerUSD, Period: PeriodDay})
-	sp := &memSpend{}
-	c.UseShared(sp)
+	_, c, sp := sharedAlice(t)
 	done(admit(t, c, "alice", 40, 10), 1000, 0) // $0.003
 	key := SpendKey{Client: "alice", Period: PeriodDay, PeriodStart: PeriodDay.Start(t0)}
 	sp.totals = map[SpendKey]SpendTotal{key: {Spent: 7_000_000_000}} // another instance's
@@ -165,10 +173,7 @@ func TestClientSharedSpendFloors(t *testing.T) {
 // goes out with the next one; so does a new period.
 func TestClientShareSpendResetDuringExchange(t *testing.T) {
 	ctx := context.Background()
-	clk := clock.NewFake(t0)
-	_, c := newClients(t, clk, ClientConfig{Name: "alice", Budget: pricing.PerUSD, Period: PeriodDay})
-	sp := &memSpend{}
-	c.UseShared(sp)
+	clk, c, sp := sharedAlice(t)
 	done(admit(t, c, "alice", 40, 10), 1000, 0)
 	sp.during = func() { c.Reset("alice") }
 	if err := c.ShareSpend(ctx); err != nil {
