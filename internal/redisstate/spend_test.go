@@ -18,22 +18,22 @@ import (
 // clock, so the fake clock's periods must be current ones.
 func midday() time.Time { return time.Now().UTC().Truncate(24 * time.Hour).Add(12 * time.Hour) }
 
-// instance is one relay instance's client spend: its own client state
+// spendInstance is one relay instance's client spend: its own client state
 // sharing spend through its own store on the common Redis.
-type instance struct {
+type spendInstance struct {
 	store   *Store
 	clients *keypool.Clients
 }
 
 // twoInstances starts two instances of one pool on srv, both with client
 // "alice" holding a daily budget of budget, timed by clk.
-func twoInstances(t *testing.T, srv *redistest.Server, clk clock.Clock, budget pricing.PicoUSD) [2]instance {
+func twoInstances(t *testing.T, srv *redistest.Server, clk clock.Clock, budget pricing.PicoUSD) [2]spendInstance {
 	t.Helper()
 	tab, err := pricing.NewTable(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out [2]instance
+	var out [2]spendInstance
 	for i := range out {
 		s := newStore(t, srv, func(c *Config) { c.Pool = t.Name(); c.Instance = "i" + strconv.Itoa(i); c.Timeout = failTimeout })
 		c, err := keypool.NewClientState(clk).NewClients(keypool.ClientsConfig{
@@ -45,7 +45,7 @@ func twoInstances(t *testing.T, srv *redistest.Server, clk clock.Clock, budget p
 			t.Fatal(err)
 		}
 		c.UseShared(s.Spend())
-		out[i] = instance{s, c}
+		out[i] = spendInstance{s, c}
 	}
 	for _, in := range out {
 		in.store.beat()
@@ -56,7 +56,7 @@ func twoInstances(t *testing.T, srv *redistest.Server, clk clock.Clock, budget p
 // spend runs one request of alice's on in: 1000 output tokens of Sonnet
 // ($0.015 plus a little input). It reports the request's cost, or false
 // when alice's budget refused it.
-func (in instance) spend(t *testing.T) (pricing.PicoUSD, bool) {
+func (in spendInstance) spend(t *testing.T) (pricing.PicoUSD, bool) {
 	t.Helper()
 	var r keypool.ClientReservation
 	err := in.clients.Admit(&keypool.ClientRequest{Client: "alice", Model: "claude-sonnet-4-5", Bytes: 400, MaxTokens: 1000}, &r)
@@ -72,12 +72,12 @@ func (in instance) spend(t *testing.T) (pricing.PicoUSD, bool) {
 	return r.Cost(), true
 }
 
-func (in instance) spent() pricing.PicoUSD {
+func (in spendInstance) spent() pricing.PicoUSD {
 	return pricing.PicoUSD(in.clients.Snapshot()[0].Spend.SpentPicoUSD)
 }
 
 // sharedTotal is alice's total in Redis for the day of now.
-func sharedTotal(t *testing.T, srv *redistest.Server, in instance, now time.Time) pricing.PicoUSD {
+func sharedTotal(t *testing.T, srv *redistest.Server, in spendInstance, now time.Time) pricing.PicoUSD {
 	t.Helper()
 	c := direct(t, srv)
 	k := in.store.keys.spend("alice", "day", keypool.PeriodDay.Start(now).Unix())
@@ -194,7 +194,7 @@ func TestSharedSpendThroughOutage(t *testing.T) {
 	// the kill broke fails (EOF, before it reaches the new server) and
 	// opens the breaker again: then the next heartbeat rejoins, as it
 	// would a second later in service.
-	exchange := func(in instance) {
+	exchange := func(in spendInstance) {
 		t.Helper()
 		for i := 0; ; i++ {
 			if i == 50 {
