@@ -49,7 +49,9 @@ type ClientState struct {
 	mu      sync.Mutex
 	clock   clock.Clock
 	clients map[string]*clientState
-	flushMu sync.Mutex // one Flush at a time, so writes land in order
+	flushMu sync.Mutex // one Flush or ShareSpend at a time, so writes land in order
+	// shared, when set, shares spend with other instances (UseShared).
+	shared SharedSpend
 }
 
 // NewClientState returns an empty client state that reads time from c.
@@ -79,6 +81,20 @@ type clientState struct {
 	epoch       uint64
 	spent       pricing.PicoUSD
 	reserved    pricing.PicoUSD
+
+	// With shared spend (ClientState.shared), spent is the shared total
+	// last seen (base) plus this instance's spend since: admission reads
+	// it without a round trip. resets is the shared total's reset count
+	// last seen; resetDue says an operator's reset waits for the next
+	// exchange; sharedGen changes with every reset and new period, so
+	// that the reply of an exchange begun before is dropped.
+	// others is what the other instances' requests in flight hold of the
+	// budget, as of the last exchange.
+	base      pricing.PicoUSD
+	others    pricing.PicoUSD
+	resets    int64
+	resetDue  bool
+	sharedGen uint64
 
 	totals ClientTotals
 	loaded bool // spend was read from the store (or there was none)
@@ -110,6 +126,8 @@ func (c *clientState) roll(now time.Time, p Period) {
 		c.spent, c.reserved = 0, 0
 		c.epoch++
 		c.dirty = true
+		c.base, c.others, c.resets, c.resetDue = 0, 0, 0, false
+		c.sharedGen++
 	}
 	c.period, c.periodStart = p, start
 }
@@ -328,10 +346,14 @@ func (c *Clients) Admit(req *ClientRequest, res *ClientReservation) error {
 	ratio := c.cfg.TokenEstimateRatio
 	est := st.est.estimate(req.Bytes, ratio)
 	margin := st.est.margin()
+	share := cs.share()
 	var worst, limit int64
 	var wait float64
 	for k := range st.buckets {
-		capacity := m.caps[k]
+		// With shared spend each instance enforces its share of the
+		// client's per-minute limits: N instances together admit the
+		// limit, whichever instance a request lands on.
+		capacity := m.caps[k] / share
 		if capacity <= 0 {
 			continue
 		}
@@ -351,7 +373,8 @@ func (c *Clients) Admit(req *ClientRequest, res *ClientReservation) error {
 			}
 		}
 		if w > wait {
-			wait, worst, limit = w, int64(k), int64(capacity)
+			// The client's limit as configured, not this instance's share.
+			wait, worst, limit = w, int64(k), int64(m.caps[k])
 		}
 	}
 	if wait > 0 {
@@ -369,11 +392,14 @@ func (c *Clients) Admit(req *ClientRequest, res *ClientReservation) error {
 		// A request that fits what is left is admitted; one larger than
 		// that only runs alone, when nothing else is reserved: spend then
 		// stops within one request's cost of the budget, and a request
-		// larger than the whole budget can still run once.
-		fits := st.spent.Plus(st.reserved).Plus(need) <= m.cfg.Budget || st.reserved == 0 && st.spent < m.cfg.Budget
+		// larger than the whole budget can still run once. With shared
+		// spend, what other instances' requests hold (as of the last
+		// exchange) counts as reserved too.
+		reserved := st.reserved.Plus(st.others)
+		fits := st.spent.Plus(reserved).Plus(need) <= m.cfg.Budget || reserved == 0 && st.spent < m.cfg.Budget
 		if !fits {
 			start := time.Unix(0, st.periodStart).UTC()
-			e := &ClientLimitError{Limit: "budget", Budget: m.cfg.Budget, Spent: st.spent, Reserved: st.reserved, Need: need,
+			e := &ClientLimitError{Limit: "budget", Budget: m.cfg.Budget, Spent: st.spent, Reserved: reserved, Need: need,
 				Period: m.cfg.Period, Resets: m.cfg.Period.End(start)}
 			e.RetryAfter = e.Resets.Sub(now)
 			if st.spent < m.cfg.Budget {
@@ -491,6 +517,10 @@ func (c *Clients) Reset(name string) bool {
 	st.roll(cs.clock.Now(), m.cfg.Period)
 	st.spent = 0
 	st.dirty = true
+	// With shared spend the next exchange sets the shared total to what
+	// this instance spends until then, for every instance.
+	st.base, st.resetDue = 0, cs.shared != nil
+	st.sharedGen++
 	for k := range st.buckets {
 		if m.caps[k] > 0 && st.buckets[k].init {
 			st.buckets[k].level = m.caps[k]

@@ -1,4 +1,5 @@
 -- reserve: admit a request against one organization x class budget,
+-- Runs after prelude.lua (now_us, capacity, refill, keep), prepended at load.
 -- atomically across its three buckets (requests, input, output tokens).
 -- KEYS[1] budget hash, KEYS[2] organization hash (same hash slot).
 -- ARGV[1..3] configured caps (0: learned limit m1..m3 of the hash)
@@ -7,8 +8,7 @@
 -- ARGV[10] expiry in ms after last use. A bucket not held is full.
 -- Reply: {outcome, wait_us|until_ms, reason, l1, l2, l3, c1, c2, c3, cap1, cap2, cap3}
 -- outcome 0 admitted, 1 wait, 2 cooling, 3 parked; levels '' when unknown.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now = now_us()
 local nowms = math.floor(now / 1000)
 local park = redis.call('HMGET', KEYS[2], 'pu', 'pr')
 local pu = tonumber(park[1])
@@ -24,20 +24,14 @@ local last = tonumber(h[4])
 local lv, cap, ch, need, charge = {}, {}, {}, {}, {}
 local wait = 0
 for k = 1, 3 do
-  local c = tonumber(ARGV[k]) or 0
-  if c <= 0 then c = tonumber(h[7 + k]) or 0 end
+  local c = capacity(ARGV[k], h[7 + k])
   cap[k] = c
   ch[k] = tonumber(h[4 + k]) or 0
   need[k] = tonumber(ARGV[3 + k]) or 0
   charge[k] = tonumber(ARGV[6 + k]) or 0
   local l = tonumber(h[k])
   if c > 0 then
-    if l == nil or last == nil then
-      l = c
-    elseif now > last then
-      l = l + (now - last) * c / 60000000
-    end
-    if l > c then l = c end
+    l = math.min(refill(l, last, now, c), c)
     local n = math.min(need[k], c)
     if l < n then
       local w = (n - l) / c * 60000000
@@ -66,6 +60,5 @@ for k = 1, 3 do
   end
 end
 redis.call('HSET', KEYS[1], unpack(set))
-local ttl = tonumber(ARGV[10])
-if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+keep(KEYS[1], tonumber(ARGV[10]))
 return {0, '0', '', s(lv[1]), s(lv[2]), s(lv[3]), s(marks[1]), s(marks[2]), s(marks[3]), s(cap[1]), s(cap[2]), s(cap[3])}

@@ -1,4 +1,5 @@
 -- sync: learn limits and remaining counts from one response's headers.
+-- Runs after prelude.lua (now_us, capacity, refill, keep), prepended at load.
 -- KEYS[1] budget hash.
 -- ARGV[1] observed ms (0: TIME), ARGV[2] expiry ms, ARGV[3] max limit,
 -- then per bucket k (7 values from ARGV[4 + 7*(k-1)]):
@@ -9,8 +10,7 @@
 -- is what was charged after the request was admitted, rising only when
 -- raise is allowed and later is known.
 -- Reply: {moved1, moved2, moved3, l1, l2, l3, cap1, cap2, cap3}
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now = now_us()
 local obs = tonumber(ARGV[1]) or 0
 if obs <= 0 then obs = math.floor(now / 1000) end
 local maxlim = tonumber(ARGV[3])
@@ -35,16 +35,10 @@ for k = 1, 3 do
     table.insert(set, 'mt' .. k)
     table.insert(set, obs)
   end
-  local c = cfg
-  if c <= 0 then c = learned or 0 end
+  local c = capacity(cfg, learned)
   local l = tonumber(h[k])
   if c > 0 then
-    if l == nil or last == nil then
-      l = c
-    elseif now > last then
-      l = l + (now - last) * c / 60000000
-    end
-    if l > c then l = c end
+    l = math.min(refill(l, last, now, c), c)
     if rem >= 0 and obs >= (tonumber(h[13 + k]) or 0) then
       local later = 0
       if mark ~= nil then later = math.max(0, (tonumber(h[4 + k]) or 0) - mark - own) end
@@ -65,6 +59,5 @@ for k = 1, 3 do
   end
 end
 redis.call('HSET', KEYS[1], unpack(set))
-local ttl = tonumber(ARGV[2])
-if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+keep(KEYS[1], tonumber(ARGV[2]))
 return {moved[1], moved[2], moved[3], lvs[1], lvs[2], lvs[3], caps[1], caps[2], caps[3]}
