@@ -431,6 +431,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.provisionClients(ctx); err != nil {
 		return err
 	}
+	// Client spend is shared too (nil store: this process counts it).
+	h.clientSet.useRedis(h.store)
 	h.startProber()
 	return nil
 }
