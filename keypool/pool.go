@@ -195,6 +195,8 @@ type budget struct {
 	// holdReq and holdIn are what waiters hold ahead on this budget
 	// (requests, input tokens): others are admitted only beyond them.
 	holdReq, holdIn float64
+	// unanswered are the reservations on it that have had no response.
+	unanswered unanswered
 }
 
 func (st *State) orgNamed(name string) *org {

@@ -34,6 +34,7 @@ type Reservation struct {
 	cu     *clientUse
 	cuCost float64
 	Sticky StickyOutcome
+	wait   awaiting // place among its budget's unanswered reservations
 }
 
 // inputState is where a reservation's input accounting stands: what its
@@ -176,6 +177,8 @@ func (r *Reservation) syncHeaders(now int64, status int, lims [numKinds]Limit) *
 		r.input = inputRefunded
 	}
 	own := [numKinds]float64{1, r.est, r.output}
+	ahead := r.ahead() // admitted before r, maybe not yet upstream
+	r.answered()
 	for k, l := range lims {
 		if l.Limit > 0 {
 			b.buckets[k].learned = learnedLimit(k, l.Limit)
@@ -200,7 +203,7 @@ func (r *Reservation) syncHeaders(now int64, status int, lims [numKinds]Limit) *
 		// more left.
 		cfg := p.members[r.idx].caps[k]
 		raise := marksValid && (cfg == 0 || cfg == float64(l.Limit))
-		moved := b.buckets[k].sync(caps[k], l.Remaining, later, gran, raise)
+		moved := b.buckets[k].sync(caps[k], l.Remaining, later, ahead[k], gran, raise)
 		b.buckets[k].floor(caps[k])
 		if k == kindInput {
 			r.voidMarks()
@@ -387,6 +390,7 @@ func (r *Reservation) Settle(res Result) {
 		}
 	}
 	r.input = inputSettled
+	r.answered()
 	r.ks.inFlight--
 	if ok {
 		r.ks.totals.Succeeded++

@@ -1,0 +1,105 @@
+package keypool
+
+import "testing"
+
+// admitAll acquires on sonnet until the pool refuses (the fake clock
+// stands still: no refill) and returns how many it admitted.
+func admitAll(t *testing.T, p *Pool, bytes int) int {
+	t.Helper()
+	n := 0
+	for ; n < 100; n++ {
+		var r Reservation
+		if err := p.Acquire(t.Context(), &Request{Model: sonnet, Bytes: bytes}, &r); err != nil {
+			return n
+		}
+	}
+	t.Fatal("the pool admitted 100 requests on a limit of 10")
+	return n
+}
+
+// Two requests admitted in order a, b; b reaches the upstream first and
+// its response says 9 left (a not counted yet, still on its way). Raising
+// the level to 9 would let the pool admit 9 more: 11 in the minute against
+// the upstream's 10, and the 11th meets a 429.
+func TestSyncCountsEarlierUnansweredRequests(t *testing.T) {
+	p, clk := newPool(t, Config{Keys: []KeyConfig{{Name: "a", Limits: Limits{RPM: 10}}}})
+	a := acquire(t, p, Request{Model: sonnet})
+	b := acquire(t, p, Request{Model: sonnet})
+	observe(b, clk, 200, "anthropic-ratelimit-requests-limit", "10", "anthropic-ratelimit-requests-remaining", "9")
+	if n := admitAll(t, p, 40); 2+n > 10 {
+		t.Fatalf("admitted %d in the minute, the upstream's limit is 10", 2+n)
+	}
+	// a's response, now: the upstream counted b, then a. It changes
+	// nothing that would admit more.
+	observe(a, clk, 200, "anthropic-ratelimit-requests-limit", "10", "anthropic-ratelimit-requests-remaining", "8")
+	refused(t, p, Request{Model: sonnet})
+}
+
+// The same for input tokens: the earlier request's estimate is held until
+// it is answered.
+func TestSyncCountsEarlierUnansweredInput(t *testing.T) {
+	p, clk := newPool(t, Config{Keys: []KeyConfig{{Name: "a", Limits: Limits{ITPM: 10000}}}})
+	a := acquire(t, p, Request{Model: sonnet, Bytes: 16000}) // 4000 estimated
+	b := acquire(t, p, Request{Model: sonnet, Bytes: 4000})  // 1000 estimated
+	wantLevel(t, p, "a", sonnet, kindInput, 5000, 1e-6)
+	// The upstream saw b, not yet a: 9000 left.
+	observe(b, clk, 200, "anthropic-ratelimit-input-tokens-limit", "10000", "anthropic-ratelimit-input-tokens-remaining", "9000")
+	// a's 4000 may still come: raising to 9000 would admit 4000 tokens
+	// the upstream does not have.
+	if got := level(t, p, "a", sonnet, kindInput); got > 5000+1e-6 {
+		t.Fatalf("input level %v after b's headers, a still unanswered: more than the 5000 they justify", got)
+	}
+	a.Settle(Result{Status: 200, Usage: Usage{InputTokens: 4000, HaveInput: true}})
+	b.Settle(Result{Status: 200, Usage: Usage{InputTokens: 1000, HaveInput: true}})
+	if got := level(t, p, "a", sonnet, kindInput); got > 5000+1e-6 {
+		t.Fatalf("input level %v after settling: more than 5000", got)
+	}
+}
+
+// Once the earlier request is answered, a later response raises the level
+// again as far as the upstream reports: the rule costs no capacity.
+func TestSyncRaisesOnceEarlierAnswered(t *testing.T) {
+	p, clk := newPool(t, Config{Keys: []KeyConfig{{Name: "a", Limits: Limits{RPM: 10}}}})
+	a := acquire(t, p, Request{Model: sonnet})
+	b := acquire(t, p, Request{Model: sonnet})
+	c := acquire(t, p, Request{Model: sonnet})
+	a.Settle(Result{Status: 0}) // never reached the upstream: refunded
+	wantLevel(t, p, "a", sonnet, kindRequests, 8, 1e-9)
+	// b answered, c still unanswered but admitted after b: later counts it.
+	observe(b, clk, 200, "anthropic-ratelimit-requests-limit", "10", "anthropic-ratelimit-requests-remaining", "9")
+	wantLevel(t, p, "a", sonnet, kindRequests, 8, 1e-9)
+	// The upstream had more than the relay counted (its bucket refilled
+	// in between): nothing is ahead of c, so its response raises.
+	observe(c, clk, 200, "anthropic-ratelimit-requests-limit", "10", "anthropic-ratelimit-requests-remaining", "9")
+	wantLevel(t, p, "a", sonnet, kindRequests, 9, 1e-9)
+	b.Settle(ok200())
+	c.Settle(ok200())
+}
+
+// Reservations leave the list however they end, in any order.
+func TestUnansweredListEmptiesInAnyOrder(t *testing.T) {
+	p, clk := newPool(t, Config{Keys: []KeyConfig{{Name: "a", Limits: Limits{RPM: 100}}}})
+	var rs []*Reservation
+	for range 5 {
+		rs = append(rs, acquire(t, p, Request{Model: sonnet}))
+	}
+	passive := acquire(t, p, Request{Model: sonnet, Passive: true})
+	if got := rs[3].ahead()[kindRequests]; got != 3 {
+		t.Fatalf("ahead of the 4th: %v requests, want 3", got)
+	}
+	observe(rs[2], clk, 200, "anthropic-ratelimit-requests-remaining", "97")
+	rs[0].Settle(Result{Status: 0})
+	if got := rs[3].ahead()[kindRequests]; got != 1 {
+		t.Fatalf("ahead of the 4th after two answers: %v requests, want 1", got)
+	}
+	observe(rs[4], clk, 529)
+	for _, i := range []int{4, 1, 3, 2} {
+		rs[i].Settle(ok200())
+	}
+	rs[2].Settle(ok200()) // again: nothing
+	passive.Settle(ok200())
+	b := p.members[0].ks.org.resolve().budget(p.classIndexOf(sonnet))
+	if b.unanswered.head != nil || b.unanswered.tail != nil {
+		t.Fatal("settled reservations left on the unanswered list")
+	}
+}
