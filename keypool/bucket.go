@@ -108,8 +108,8 @@ func (b *bucket) charge(n float64) {
 // sync corrects the level from an upstream's remaining count. later is what
 // was charged here after the request that carried the header was admitted
 // (the upstream had not seen it yet); ahead is what requests admitted before
-// it and still unanswered hold (the upstream may or may not have seen them:
-// one admitted earlier can reach it later); gran is the upstream's rounding
+// it and unanswered at its admission hold (the upstream may or may not have
+// seen them: one admitted earlier can reach it later); gran is the upstream's rounding
 // (it floors a continuous level, and rounds token counts down to thousands).
 // So the whole units left lie in [remaining-later-ahead,
 // remaining-later+gran-1]. The level moves only as far as needed to land in

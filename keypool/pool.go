@@ -195,7 +195,7 @@ type budget struct {
 	// holdReq and holdIn are what waiters hold ahead on this budget
 	// (requests, input tokens): others are admitted only beyond them.
 	holdReq, holdIn float64
-	// unanswered are the reservations on it that have had no response.
+	// unanswered is what its reservations with no response yet hold.
 	unanswered unanswered
 }
 

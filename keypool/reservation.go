@@ -34,7 +34,7 @@ type Reservation struct {
 	cu     *clientUse
 	cuCost float64
 	Sticky StickyOutcome
-	wait   awaiting // place among its budget's unanswered reservations
+	wait   awaiting // its part in its budget's unanswered sums
 }
 
 // inputState is where a reservation's input accounting stands: what its
@@ -177,7 +177,7 @@ func (r *Reservation) syncHeaders(now int64, status int, lims [numKinds]Limit) *
 		r.input = inputRefunded
 	}
 	own := [numKinds]float64{1, r.est, r.output}
-	ahead := r.ahead() // admitted before r, maybe not yet upstream
+	ahead := r.wait.ahead // unanswered at r's admission: maybe not upstream before r
 	r.answered()
 	for k, l := range lims {
 		if l.Limit > 0 {

@@ -1,69 +1,42 @@
 package keypool
 
-// unanswered lists a budget's reservations that have had no response yet
-// (no headers, not settled), in admission order. The upstream may not have
+// unanswered is what a budget's reservations that have had no response yet
+// (no headers, not settled) hold in each bucket. The upstream may not have
 // counted them when it reports a remaining count: one admitted earlier can
 // reach it after one admitted later (goroutines and connections reorder
-// them), so a header sync must not raise the level past what they hold
-// (see bucket.sync). Guarded by the pool's lock, like the budget.
-type unanswered struct {
-	head, tail *Reservation
-}
+// them). A request e admitted before r that reached the upstream after r
+// had no response when r was admitted (its response comes after it reached
+// the upstream, after r did, after r was admitted). So what was unanswered
+// at r's admission bounds what the upstream may not have counted in r's
+// remaining besides what was charged after r; a header sync never raises
+// the level past that (see bucket.sync). Guarded by the pool's lock, like
+// the budget.
+type unanswered [numKinds]float64
 
-// awaiting is a reservation's place in its budget's unanswered list; list
-// is nil once it has been answered.
+// awaiting is a reservation's part in its budget's unanswered sums.
 type awaiting struct {
-	list       *unanswered
-	prev, next *Reservation
+	on    *budget           // the budget it counts in; nil once answered
+	held  [numKinds]float64 // what it added to on.unanswered
+	ahead [numKinds]float64 // on.unanswered when it was admitted
 }
 
-// push appends a reservation just admitted.
-func (l *unanswered) push(r *Reservation) {
-	r.wait = awaiting{list: l, prev: l.tail}
-	if l.tail != nil {
-		l.tail.wait.next = r
-	} else {
-		l.head = r
+// await counts r, just admitted and charged, as unanswered on b.
+func (b *budget) await(r *Reservation) {
+	r.wait = awaiting{on: b, held: [numKinds]float64{1, r.est, 0}, ahead: b.unanswered}
+	for k, n := range r.wait.held {
+		b.unanswered[k] += n
 	}
-	l.tail = r
 }
 
-// answered takes r off its list: the upstream has counted it, or never
-// will. It is idempotent.
+// answered ends r's part in the unanswered sums: the upstream has counted
+// it, or never will. It is idempotent.
 func (r *Reservation) answered() {
-	w := &r.wait
-	if w.list == nil {
+	b := r.wait.on
+	if b == nil {
 		return
 	}
-	if w.prev != nil {
-		w.prev.wait.next = w.next
-	} else {
-		w.list.head = w.next
+	for k, n := range r.wait.held {
+		b.unanswered[k] = max(0, b.unanswered[k]-n) // no float residue below 0
 	}
-	if w.next != nil {
-		w.next.wait.prev = w.prev
-	} else {
-		w.list.tail = w.prev
-	}
-	r.wait = awaiting{}
-}
-
-// ahead sums what the reservations admitted before r and still unanswered
-// hold in each bucket: charges the upstream may not have seen when it
-// answered r. It is zero once r is answered.
-func (r *Reservation) ahead() [numKinds]float64 {
-	var sum [numKinds]float64
-	if r.wait.list == nil {
-		return sum
-	}
-	for e := r.wait.list.head; e != nil && e != r; e = e.wait.next {
-		in := e.est
-		if e.input == inputCharged {
-			in = e.in
-		}
-		sum[kindRequests]++
-		sum[kindInput] += in
-		sum[kindOutput] += e.output
-	}
-	return sum
+	r.wait.on = nil
 }

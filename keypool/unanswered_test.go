@@ -56,42 +56,58 @@ func TestSyncCountsEarlierUnansweredInput(t *testing.T) {
 	}
 }
 
-// Once the earlier request is answered, a later response raises the level
-// again as far as the upstream reports: the rule costs no capacity.
-func TestSyncRaisesOnceEarlierAnswered(t *testing.T) {
+// The order seen in bench/quota: a is admitted before b, the upstream
+// sees b first, and a's response still arrives first. When b's response
+// comes a is answered, but b's remaining does not count it: what was
+// unanswered at b's admission still bounds the raise.
+func TestSyncCountsEarlierRequestsAnsweredFirst(t *testing.T) {
 	p, clk := newPool(t, Config{Keys: []KeyConfig{{Name: "a", Limits: Limits{RPM: 10}}}})
 	a := acquire(t, p, Request{Model: sonnet})
 	b := acquire(t, p, Request{Model: sonnet})
-	c := acquire(t, p, Request{Model: sonnet})
-	a.Settle(Result{Status: 0}) // never reached the upstream: refunded
-	wantLevel(t, p, "a", sonnet, kindRequests, 8, 1e-9)
-	// b answered, c still unanswered but admitted after b: later counts it.
+	// The upstream counted b, then a: 8 left after a, 9 after b.
+	observe(a, clk, 200, "anthropic-ratelimit-requests-limit", "10", "anthropic-ratelimit-requests-remaining", "8")
 	observe(b, clk, 200, "anthropic-ratelimit-requests-limit", "10", "anthropic-ratelimit-requests-remaining", "9")
-	wantLevel(t, p, "a", sonnet, kindRequests, 8, 1e-9)
-	// The upstream had more than the relay counted (its bucket refilled
-	// in between): nothing is ahead of c, so its response raises.
-	observe(c, clk, 200, "anthropic-ratelimit-requests-limit", "10", "anthropic-ratelimit-requests-remaining", "9")
-	wantLevel(t, p, "a", sonnet, kindRequests, 9, 1e-9)
-	b.Settle(ok200())
-	c.Settle(ok200())
+	if n := admitAll(t, p, 40); 2+n > 10 {
+		t.Fatalf("admitted %d in the minute, the upstream's limit is 10", 2+n)
+	}
 }
 
-// Reservations leave the list however they end, in any order.
-func TestUnansweredListEmptiesInAnyOrder(t *testing.T) {
+// A response to a request admitted with nothing unanswered ahead raises
+// the level as far as the upstream reports: the rule takes no more than
+// it must.
+func TestSyncRaisesWhenNothingWasUnansweredAhead(t *testing.T) {
+	p, clk := newPool(t, Config{Keys: []KeyConfig{{Name: "a", Limits: Limits{RPM: 10}}}})
+	a := acquire(t, p, Request{Model: sonnet})
+	a.Settle(ok200()) // answered without headers; the upstream never counted it
+	b := acquire(t, p, Request{Model: sonnet})
+	wantLevel(t, p, "a", sonnet, kindRequests, 8, 1e-9)
+	observe(b, clk, 200, "anthropic-ratelimit-requests-limit", "10", "anthropic-ratelimit-requests-remaining", "9")
+	wantLevel(t, p, "a", sonnet, kindRequests, 9, 1e-9)
+	b.Settle(ok200())
+}
+
+// The sums return to zero however reservations end, in any order, and
+// each reservation holds what was unanswered at its admission.
+func TestUnansweredSumsReturnToZero(t *testing.T) {
 	p, clk := newPool(t, Config{Keys: []KeyConfig{{Name: "a", Limits: Limits{RPM: 100}}}})
 	var rs []*Reservation
-	for range 5 {
-		rs = append(rs, acquire(t, p, Request{Model: sonnet}))
+	for range 3 {
+		rs = append(rs, acquire(t, p, Request{Model: sonnet, Bytes: 4000}))
 	}
 	passive := acquire(t, p, Request{Model: sonnet, Passive: true})
-	if got := rs[3].ahead()[kindRequests]; got != 3 {
-		t.Fatalf("ahead of the 4th: %v requests, want 3", got)
+	observe(rs[1], clk, 200, "anthropic-ratelimit-requests-remaining", "98")
+	for range 2 {
+		rs = append(rs, acquire(t, p, Request{Model: sonnet, Bytes: 4000}))
 	}
-	observe(rs[2], clk, 200, "anthropic-ratelimit-requests-remaining", "97")
+	for i, want := range []float64{0, 1, 2, 2, 3} {
+		if got := rs[i].wait.ahead[kindRequests]; got != want {
+			t.Fatalf("reservation %d: %v requests unanswered at its admission, want %v", i, got, want)
+		}
+	}
+	if got, want := rs[4].wait.ahead[kindInput], 3*rs[0].est; !near(got, want, 1e-9) {
+		t.Fatalf("input unanswered at the 5th's admission: %v, want %v", got, want)
+	}
 	rs[0].Settle(Result{Status: 0})
-	if got := rs[3].ahead()[kindRequests]; got != 1 {
-		t.Fatalf("ahead of the 4th after two answers: %v requests, want 1", got)
-	}
 	observe(rs[4], clk, 529)
 	for _, i := range []int{4, 1, 3, 2} {
 		rs[i].Settle(ok200())
@@ -99,7 +115,7 @@ func TestUnansweredListEmptiesInAnyOrder(t *testing.T) {
 	rs[2].Settle(ok200()) // again: nothing
 	passive.Settle(ok200())
 	b := p.members[0].ks.org.resolve().budget(p.classIndexOf(sonnet))
-	if b.unanswered.head != nil || b.unanswered.tail != nil {
-		t.Fatal("settled reservations left on the unanswered list")
+	if b.unanswered != (unanswered{}) {
+		t.Fatalf("unanswered sums %v once all are settled, want zero", b.unanswered)
 	}
 }
