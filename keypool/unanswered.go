@@ -22,10 +22,13 @@ type awaiting struct {
 
 // await counts r, just admitted and charged, as unanswered on b.
 func (b *budget) await(r *Reservation) {
-	r.wait = awaiting{on: b, held: [numKinds]float64{1, r.est, 0}, ahead: b.unanswered}
-	for k, n := range r.wait.held {
-		b.unanswered[k] += n
-	}
+	// Field by field, as reserve fills the reservation (a composite
+	// literal is built on the stack and copied over).
+	w := &r.wait
+	w.on, w.ahead = b, b.unanswered
+	w.held[kindRequests], w.held[kindInput], w.held[kindOutput] = 1, r.est, 0
+	b.unanswered[kindRequests]++
+	b.unanswered[kindInput] += r.est
 }
 
 // answered ends r's part in the unanswered sums: the upstream has counted
