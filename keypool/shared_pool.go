@@ -106,7 +106,7 @@ func (p *Pool) applyAdmission(res *Reservation, a SharedAdmission, charge [3]flo
 	p.mirror(res.idx, b, a.Levels, a.Known, a.Caps, a.Mode, now)
 	switch a.Outcome {
 	case SharedAdmitted:
-		res.link = &sharedLink{sh: p.cfg.Shared, charged: charge, marks: a.Marks}
+		res.link = &sharedLink{sh: p.cfg.Shared, charged: charge, marks: a.Marks, ahead: a.Ahead}
 		return true
 	case SharedCooling:
 		if at := capUntil(now, a.Until, MaxCooldown); at > b.coolUntil {
@@ -151,9 +151,16 @@ func (p *Pool) mirror(i int, b *budget, levels [3]float64, known [3]bool, caps [
 	}
 }
 
+// unanswered is what the reservation holds in the store's unanswered sums
+// until a sync or its settle releases it: its request and input charge.
+func (l *sharedLink) unanswered() [3]float64 {
+	return [3]float64{l.charged[kindRequests], l.charged[kindInput], 0}
+}
+
 // withdraw undoes a local reservation the store refused, as if it had
 // never been made. st.mu is held.
 func (r *Reservation) withdraw(now int64) {
+	r.answered()
 	b := r.bud
 	b.buckets[kindRequests].charge(-1)
 	b.buckets[kindInput].charge(-r.est)
@@ -258,6 +265,7 @@ type sharedLink struct {
 	sh      SharedState
 	charged [numKinds]float64 // what the store charged at admission
 	marks   [numKinds]float64 // its running totals before that
+	ahead   [numKinds]float64 // the store's unanswered sums before that
 	phase   linkPhase
 	// final is the correction Settle left while a sync was in flight.
 	final SharedCorrection
@@ -303,7 +311,11 @@ func (r *Reservation) observeShared(now int64, status int, h RateLimitHeaders, l
 		l.sh.Settle(context.Background(), []SharedCorrection{{Budget: budget, Delta: [3]float64{-1, -r.est, 0}}})
 		st.mu.Lock()
 	}
-	s := SharedSync{Budget: budget, Observed: time.Unix(0, now), Own: l.charged}
+	r.answered()
+	s := SharedSync{Budget: budget, Observed: time.Unix(0, now), Own: l.charged, Ahead: l.ahead}
+	if l.phase == linkAdmitted {
+		s.Release = l.unanswered()
+	}
 	for k, lim := range lims {
 		s.Limit[k], s.Remaining[k] = lim.Limit, lim.Remaining
 		if lim.Limit > 0 {
@@ -390,12 +402,16 @@ func (r *Reservation) settleShared() {
 		Budget: SharedBudget{Org: o.name, Class: r.p.st.cnames[r.class], Caps: r.p.members[r.idx].caps},
 		Delta:  d,
 	}
-	if l.phase == linkSyncing {
+	switch l.phase {
+	case linkSyncing:
 		l.phase, l.final = linkSettledSyncing, c
 		return
+	case linkAdmitted:
+		// No headers came: the store still counts it as unanswered.
+		c.Release = l.unanswered()
 	}
 	l.phase = linkDone
-	if d == [3]float64{} {
+	if c.Delta == [3]float64{} && c.Release == [3]float64{} {
 		return
 	}
 	r.p.background(func(ctx context.Context) { l.sh.Settle(ctx, []SharedCorrection{c}) })

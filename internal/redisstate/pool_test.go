@@ -538,3 +538,29 @@ func TestSyncedInputIsNotCorrectedTwice(t *testing.T) {
 		t.Fatalf("shared input level %d, want within the upstream's [5000, 5999] (plus refill)", got)
 	}
 }
+
+// A request admitted on one instance before a request on another, but
+// not yet counted by the upstream when the other's response says what is
+// left, is not handed out again: the sync stops below it.
+func TestSyncDoesNotRaisePastUnansweredRequestsOfOtherInstances(t *testing.T) {
+	srv := redistest.Start(t)
+	key := keypool.KeyConfig{Name: "a", Org: "o", Limits: keypool.Limits{RPM: 10}}
+	a, b := newInstance(t, srv, key), newInstance(t, srv, key)
+	req := keypool.Request{Model: sonnet, Bytes: 400}
+	e := mustAcquire(t, a, req) // still on its way to the upstream
+	r := mustAcquire(t, b, req)
+	// The upstream saw r, not yet e: 9 of 10 left.
+	r.ObserveHeaders(200, keypool.RateLimitHeaders{
+		Requests:     keypool.Limit{Limit: 10, Remaining: 9},
+		InputTokens:  keypool.Limit{Limit: -1, Remaining: -1},
+		OutputTokens: keypool.Limit{Limit: -1, Remaining: -1},
+		Tokens:       keypool.Limit{Limit: -1, Remaining: -1},
+	})
+	r.Settle(ok200())
+	b.pool.WaitShared()
+	a.pool.RefreshShared(context.Background())
+	if got := a.pool.Snapshot().Keys[0].Budgets[0].Requests.Remaining; got != 8 {
+		t.Fatalf("%d requests left after the sync, want 8: e is still coming", got)
+	}
+	e.Settle(ok200())
+}

@@ -16,9 +16,12 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/url"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/redis/rueidis"
@@ -232,6 +235,15 @@ func (s *Store) call(parent context.Context, op string, fn func(ctx context.Cont
 	defer cancel()
 	start := time.Now()
 	err := fn(ctx, *c)
+	if brokenConn(err) && ctx.Err() == nil {
+		// The connection was closed under the client (Redis restarted,
+		// a proxy dropped it): the client dials anew for the next
+		// command, so one more try within the same deadline tells a
+		// dead Redis from a dead connection. A script whose reply was
+		// lost may run twice: a charge counted twice errs on the side
+		// of fewer 429s.
+		err = fn(ctx, *c)
+	}
 	if s.cfg.OnRoundTrip != nil {
 		s.cfg.OnRoundTrip(op, time.Since(start), err)
 	}
@@ -247,6 +259,13 @@ func (s *Store) call(parent context.Context, op string, fn func(ctx context.Cont
 }
 
 func isRedisNil(err error) bool { return rueidis.IsRedisNil(err) }
+
+// brokenConn reports an error of a connection that was closed, not of
+// Redis or of the deadline.
+func brokenConn(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
 
 // trip moves shared → local-fallback: the breaker opens.
 func (s *Store) trip(err error) {
