@@ -201,5 +201,11 @@ type SharedView struct {
 	InstancesAlive int
 	Disabled       map[string]string // key name → reason
 	OrgIDs         map[string]string // key name → upstream organization id
-	Refreshed      time.Time
+	// Epoch names the life of the pool's state in the store: it changes
+	// when the store lost that state (Redis restarted empty). EpochMine
+	// says this instance started the current one, and so is the one that
+	// rebuilds the store from what it knows.
+	Epoch     string
+	EpochMine bool
+	Refreshed time.Time
 }

@@ -103,6 +103,9 @@ func (p *Pool) applyAdmission(res *Reservation, a SharedAdmission, charge [3]flo
 	defer st.mu.Unlock()
 	now := st.clock.Now().UnixNano()
 	o, b := res.current()
+	if a.Mode == SharedModeLocalFallback {
+		st.fellBack = true
+	}
 	p.mirror(res.idx, b, a.Levels, a.Known, a.Caps, a.Mode, now)
 	switch a.Outcome {
 	case SharedAdmitted:
@@ -216,6 +219,22 @@ func (p *Pool) applyView(v SharedView) {
 	}
 	p.viewAt = at
 	now := st.clock.Now().UnixNano()
+	if v.Epoch != "" && v.Epoch != st.epoch {
+		if st.epoch != "" && v.EpochMine && !st.fellBack {
+			// The store lost the pool's state and this instance was
+			// first to see it: it charges the store with what its mirror
+			// says was spent, as a reload adding redis does, so that a
+			// Redis restarted empty does not hand out a fresh budget.
+			// (After a fallback the mirror holds this instance's share,
+			// not the pool's, and the store's rejoin charged what it
+			// spent meanwhile.)
+			p.moveStateUp(now)
+		}
+		st.epoch = v.Epoch
+	}
+	if v.Mode == SharedModeShared {
+		st.fellBack = false
+	}
 	changed := false
 	for i := range p.members {
 		m := &p.members[i]

@@ -40,6 +40,7 @@ func (k keys) poolTag() string   { return "{" + esc(k.prefix) + ":" + esc(k.pool
 func (k keys) instances() string { return k.poolTag() + ":instances" }
 func (k keys) disabled() string  { return k.poolTag() + ":disabled" }
 func (k keys) orgIDs() string    { return k.poolTag() + ":orgids" }
+func (k keys) epoch() string     { return k.poolTag() + ":epoch" }
 func (k keys) spend(client, period string, start int64) string {
 	return k.poolTag() + ":spend:" + period + ":" + strconv.FormatInt(start, 10) + ":" + esc(client)
 }

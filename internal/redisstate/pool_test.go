@@ -491,10 +491,10 @@ func TestRestartedEmptyRedisIsRebuiltConservatively(t *testing.T) {
 	}
 	a.pool.WaitShared()
 	srv.Restart() // empty: no persistence
+	// The heartbeat finds the pool's epoch gone and starts a new one:
+	// this instance rebuilds the store from its mirror (or, had it
+	// fallen back meanwhile, the store's rejoin charges what it spent).
 	a.store.beat()
-	// The first call after the restart finds the connection gone and
-	// falls back; the next heartbeat rejoins and charges what the
-	// fallback budget spent.
 	mustAcquire(t, a, req).Settle(ok200())
 	a.pool.WaitShared()
 	a.store.beat()
@@ -508,8 +508,10 @@ func TestRestartedEmptyRedisIsRebuiltConservatively(t *testing.T) {
 			admitted++
 		}
 	}
-	if admitted >= 6 {
-		t.Fatalf("a fresh instance got the whole budget (%d) from a Redis restarted empty", admitted)
+	// 6 a minute, 5 spent by a: one is left (the test's run time may
+	// refill a fraction).
+	if admitted > 1 {
+		t.Fatalf("a fresh instance got %d of a budget of which 1 was left, from a Redis restarted empty", admitted)
 	}
 }
 
