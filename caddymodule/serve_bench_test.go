@@ -142,6 +142,7 @@ func BenchmarkServe(b *testing.B) {
 				hdr.Set("Anthropic-Beta", "claude-code-20250219,interleaved-thinking-2025-05-14")
 				hdr.Set("X-Claude-Code-Session-Id", sessionUUID(1))
 				hdr.Set("X-Api-Key", token)
+				hdr.Set("Content-Length", strconv.Itoa(len(body)))
 				if mode == "stream" {
 					hdr.Set("X-Bench-Mode", "stream")
 				}
