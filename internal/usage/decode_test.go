@@ -110,15 +110,11 @@ func FuzzDecodeDiff(f *testing.F) {
 			if gotOK != wantOK || (wantOK && !reflect.DeepEqual(got, want)) {
 				t.Fatalf("%q after %q: decode = %v %+v, json.Unmarshal = %v %+v", in, first, gotOK, got, wantOK, want)
 			}
-			// The type decodes as the string it stands for would.
+			// The type decodes as the string it stands for would (the
+			// outer field hides the embedded event's).
 			var asString struct {
-				Type    string `json:"type"`
-				Message struct {
-					Model string      `json:"model"`
-					Usage usageObject `json:"usage"`
-				} `json:"message"`
-				Usage usageObject `json:"usage"`
-				Error errorObject `json:"error"`
+				Type string `json:"type"`
+				event
 			}
 			if ok := json.Unmarshal(in, &asString) == nil; ok != wantOK || ok && typeOf([]byte(asString.Type)) != got.Type {
 				t.Fatalf("%q: type %v, ok %v; as a string %q, ok %v", in, got.Type, wantOK, asString.Type, ok)
