@@ -78,6 +78,7 @@ type clientState struct {
 	// before settles into nothing rather than into the new period.
 	period      Period
 	periodStart int64 // unix nanoseconds
+	periodEnd   int64 // unix nanoseconds: the next period's start
 	epoch       uint64
 	spent       pricing.PicoUSD
 	reserved    pricing.PicoUSD
@@ -118,7 +119,14 @@ type ClientTotals struct {
 // day, or a change to a shorter period) starts it over; a change to a
 // longer period that holds the old one keeps it.
 func (c *clientState) roll(now time.Time, p Period) {
-	start := p.Start(now).UnixNano()
+	if ns := now.UnixNano(); c.period == p && c.periodStart <= ns && ns < c.periodEnd {
+		// Within the period: no calendar arithmetic (it cost about a
+		// microsecond of every request's admission).
+		return
+	}
+	s := p.Start(now)
+	start := s.UnixNano()
+	c.periodEnd = p.End(s).UnixNano()
 	if c.period == p && c.periodStart == start {
 		return
 	}
