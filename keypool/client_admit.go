@@ -145,7 +145,7 @@ func (c *Clients) Admit(req *ClientRequest, res *ClientReservation) error {
 	st.inFlight++
 	st.reserved = st.reserved.Plus(need)
 	st.totals.Requests++
-	res.m, res.est, res.reserved, res.epoch, res.admitted = m, est, need, st.epoch, true
+	res.m, res.est, res.reserved, res.epoch, res.phase = m, est, need, st.epoch, clientAdmitted
 	return nil
 }
 

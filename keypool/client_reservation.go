@@ -16,22 +16,56 @@ type ClientReservation struct {
 	reserved pricing.PicoUSD
 	epoch    uint64
 	usage    pricing.Usage
-	haveIn   bool
-	reached  bool // an attempt got an answer from the upstream
-	admitted bool
-	settled  bool
+	phase    clientPhase
+	answer   clientAnswer
 	cost     pricing.PicoUSD
 }
+
+// clientPhase is where a client reservation stands:
+//
+//	priced ─Admit admits─▶ admitted ─Settle─▶ settled
+//	   └─────────────Settle──────────────────▶ settled
+//
+// A priced reservation (an anonymous client, or one Admit refused) holds
+// nothing: settling it only prices its usage.
+type clientPhase uint8
+
+const (
+	clientPriced clientPhase = iota
+	clientAdmitted
+	clientSettled
+)
+
+// clientAnswer is the best the request's attempts got from the upstream,
+// which decides what settling gives back.
+type clientAnswer uint8
+
+const (
+	// answerNone: no attempt reached the upstream; the request and its
+	// input estimate are given back.
+	answerNone clientAnswer = iota
+	// answerNoUsage: answered without usage (an error); the upstream
+	// counted no input.
+	answerNoUsage
+	// answerUsage: answered with the input's usage, which replaces the
+	// estimate.
+	answerUsage
+)
 
 // Add records one attempt's usage; reached says the upstream answered the
 // attempt. Call it once per attempt, before Settle.
 func (r *ClientReservation) Add(u pricing.Usage, haveInput, reached bool) {
-	if r == nil || r.settled {
+	if r == nil || r.phase == clientSettled {
 		return
 	}
 	r.usage.Add(u)
-	r.haveIn = r.haveIn || haveInput
-	r.reached = r.reached || reached
+	switch {
+	case !reached:
+	case haveInput:
+		r.answer = answerUsage
+	default:
+		r.answer = max(r.answer, answerNoUsage)
+	}
 }
 
 // Settle ends the reservation once (later calls do nothing): the request's
@@ -40,14 +74,15 @@ func (r *ClientReservation) Add(u pricing.Usage, haveInput, reached bool) {
 // real token counts, and a request that never reached the upstream gives
 // back its request and input estimate.
 func (r *ClientReservation) Settle() {
-	if r == nil || r.c == nil || r.settled {
+	if r == nil || r.c == nil || r.phase == clientSettled {
 		return
 	}
-	r.settled = true
+	admitted := r.phase == clientAdmitted
+	r.phase = clientSettled
 	if r.priced {
 		r.cost = r.price.Cost(r.usage)
 	}
-	if !r.admitted {
+	if !admitted {
 		return
 	}
 	cs := r.c.cs
@@ -56,11 +91,11 @@ func (r *ClientReservation) Settle() {
 	st := r.m.st
 	st.inFlight--
 	u := r.usage
-	switch {
-	case !r.reached:
+	switch r.answer {
+	case answerNone:
 		st.buckets[kindRequests].charge(-1)
 		st.buckets[kindInput].charge(-r.est)
-	case r.haveIn:
+	case answerUsage:
 		st.buckets[kindInput].charge(float64(u.InputTokens+u.CacheCreationInputTokens) - r.est)
 		st.est.observe(r.bytes, Usage{InputTokens: u.InputTokens, CacheCreationInputTokens: u.CacheCreationInputTokens,
 			CacheReadInputTokens: u.CacheReadInputTokens, HaveInput: true})
