@@ -78,6 +78,15 @@ func mustRefuse(t *testing.T, in *instance, req keypool.Request) *keypool.NoCapa
 	return nc
 }
 
+// headersWith is a response's rate-limit headers with every triple absent
+// but what set says.
+func headersWith(set func(h *keypool.RateLimitHeaders)) keypool.RateLimitHeaders {
+	absent := keypool.Limit{Limit: -1, Remaining: -1}
+	h := keypool.RateLimitHeaders{Requests: absent, InputTokens: absent, OutputTokens: absent, Tokens: absent}
+	set(&h)
+	return h
+}
+
 func ok200() keypool.Result {
 	return keypool.Result{Status: 200, Usage: keypool.Usage{InputTokens: 10, OutputTokens: 5, HaveInput: true, HaveOutput: true}}
 }
@@ -165,12 +174,7 @@ func TestHeadersSyncTheSharedBudget(t *testing.T) {
 	a, b := newInstance(t, srv, key), newInstance(t, srv, key)
 	r := mustAcquire(t, a, keypool.Request{Model: sonnet, Bytes: 400})
 	// The upstream has 2 requests left (someone else uses the org too).
-	r.ObserveHeaders(200, keypool.RateLimitHeaders{
-		Requests:     keypool.Limit{Limit: 50, Remaining: 2},
-		InputTokens:  keypool.Limit{Limit: -1, Remaining: -1},
-		OutputTokens: keypool.Limit{Limit: -1, Remaining: -1},
-		Tokens:       keypool.Limit{Limit: -1, Remaining: -1},
-	})
+	r.ObserveHeaders(200, headersWith(func(h *keypool.RateLimitHeaders) { h.Requests = keypool.Limit{Limit: 50, Remaining: 2} }))
 	r.Settle(ok200())
 	a.pool.WaitShared()
 	mustAcquire(t, b, keypool.Request{Model: sonnet, Bytes: 400})
@@ -184,12 +188,7 @@ func TestLearnedLimitsAreShared(t *testing.T) {
 	key := keypool.KeyConfig{Name: "a", Org: "o"} // nothing configured
 	a, b := newInstance(t, srv, key), newInstance(t, srv, key)
 	r := mustAcquire(t, a, keypool.Request{Model: sonnet, Bytes: 400})
-	r.ObserveHeaders(200, keypool.RateLimitHeaders{
-		Requests:     keypool.Limit{Limit: 3, Remaining: 1},
-		InputTokens:  keypool.Limit{Limit: -1, Remaining: -1},
-		OutputTokens: keypool.Limit{Limit: -1, Remaining: -1},
-		Tokens:       keypool.Limit{Limit: -1, Remaining: -1},
-	})
+	r.ObserveHeaders(200, headersWith(func(h *keypool.RateLimitHeaders) { h.Requests = keypool.Limit{Limit: 3, Remaining: 1} }))
 	r.Settle(ok200())
 	a.pool.WaitShared()
 	// b never saw a header: it learns the limit (3) and the level (1)
@@ -209,9 +208,7 @@ func TestCooldownIsShared(t *testing.T) {
 	x, y := newInstance(t, srv, keys...), newInstance(t, srv, keys...)
 	only := []bool{true, false}
 	r := mustAcquire(t, x, keypool.Request{Model: sonnet, Bytes: 400, Only: only})
-	r.ObserveHeaders(429, keypool.RateLimitHeaders{RetryAfter: time.Minute, HasRetryAfter: true,
-		Requests: keypool.Limit{Limit: -1, Remaining: -1}, InputTokens: keypool.Limit{Limit: -1, Remaining: -1},
-		OutputTokens: keypool.Limit{Limit: -1, Remaining: -1}, Tokens: keypool.Limit{Limit: -1, Remaining: -1}})
+	r.ObserveHeaders(429, headersWith(func(h *keypool.RateLimitHeaders) { h.RetryAfter, h.HasRetryAfter = time.Minute, true }))
 	r.Settle(keypool.Result{Status: 429})
 	x.pool.WaitShared()
 	nc := mustRefuse(t, y, keypool.Request{Model: sonnet, Bytes: 400, Only: only})
@@ -322,9 +319,7 @@ func TestRedisDownStillServes(t *testing.T) {
 		if err := p.Acquire(context.Background(), &keypool.Request{Model: sonnet, Bytes: 400, Session: uint64(i + 1)}, r); err != nil {
 			t.Fatalf("request %d with Redis down: %v", i, err)
 		}
-		r.ObserveHeaders(200, keypool.RateLimitHeaders{Requests: keypool.Limit{Limit: 60, Remaining: 50},
-			InputTokens: keypool.Limit{Limit: -1, Remaining: -1}, OutputTokens: keypool.Limit{Limit: -1, Remaining: -1},
-			Tokens: keypool.Limit{Limit: -1, Remaining: -1}})
+		r.ObserveHeaders(200, headersWith(func(h *keypool.RateLimitHeaders) { h.Requests = keypool.Limit{Limit: 60, Remaining: 50} }))
 		r.Settle(ok200())
 		if d := time.Since(start); d > 3*failTimeout {
 			t.Fatalf("request %d took %v with Redis down", i, d)
@@ -524,12 +519,10 @@ func TestSyncedInputIsNotCorrectedTwice(t *testing.T) {
 	a, b := newInstance(t, srv, key), newInstance(t, srv, key)
 	mustAcquire(t, b, keypool.Request{Model: sonnet, Bytes: 40}).Settle(ok200())
 	r := mustAcquire(t, a, keypool.Request{Model: sonnet, Bytes: 3200})
-	r.ObserveHeaders(200, keypool.RateLimitHeaders{
-		Requests:     keypool.Limit{Limit: -1, Remaining: -1},
-		InputTokens:  keypool.Limit{Limit: 10000, Remaining: 5000},
-		OutputTokens: keypool.Limit{Limit: -1, Remaining: -1},
-		Tokens:       keypool.Limit{Limit: -1, Remaining: -1},
-	})
+	r.ObserveHeaders(200, headersWith(func(h *keypool.RateLimitHeaders) {
+		h.InputTokens = keypool.Limit{Limit: 10000, Remaining: 5000}
+		h.Tokens = keypool.Limit{Limit: 10000, Remaining: 5000}
+	}))
 	// The real input was far below the estimate; the upstream's 5000
 	// (rounded down to thousands) already counts it.
 	r.Settle(keypool.Result{Status: 200, Usage: keypool.Usage{InputTokens: 100, HaveInput: true, OutputTokens: 1, HaveOutput: true}})
@@ -552,12 +545,7 @@ func TestSyncDoesNotRaisePastUnansweredRequestsOfOtherInstances(t *testing.T) {
 	e := mustAcquire(t, a, req) // still on its way to the upstream
 	r := mustAcquire(t, b, req)
 	// The upstream saw r, not yet e: 9 of 10 left.
-	r.ObserveHeaders(200, keypool.RateLimitHeaders{
-		Requests:     keypool.Limit{Limit: 10, Remaining: 9},
-		InputTokens:  keypool.Limit{Limit: -1, Remaining: -1},
-		OutputTokens: keypool.Limit{Limit: -1, Remaining: -1},
-		Tokens:       keypool.Limit{Limit: -1, Remaining: -1},
-	})
+	r.ObserveHeaders(200, headersWith(func(h *keypool.RateLimitHeaders) { h.Requests = keypool.Limit{Limit: 10, Remaining: 9} }))
 	r.Settle(ok200())
 	b.pool.WaitShared()
 	a.pool.RefreshShared(context.Background())
