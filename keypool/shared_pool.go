@@ -31,9 +31,23 @@ func (p *Pool) acquireShared(ctx context.Context, req *Request, res *Reservation
 	sh := p.cfg.Shared
 	st := p.st
 	p.applyView(sh.View())
+	// A session's pin is read from the store before the pick when this
+	// instance knows nothing of the session (its last turns went to other
+	// instances); when it does, the read goes out beside the reservation,
+	// so that admission costs one round trip, and a pin that moved
+	// meanwhile undoes the reservation and picks again.
 	pinned := ""
+	var pinRead chan string
 	if p.cfg.Sticky && req.Session != 0 {
-		pinned = p.followPin(ctx, req)
+		if p.knowsSession(req.Session) {
+			pinRead = make(chan string, 1)
+			go func() {
+				name, _ := sh.Pinned(ctx, req.Session, time.Duration(p.ttl))
+				pinRead <- name
+			}()
+		} else {
+			pinned = p.followPin(ctx, req)
+		}
 	}
 	start := st.clock.Now()
 	var hint time.Duration
@@ -57,9 +71,20 @@ func (p *Pool) acquireShared(ctx context.Context, req *Request, res *Reservation
 		b, admit, charge := p.sharedRequest(res)
 		a := sh.Reserve(ctx, b, admit, charge)
 		if p.applyAdmission(res, a, charge) {
-			if res.Sticky != StickyNone && pinned != res.ks.name {
+			key := res.ks.name
+			if pinRead != nil {
+				pinned = <-pinRead
+				pinRead = nil
+				if pinned != "" && pinned != key && p.follow(req, pinned) {
+					// The conversation moved to another key on another
+					// instance: follow it there.
+					p.undoAdmission(res)
+					continue
+				}
+			}
+			if res.Sticky != StickyNone && pinned != key {
 				p.background(func(ctx context.Context) {
-					sh.Pin(ctx, req.Session, res.ks.name, time.Duration(p.ttl))
+					sh.Pin(ctx, req.Session, key, time.Duration(p.ttl))
 				})
 			}
 			return nil
@@ -77,6 +102,52 @@ func (p *Pool) acquireShared(ctx context.Context, req *Request, res *Reservation
 			return &NoCapacityError{RetryAfter: max(hint, 0)}
 		}
 	}
+}
+
+// knowsSession reports whether this instance's session table pins the
+// session.
+func (p *Pool) knowsSession(session uint64) bool {
+	st := p.st
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	ks, _, _ := st.sticky.get(session, st.clock.Now().UnixNano(), p.ttl)
+	return ks != nil
+}
+
+// follow pins the session locally to the key the store names, when that
+// key may serve the request; it reports whether it did.
+func (p *Pool) follow(req *Request, name string) bool {
+	st := p.st
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	ks := st.keys[name]
+	if ks == nil || ks.disabled != "" {
+		return false
+	}
+	i, ok := p.byKey[ks]
+	if !ok || !servable(req.Only, i) || req.Attempts.excludes(ks) {
+		return false
+	}
+	st.sticky.pin(req.Session, ks, st.clock.Now().UnixNano(), p.ttl, p.cfg.StickyMaxSessions, 0, -1)
+	return true
+}
+
+// undoAdmission gives back a reservation the store admitted, locally and
+// in the store (in the background), as if it had never been made.
+func (p *Pool) undoAdmission(res *Reservation) {
+	st := p.st
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	l := res.link
+	o, _ := res.current()
+	c := SharedCorrection{
+		Budget:  SharedBudget{Org: o.name, Class: st.cnames[res.class], Caps: p.members[res.idx].caps},
+		Delta:   [3]float64{-l.charged[0], -l.charged[1], -l.charged[2]},
+		Release: l.unanswered(),
+	}
+	l.phase = linkDone
+	res.withdraw(st.clock.Now().UnixNano())
+	p.background(func(ctx context.Context) { l.sh.Settle(ctx, []SharedCorrection{c}) })
 }
 
 // sharedRequest is what the store must admit and charge for res: one

@@ -554,3 +554,38 @@ func TestSyncDoesNotRaisePastUnansweredRequestsOfOtherInstances(t *testing.T) {
 	}
 	e.Settle(ok200())
 }
+
+// An instance whose session table still pins a conversation to a key the
+// conversation left on another instance follows it: the pin read beside
+// the reservation wins, and the reservation on the old key is undone.
+func TestStalePinFollowsTheConversation(t *testing.T) {
+	srv := redistest.Start(t)
+	keys := []keypool.KeyConfig{{Name: "a", Org: "o1", Limits: keypool.Limits{RPM: 50}}, {Name: "b", Org: "o2", Limits: keypool.Limits{RPM: 50}}}
+	x, y := newInstance(t, srv, keys...), newInstance(t, srv, keys...)
+	onlyA, onlyB := []bool{true, false}, []bool{false, true}
+	const s = 42
+	r := mustAcquire(t, y, keypool.Request{Model: sonnet, Bytes: 4000, Session: s, Only: onlyA})
+	r.Settle(ok200())
+	y.pool.WaitShared()
+	// The conversation moves to b on x (a was out for it).
+	r = mustAcquire(t, x, keypool.Request{Model: sonnet, Bytes: 4400, Session: s, Only: onlyB})
+	r.Settle(ok200())
+	x.pool.WaitShared()
+	// y still pins it to a; the store says b.
+	r = mustAcquire(t, y, keypool.Request{Model: sonnet, Bytes: 4800, Session: s})
+	if r.KeyName() != "b" {
+		t.Fatalf("the next turn went to %s on the instance with a stale pin, want b", r.KeyName())
+	}
+	r.Settle(ok200())
+	y.pool.WaitShared()
+	// The undone reservation on a left nothing behind: a's organization
+	// has had one request (the first turn).
+	y.pool.RefreshShared(context.Background())
+	for _, k := range y.pool.Snapshot().Keys {
+		if k.Name == "a" {
+			if got := k.Budgets[0].Requests.Remaining; got != 49 {
+				t.Fatalf("a's organization has %d left, want 49", got)
+			}
+		}
+	}
+}
