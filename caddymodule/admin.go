@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -161,6 +162,10 @@ func (a *AdminAPI) handlePools(w http.ResponseWriter, r *http.Request) error {
 // poolStatus snapshots a pool. Reasons hold no secret: an upstream's text is
 // redacted before it becomes a reason.
 func poolStatus(name string, e liveEntry) PoolStatus {
+	// With redis, this instance's mirror is only as fresh as its last
+	// request: read the pool-wide levels first (bounded by the store's
+	// timeout, no round trip without redis).
+	e.pool.RefreshShared(context.Background())
 	sh := sharedOf(e)
 	return PoolStatus{Name: name, Instance: sh.Instance, Mode: sh.Mode.String(), InstancesAlive: sh.InstancesAlive,
 		Snapshot: e.pool.Snapshot(), Probes: e.pool.ProbeStatuses(), Clients: clientSnapshots(e.pool)}

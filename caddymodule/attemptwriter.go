@@ -31,19 +31,30 @@ type attemptWriter struct {
 	attempt int             // the request's attempts, this one included
 	cl      *clientExchange // the request's client limits, settled with the attempt that answers
 
-	body        *bodyBuf       // the request body, let go once a stream is committed (endReplays)
-	base        headerSnapshot // the writer's headers before the relay ran
-	status      int
-	wroteHeader bool
-	action      retryAction // retryDecision's, at WriteHeader
-	held        *heldResponse
-	writeErr    bool
-	settled     bool
+	body     *bodyBuf       // the request body, let go once a stream is committed (endReplays)
+	base     headerSnapshot // the writer's headers before the relay ran
+	status   int
+	phase    attemptPhase
+	action   retryAction // retryDecision's, at WriteHeader
+	held     *heldResponse
+	writeErr bool // a write to the client failed
 
 	format bodyFormat // how usage is read from the answer's body
 	sse    usage.SSEScanner
 	js     usage.JSONScanner
 }
+
+// attemptPhase is where an attempt stands:
+//
+//	sent ─WriteHeader─▶ answered ─settle─▶ settled
+//	  └──────────settle (no answer)───────▶ settled
+type attemptPhase uint8
+
+const (
+	attemptSent     attemptPhase = iota // the request is upstream; no answer yet
+	attemptAnswered                     // the upstream's status and headers arrived
+	attemptSettled                      // its reservation is settled
+)
 
 // bodyFormat is how an answer's body carries its usage.
 type bodyFormat uint8
@@ -130,7 +141,7 @@ func (s *headerSnapshot) restore(h http.Header) {
 }
 
 func (o *attemptWriter) WriteHeader(code int) {
-	if o.wroteHeader {
+	if o.phase != attemptSent {
 		return
 	}
 	if code >= 100 && code < 200 {
@@ -139,7 +150,7 @@ func (o *attemptWriter) WriteHeader(code int) {
 		o.w.WriteHeader(code)
 		return
 	}
-	o.wroteHeader = true
+	o.phase = attemptAnswered
 	o.status = code
 	hdr := o.w.Header()
 	o.res.ObserveHeaders(code, rateLimits(hdr, o.h.clk.Now()))
@@ -170,7 +181,7 @@ func (o *attemptWriter) WriteHeader(code int) {
 }
 
 func (o *attemptWriter) Write(p []byte) (int, error) {
-	if !o.wroteHeader {
+	if o.phase == attemptSent {
 		o.WriteHeader(http.StatusOK)
 	}
 	if o.action.holds() {
@@ -201,7 +212,7 @@ func (o *attemptWriter) FlushError() error {
 	if o.action.holds() {
 		return nil
 	}
-	if !o.wroteHeader {
+	if o.phase == attemptSent {
 		o.WriteHeader(http.StatusOK)
 		if o.action.holds() {
 			return nil
@@ -230,18 +241,19 @@ func (o *attemptWriter) usage() usage.Usage {
 // when the upstream never answered; then it flushes a complete answer and
 // records the attempt's metrics.
 func (o *attemptWriter) settle(err error) {
-	if o.settled {
+	if o.phase == attemptSettled {
 		return
 	}
-	o.settled = true
+	answered := o.phase == attemptAnswered
+	o.phase = attemptSettled
 	u := o.usage()
 	status := o.status
-	if !o.wroteHeader {
+	if !answered {
 		status = 0 // reverse_proxy returned an error: no upstream answer
 	}
 	o.res.Settle(keypool.Result{Status: status, Usage: toPool(u)})
 	o.cl.attempt(status, o.action.holds(), u)
-	if err == nil && o.wroteHeader && !o.action.holds() {
+	if err == nil && answered && !o.action.holds() {
 		// The answer is complete and accounted for (a client's next
 		// request sees this one settled): let it reach the client now
 		// rather than after the metrics, the log fields and the

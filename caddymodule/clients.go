@@ -56,8 +56,9 @@ type clientSet struct {
 	metrics  *clientMetrics
 
 	mu     sync.Mutex
-	timer  *time.Timer // a flush is scheduled
-	closed bool        // cleaned up: the state is released
+	timer  *time.Timer   // a flush is scheduled
+	closed bool          // cleaned up: the state is released
+	share  chan struct{} // closed to stop the shared-spend exchanges
 }
 
 // clientOf maps a live pool to its handler's clients, for the admin API
@@ -241,6 +242,10 @@ func (h *Handler) cleanupClients() {
 		cs.timer.Stop()
 		cs.timer = nil
 	}
+	if cs.share != nil {
+		close(cs.share)
+		cs.share = nil
+	}
 	cs.mu.Unlock()
 	if closed {
 		return
@@ -248,6 +253,7 @@ func (h *Handler) cleanupClients() {
 	if h.pool != nil {
 		clientOf.CompareAndDelete(h.pool, cs)
 	}
+	cs.exchangeSpend()
 	cs.flush()
 	if _, err := clientPools.Delete(h.poolName); err != nil && h.logger != nil {
 		h.logger.Error("releasing client state", zap.Error(err))

@@ -103,8 +103,12 @@ func (ce *clientExchange) writing(o *attemptWriter, n int) {
 	}
 	if ce.length == 0 {
 		ce.length = -1
-		if v, err := strconv.ParseInt(o.w.Header().Get("Content-Length"), 10, 64); err == nil && v > 0 {
-			ce.length = v
+		// No length is the usual case for a stream: not parsed, since a
+		// failed parse allocates its error.
+		if cl := o.w.Header().Get("Content-Length"); cl != "" {
+			if v, err := strconv.ParseInt(cl, 10, 64); err == nil && v > 0 {
+				ce.length = v
+			}
 		}
 	}
 	ce.written += int64(n)

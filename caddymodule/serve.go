@@ -77,7 +77,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	defer bb.endRequest()
 	h.prober.remember(r, next)
 	body := bb.b
-	req := keypool.Request{Bytes: len(body)}
+	req := &rq.req
+	*req = keypool.Request{Bytes: len(body)}
 	metered := r.Method == http.MethodPost && r.URL.EscapedPath() == messagesPath
 	session := r.Header.Get("X-Claude-Code-Session-Id")
 	var info reqscan.Info
@@ -101,7 +102,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		req.Passive = true
 	}
 
-	if h.upstreams != nil && h.route(w, r, &req, body, info.Model, metered) {
+	if h.upstreams != nil && h.route(w, r, req, body, info.Model, metered) {
 		return nil // no key can serve it: answered from the model tables or 404
 	}
 
@@ -128,8 +129,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		repl.Map(rq.placeholder)
 	}
 
-	var attempts keypool.Attempts
-	req.Attempts = &attempts
+	attempts := &rq.tried
+	req.Attempts = attempts
 	// Each attempt starts from the headers the response had before the
 	// relay ran, never from an earlier attempt's.
 	rw := &rq.writer
@@ -143,7 +144,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	start := h.clk.Now()
 	for {
 		rw.reset()
-		err := h.pool.Acquire(r.Context(), &req, &rw.res)
+		err := h.pool.Acquire(r.Context(), req, &rw.res)
 		if attempts.N() <= 1 {
 			h.metrics.waited(h.clk.Now().Sub(start))
 		}
@@ -320,9 +321,17 @@ func (h *Handler) setKeyAndBody(r *http.Request, bb *bodyBuf, idx int) {
 	r.ContentLength = int64(len(bb.b))
 	r.TransferEncoding = nil
 	r.GetBody = bb.getBody
-	if r.ContentLength > 0 || r.Method == http.MethodPost {
+	if (r.ContentLength > 0 || r.Method == http.MethodPost) && !headerIsInt(r.Header["Content-Length"], len(bb.b)) {
 		r.Header.Set("Content-Length", strconv.Itoa(len(bb.b)))
 	}
+}
+
+// headerIsInt reports whether a header's values are exactly n in decimal,
+// as a client that sent the body's length has them: then they need not be
+// set again (two allocations per attempt).
+func headerIsInt(v []string, n int) bool {
+	var buf [20]byte
+	return len(v) == 1 && v[0] == string(strconv.AppendInt(buf[:0], int64(n), 10))
 }
 
 // bearerPrefix starts an Authorization header that carries a token, in
@@ -420,6 +429,8 @@ func (h *Handler) bodyDeadline(r *http.Request) time.Duration {
 type relayedRequest struct {
 	writer attemptWriter
 	body   bodyBuf
+	req    keypool.Request
+	tried  keypool.Attempts // what Acquire avoids on the next attempt
 
 	// What the placeholders show; key and attempts are the latest
 	// attempt's.

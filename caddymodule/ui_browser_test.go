@@ -338,7 +338,7 @@ func TestUIBrowserOptionalSections(t *testing.T) {
 	// the extra sections are fields this package does not define yet.
 	u := &UI{}
 	raw := `{"now":"2026-06-01T12:00:00Z","actions":false,"pools":[
-	 {"name":"shared","strategy":"least_loaded","sticky_sessions":0,"waiting":2,"keys":[
+	 {"name":"shared","strategy":"least_loaded","mode":"local-fallback","instance":"relay-a","instances_alive":3,"sticky_sessions":0,"waiting":2,"keys":[
 	  {"name":"k1","org":"o","cache_scope":"o","state":"ok","weight":1,"priority":0,"in_flight":1,"sticky_sessions":0,"budgets":[],"totals":{}}],
 	  "clients":[{"name":"alice","limits":{"rpm":60},"in_flight":2,"spend_usd":1.25,"budget_left_usd":8.75,"reset":"2026-06-02T00:00:00Z"},
 	             {"name":"bob","limits":{"rpm":30},"in_flight":0,"spend_usd":0,"budget_left_usd":10,"reset":"2026-06-02T00:00:00Z"}],
@@ -359,6 +359,7 @@ func TestUIBrowserOptionalSections(t *testing.T) {
 	for _, want := range []string{
 		`data-section="clients"`, "clients (2)", `data-col="limits.rpm"`, ">alice<", ">bob<", "8.75",
 		`data-section="instances"`, "instances (2)", ">relay-a<", ">local-fallback<",
+		`data-mode="local-fallback"`, "redis local-fallback · 3 instances alive",
 		`data-pool="missing_pool"`, "Not running", `<span class="v">2</span><span class="k">waiting</span>`, "no traffic yet",
 	} {
 		if !strings.Contains(dom, want) {

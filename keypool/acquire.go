@@ -320,6 +320,7 @@ func (p *Pool) reserve(i int, now int64, class int, est float64, req *Request, r
 		b.buckets[kindInput].charge(est)
 		res.outRes = p.st.est[class].outMean
 		b.pendingOut += res.outRes
+		b.await(res)
 	}
 	if req.Client != "" && !req.Passive {
 		if cu := p.st.clientUse(req.Client, req.ClientWeight, now); cu != nil {

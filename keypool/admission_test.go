@@ -289,6 +289,9 @@ func TestStickyWarmTurnPricedByGrowth(t *testing.T) {
 		if got := reserved(r); !near(got, want, 1e-9) {
 			t.Fatalf("%s %d bytes: reserved %v, want %v", model, bytes, got, want)
 		}
+		// Answered before the next turn, as a conversation goes: an
+		// unanswered one would keep setLevel's probe from raising.
+		r.Settle(ok200())
 		return r
 	}
 	turn(sonnet, 4000, 1000) // new: whole

@@ -107,22 +107,25 @@ func (b *bucket) charge(n float64) {
 
 // sync corrects the level from an upstream's remaining count. later is what
 // was charged here after the request that carried the header was admitted
-// (the upstream had not seen it yet); gran is the upstream's rounding (it
-// floors a continuous level, and rounds token counts down to thousands), so
-// the whole units left lie in [remaining, remaining+gran-1]. The level moves
-// only as far as needed to land in that interval: a response never refills
-// the bucket beyond what the upstream reports. raise is false when the
-// headers cannot justify a higher level at all (later is unknown, or the
-// bucket's capacity is a configured limit other than the upstream's): then
-// the level only comes down.
+// (the upstream had not seen it yet); ahead is what requests admitted before
+// it and unanswered at its admission hold (the upstream may or may not have
+// seen them: one admitted earlier can reach it later); gran is the upstream's rounding
+// (it floors a continuous level, and rounds token counts down to thousands).
+// So the whole units left lie in [remaining-later-ahead,
+// remaining-later+gran-1]. The level moves only as far as needed to land in
+// that interval: a response never refills the bucket beyond what the
+// upstream reports less what it may not have counted yet. raise is false
+// when the headers cannot justify a higher level at all (later is unknown,
+// or the bucket's capacity is a configured limit other than the upstream's):
+// then the level only comes down.
 // The caller refills the bucket to now first. It reports whether the level
 // moved: if not, the level is still the local account of it.
-func (b *bucket) sync(capacity float64, remaining int64, later, gran float64, raise bool) bool {
+func (b *bucket) sync(capacity float64, remaining int64, later, ahead, gran float64, raise bool) bool {
 	if capacity <= 0 {
 		return false
 	}
-	lo := float64(remaining) - later
-	hi := lo + gran - 1
+	hi := float64(remaining) - later + gran - 1
+	lo := float64(remaining) - later - ahead
 	if b.level < lo {
 		if raise {
 			b.level = min(lo, capacity)

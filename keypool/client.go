@@ -49,7 +49,9 @@ type ClientState struct {
 	mu      sync.Mutex
 	clock   clock.Clock
 	clients map[string]*clientState
-	flushMu sync.Mutex // one Flush at a time, so writes land in order
+	flushMu sync.Mutex // one Flush or ShareSpend at a time, so writes land in order
+	// shared, when set, shares spend with other instances (UseShared).
+	shared SharedSpend
 }
 
 // NewClientState returns an empty client state that reads time from c.
@@ -76,9 +78,24 @@ type clientState struct {
 	// before settles into nothing rather than into the new period.
 	period      Period
 	periodStart int64 // unix nanoseconds
+	periodEnd   int64 // unix nanoseconds: the next period's start
 	epoch       uint64
 	spent       pricing.PicoUSD
 	reserved    pricing.PicoUSD
+
+	// With shared spend (ClientState.shared), spent is the shared total
+	// last seen (base) plus this instance's spend since: admission reads
+	// it without a round trip. resets is the shared total's reset count
+	// last seen; resetDue says an operator's reset waits for the next
+	// exchange; sharedGen changes with every reset and new period, so
+	// that the reply of an exchange begun before is dropped.
+	// others is what the other instances' requests in flight hold of the
+	// budget, as of the last exchange.
+	base      pricing.PicoUSD
+	others    pricing.PicoUSD
+	resets    int64
+	resetDue  bool
+	sharedGen uint64
 
 	totals ClientTotals
 	loaded bool // spend was read from the store (or there was none)
@@ -102,7 +119,14 @@ type ClientTotals struct {
 // day, or a change to a shorter period) starts it over; a change to a
 // longer period that holds the old one keeps it.
 func (c *clientState) roll(now time.Time, p Period) {
-	start := p.Start(now).UnixNano()
+	if ns := now.UnixNano(); c.period == p && c.periodStart <= ns && ns < c.periodEnd {
+		// Within the period: no calendar arithmetic (it cost about a
+		// microsecond of every request's admission).
+		return
+	}
+	s := p.Start(now)
+	start := s.UnixNano()
+	c.periodEnd = p.End(s).UnixNano()
 	if c.period == p && c.periodStart == start {
 		return
 	}
@@ -110,6 +134,8 @@ func (c *clientState) roll(now time.Time, p Period) {
 		c.spent, c.reserved = 0, 0
 		c.epoch++
 		c.dirty = true
+		c.base, c.others, c.resets, c.resetDue = 0, 0, 0, false
+		c.sharedGen++
 	}
 	c.period, c.periodStart = p, start
 }
@@ -188,294 +214,6 @@ func (c *Clients) Weight(name string) int {
 // Has reports whether name is a configured client.
 func (c *Clients) Has(name string) bool { return c.byName[name] != nil }
 
-// ClientRequest is what client admission needs to know of a request.
-type ClientRequest struct {
-	Client string
-	Model  string
-	// Bytes is the request body's size, the basis of the token estimates.
-	Bytes int
-	// MaxTokens is the request's max_tokens: the most output it can cost.
-	MaxTokens int64
-	// OneHourCache says the request may write 1-hour cache entries, which
-	// cost more than any other prompt token.
-	OneHourCache bool
-}
-
-// ClientReservation is one request's hold on its client's limits and
-// budget. Admit fills it in; exactly one Settle ends it.
-type ClientReservation struct {
-	c        *Clients
-	m        *clientMember
-	price    pricing.Price
-	priced   bool
-	bytes    int
-	est      float64
-	reserved pricing.PicoUSD
-	epoch    uint64
-	usage    pricing.Usage
-	haveIn   bool
-	reached  bool // an attempt got an answer from the upstream
-	admitted bool
-	settled  bool
-	cost     pricing.PicoUSD
-}
-
-// ClientLimitError refuses a request over one of its client's own limits.
-type ClientLimitError struct {
-	Client string
-	// Limit is "rpm", "itpm", "otpm", "max_concurrent" or "budget".
-	Limit string
-	// Max is the configured limit (requests or tokens per minute, requests
-	// in flight); 0 for the budget.
-	Max int64
-	// RetryAfter is when the limit will admit the request.
-	RetryAfter time.Duration
-
-	// For the budget: what it is, for which period, what was spent and is
-	// reserved by requests in flight, what this request may cost, and when
-	// the period ends.
-	Budget, Spent, Reserved, Need pricing.PicoUSD
-	Period                        Period
-	Resets                        time.Time
-}
-
-func (e *ClientLimitError) Error() string {
-	switch e.Limit {
-	case "max_concurrent":
-		return fmt.Sprintf("client %q already has %d requests in flight, its max_concurrent limit; retry when one has finished", e.Client, e.Max)
-	case "budget":
-		resets := e.Resets.UTC().Format(time.RFC3339)
-		if e.Spent >= e.Budget {
-			return fmt.Sprintf("client %q has spent %s of its %s %s budget; the budget resets at %s",
-				e.Client, e.Spent, e.Budget, e.Period.adjective(), resets)
-		}
-		return fmt.Sprintf("client %q has %s of its %s %s budget left (%s spent, %s reserved by requests in flight), less than this request may cost (%s); retry when requests in flight have finished, or after the budget resets at %s",
-			e.Client, e.Budget-e.Spent-e.Reserved, e.Budget, e.Period.adjective(), e.Spent, e.Reserved, e.Need, resets)
-	}
-	what := map[string]string{"rpm": "requests", "itpm": "input tokens", "otpm": "output tokens"}[e.Limit]
-	return fmt.Sprintf("client %q is over its own %s limit of %d %s per minute; retry in %ds",
-		e.Client, e.Limit, e.Max, what, int64(math.Ceil(e.RetryAfter.Seconds())))
-}
-
-// ModelNotAllowedError refuses a model the client may not use.
-type ModelNotAllowedError struct {
-	Client, Model string
-	// NoPrice: the client has a budget and the model has no price, so its
-	// cost could not be counted.
-	NoPrice bool
-}
-
-func (e *ModelNotAllowedError) Error() string {
-	if e.NoPrice {
-		return fmt.Sprintf("client %q has a budget and model %q has no price on this relay", e.Client, e.Model)
-	}
-	return fmt.Sprintf("client %q may not use model %q", e.Client, e.Model)
-}
-
-// budgetBusyRetry is the Retry-After of a request refused because requests
-// in flight hold the rest of the budget: they release what they do not
-// spend when they finish.
-const budgetBusyRetry = 5 * time.Second
-
-// Admit checks req against its client's models, requests in flight,
-// per-minute limits and budget, and reserves: one request, the estimated
-// input tokens and the request's worst-case cost (the input estimate at
-// the highest prompt price plus max_tokens of output, at the prices in
-// force now). It returns a *ModelNotAllowedError or a *ClientLimitError
-// when the client may not send the request now. A client that is not
-// configured (anonymous) is only priced.
-func (c *Clients) Admit(req *ClientRequest, res *ClientReservation) error {
-	*res = ClientReservation{c: c, bytes: req.Bytes}
-	res.price, res.priced = c.cfg.Prices.Lookup(req.Model)
-	m := c.byName[req.Client]
-	if m == nil {
-		return nil
-	}
-	if len(m.cfg.Models) > 0 {
-		ok := false
-		for _, p := range m.cfg.Models {
-			if ok, _ = path.Match(p, req.Model); ok {
-				break
-			}
-		}
-		if !ok {
-			c.refused(m)
-			return &ModelNotAllowedError{Client: m.cfg.Name, Model: req.Model}
-		}
-	}
-	if m.cfg.Budget > 0 && !res.priced {
-		c.refused(m)
-		return &ModelNotAllowedError{Client: m.cfg.Name, Model: req.Model, NoPrice: true}
-	}
-
-	cs := c.cs
-	cs.mu.Lock()
-	defer cs.mu.Unlock()
-	now := cs.clock.Now()
-	nowNs := now.UnixNano()
-	st := m.st
-	st.roll(now, m.cfg.Period)
-
-	fail := func(e *ClientLimitError) error {
-		st.totals.Refused++
-		e.Client = m.cfg.Name
-		return e
-	}
-	if m.cfg.MaxConcurrent > 0 && st.inFlight >= m.cfg.MaxConcurrent {
-		return fail(&ClientLimitError{Limit: "max_concurrent", Max: int64(m.cfg.MaxConcurrent), RetryAfter: time.Second})
-	}
-
-	ratio := c.cfg.TokenEstimateRatio
-	est := st.est.estimate(req.Bytes, ratio)
-	margin := st.est.margin()
-	var worst, limit int64
-	var wait float64
-	for k := range st.buckets {
-		capacity := m.caps[k]
-		if capacity <= 0 {
-			continue
-		}
-		bk := &st.buckets[k]
-		bk.refill(nowNs, capacity)
-		var w float64
-		switch k {
-		case kindRequests:
-			w = bk.wait(capacity, 1, 0)
-		case kindInput:
-			w = bk.wait(capacity, est*(1+margin), 0)
-		case kindOutput:
-			// Output is charged when it is known: admission needs the
-			// bucket out of debt, as the upstream's does.
-			if bk.level <= 0 {
-				w = (math.Min(1, capacity) - bk.level) / capacity * nanosPerMinute
-			}
-		}
-		if w > wait {
-			wait, worst, limit = w, int64(k), int64(capacity)
-		}
-	}
-	if wait > 0 {
-		// Bounded, so that absurd usage reported upstream cannot overflow
-		// the duration.
-		wait = math.Min(math.Ceil(wait), float64(24*time.Hour))
-		return fail(&ClientLimitError{Limit: [...]string{"rpm", "itpm", "otpm"}[worst], Max: limit,
-			RetryAfter: time.Duration(wait)})
-	}
-
-	var need pricing.PicoUSD
-	if m.cfg.Budget > 0 {
-		prompt := int64(math.Ceil(st.est.whole(req.Bytes, ratio) * (1 + margin)))
-		need = res.price.WorstCase(prompt, max(req.MaxTokens, 0), req.OneHourCache)
-		// A request that fits what is left is admitted; one larger than
-		// that only runs alone, when nothing else is reserved: spend then
-		// stops within one request's cost of the budget, and a request
-		// larger than the whole budget can still run once.
-		fits := st.spent.Plus(st.reserved).Plus(need) <= m.cfg.Budget || st.reserved == 0 && st.spent < m.cfg.Budget
-		if !fits {
-			start := time.Unix(0, st.periodStart).UTC()
-			e := &ClientLimitError{Limit: "budget", Budget: m.cfg.Budget, Spent: st.spent, Reserved: st.reserved, Need: need,
-				Period: m.cfg.Period, Resets: m.cfg.Period.End(start)}
-			e.RetryAfter = e.Resets.Sub(now)
-			if st.spent < m.cfg.Budget {
-				e.RetryAfter = min(e.RetryAfter, budgetBusyRetry)
-			}
-			return fail(e)
-		}
-	}
-
-	st.buckets[kindRequests].charge(1)
-	st.buckets[kindInput].charge(est)
-	st.inFlight++
-	st.reserved = st.reserved.Plus(need)
-	st.totals.Requests++
-	res.m, res.est, res.reserved, res.epoch, res.admitted = m, est, need, st.epoch, true
-	return nil
-}
-
-func (c *Clients) refused(m *clientMember) {
-	c.cs.mu.Lock()
-	m.st.totals.Refused++
-	c.cs.mu.Unlock()
-}
-
-// Add records one attempt's usage; reached says the upstream answered the
-// attempt. Call it once per attempt, before Settle.
-func (r *ClientReservation) Add(u pricing.Usage, haveInput, reached bool) {
-	if r == nil || r.settled {
-		return
-	}
-	r.usage.Add(u)
-	r.haveIn = r.haveIn || haveInput
-	r.reached = r.reached || reached
-}
-
-// Settle ends the reservation once (later calls do nothing): the request's
-// cost is priced from its usage at the prices of its admission and charged
-// to the client's spend in place of the reservation, the buckets get the
-// real token counts, and a request that never reached the upstream gives
-// back its request and input estimate.
-func (r *ClientReservation) Settle() {
-	if r == nil || r.c == nil || r.settled {
-		return
-	}
-	r.settled = true
-	if r.priced {
-		r.cost = r.price.Cost(r.usage)
-	}
-	if !r.admitted {
-		return
-	}
-	cs := r.c.cs
-	cs.mu.Lock()
-	defer cs.mu.Unlock()
-	st := r.m.st
-	st.inFlight--
-	u := r.usage
-	switch {
-	case !r.reached:
-		st.buckets[kindRequests].charge(-1)
-		st.buckets[kindInput].charge(-r.est)
-	case r.haveIn:
-		st.buckets[kindInput].charge(float64(u.InputTokens+u.CacheCreationInputTokens) - r.est)
-		st.est.observe(r.bytes, Usage{InputTokens: u.InputTokens, CacheCreationInputTokens: u.CacheCreationInputTokens,
-			CacheReadInputTokens: u.CacheReadInputTokens, HaveInput: true})
-	default:
-		// Answered without usage (an error): the upstream counted no input.
-		st.buckets[kindInput].charge(-r.est)
-	}
-	st.buckets[kindOutput].charge(float64(u.OutputTokens))
-	if st.epoch == r.epoch {
-		st.reserved = st.reserved.Plus(-r.reserved)
-		st.spent = st.spent.Plus(r.cost)
-	}
-	if r.cost != 0 {
-		st.dirty = true
-	}
-	t := &st.totals
-	t.InputTokens += u.InputTokens
-	t.OutputTokens += u.OutputTokens
-	t.CacheReadTokens += u.CacheReadInputTokens
-	t.CacheCreationTokens += u.CacheCreationInputTokens
-	t.CostPicoUSD = int64(pricing.PicoUSD(t.CostPicoUSD).Plus(r.cost))
-}
-
-// Cost is the request's cost once settled; 0 when its model has no price.
-func (r *ClientReservation) Cost() pricing.PicoUSD { return r.cost }
-
-// Priced reports whether the request's model has a price.
-func (r *ClientReservation) Priced() bool { return r.priced }
-
-// Usage is the usage added so far.
-func (r *ClientReservation) Usage() pricing.Usage { return r.usage }
-
-// Client is the configured client's name, "" for an unconfigured one.
-func (r *ClientReservation) Client() string {
-	if r.m == nil {
-		return ""
-	}
-	return r.m.cfg.Name
-}
-
 // Reset starts the named client's spend for the current period over and
 // refills its per-minute buckets. Requests in flight keep their
 // reservations. It reports false for an unknown client.
@@ -491,6 +229,10 @@ func (c *Clients) Reset(name string) bool {
 	st.roll(cs.clock.Now(), m.cfg.Period)
 	st.spent = 0
 	st.dirty = true
+	// With shared spend the next exchange sets the shared total to what
+	// this instance spends until then, for every instance.
+	st.base, st.resetDue = 0, cs.shared != nil
+	st.sharedGen++
 	for k := range st.buckets {
 		if m.caps[k] > 0 && st.buckets[k].init {
 			st.buckets[k].level = m.caps[k]

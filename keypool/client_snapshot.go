@@ -14,7 +14,8 @@ type ClientSnapshot struct {
 	MaxConcurrent int      `json:"max_concurrent"`
 	InFlight      int      `json:"in_flight"`
 	// Requests, InputTokens and OutputTokens are the client's own
-	// per-minute limits (Configured 0: none; Remaining -1 then).
+	// per-minute limits (Configured 0: none; Remaining -1 then). With
+	// shared spend Remaining is of this instance's share of the limit.
 	Requests     BucketSnapshot `json:"requests"`
 	InputTokens  BucketSnapshot `json:"input_tokens"`
 	OutputTokens BucketSnapshot `json:"output_tokens"`
@@ -24,7 +25,9 @@ type ClientSnapshot struct {
 
 // SpendSnapshot is a client's spend in its current period (the budget's,
 // or the calendar month without a budget), in USD and exactly in
-// picodollars.
+// picodollars. With spend shared across instances, spent is the shared
+// total plus this instance's spend since the last exchange, and reserved
+// counts the other instances' requests in flight as of that exchange.
 type SpendSnapshot struct {
 	Period      string    `json:"period"`
 	PeriodStart time.Time `json:"period_start"`
@@ -47,6 +50,7 @@ func (c *Clients) Snapshot() []ClientSnapshot {
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
 	now := cs.clock.Now()
+	share := cs.share()
 	out := make([]ClientSnapshot, 0, len(c.members))
 	for _, m := range c.members {
 		st := m.st
@@ -59,15 +63,15 @@ func (c *Clients) Snapshot() []ClientSnapshot {
 		for k := range st.buckets {
 			*dst[k] = BucketSnapshot{Configured: int64(m.caps[k]), Remaining: -1}
 			if m.caps[k] > 0 {
-				st.buckets[k].refill(now.UnixNano(), m.caps[k])
+				st.buckets[k].refill(now.UnixNano(), m.caps[k]/share)
 				dst[k].Remaining = int64(math.Floor(st.buckets[k].level))
 			}
 		}
 		start := time.Unix(0, st.periodStart).UTC()
 		s.Spend = SpendSnapshot{
 			Period: m.cfg.Period.String(), PeriodStart: start, Resets: m.cfg.Period.End(start),
-			SpentUSD: st.spent.USD(), ReservedUSD: st.reserved.USD(),
-			SpentPicoUSD: int64(st.spent), ReservedPicoUSD: int64(st.reserved),
+			SpentUSD: st.spent.USD(), ReservedUSD: st.reserved.Plus(st.others).USD(),
+			SpentPicoUSD: int64(st.spent), ReservedPicoUSD: int64(st.reserved.Plus(st.others)),
 		}
 		if b := m.cfg.Budget; b > 0 {
 			budget, left := b.USD(), (b - st.spent).USD()

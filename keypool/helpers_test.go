@@ -172,6 +172,15 @@ func wantLevel(t testing.TB, p *Pool, name, model string, kind int, want, tol fl
 	}
 }
 
+// wantLevelAtMost fails the test when the level is above most: more than
+// what the upstream's headers justify, after when.
+func wantLevelAtMost(t testing.TB, p *Pool, name, model string, kind int, most float64, when string) {
+	t.Helper()
+	if got := level(t, p, name, model, kind); got > most+1e-6 {
+		t.Fatalf("%s level %v %s: more than the %v justified", kindNames[kind], got, when, most)
+	}
+}
+
 // hdr builds response headers from name/value pairs.
 func hdr(kv ...string) http.Header {
 	h := http.Header{}

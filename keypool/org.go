@@ -56,6 +56,8 @@ type budget struct {
 	// holdReq and holdIn are what waiters hold ahead on this budget
 	// (requests, input tokens): others are admitted only beyond them.
 	holdReq, holdIn float64
+	// unanswered is what its reservations with no response yet hold.
+	unanswered unanswered
 }
 
 func (st *State) orgNamed(name string) *org {

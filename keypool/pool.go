@@ -116,6 +116,10 @@ type State struct {
 	// flight (shared_pool.go).
 	shared    SharedState
 	sharedOps sync.WaitGroup
+	epoch     string // the store's epoch last seen (SharedView.Epoch)
+	// fellBack says an admission was answered from the store's local
+	// fallback since the view was last seen shared.
+	fellBack bool
 }
 
 // NewState returns an empty state that reads time from c.

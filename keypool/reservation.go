@@ -42,6 +42,7 @@ type Reservation struct {
 	// after admission, for the store's correction.
 	link  *sharedLink
 	delta [numKinds]float64
+	wait  awaiting // its part in its budget's unanswered sums
 }
 
 // chargeBucket charges n to kind k of b for this reservation.
@@ -198,6 +199,8 @@ func (r *Reservation) syncHeaders(now int64, status int, lims [numKinds]Limit) *
 		r.input = inputRefunded
 	}
 	own := [numKinds]float64{1, r.est, r.output}
+	ahead := r.wait.ahead // unanswered at r's admission: maybe not upstream before r
+	r.answered()
 	for k, l := range lims {
 		if l.Limit > 0 {
 			b.buckets[k].learned = learnedLimit(k, l.Limit)
@@ -222,7 +225,7 @@ func (r *Reservation) syncHeaders(now int64, status int, lims [numKinds]Limit) *
 		// more left.
 		cfg := p.members[r.idx].caps[k]
 		raise := marksValid && (cfg == 0 || cfg == float64(l.Limit))
-		moved := b.buckets[k].sync(caps[k], l.Remaining, later, gran, raise)
+		moved := b.buckets[k].sync(caps[k], l.Remaining, later, ahead[k], gran, raise)
 		b.buckets[k].floor(caps[k])
 		if k == kindInput {
 			r.voidMarks()
@@ -418,6 +421,7 @@ func (r *Reservation) Settle(res Result) {
 	}
 	r.settleShared()
 	r.input = inputSettled
+	r.answered()
 	r.ks.inFlight--
 	if ok {
 		r.ks.totals.Succeeded++

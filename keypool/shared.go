@@ -143,6 +143,12 @@ type SharedAdmission struct {
 	// Marks are the buckets' running totals of charges before this one,
 	// for Sync to tell what was charged after this request was admitted.
 	Marks [3]float64
+	// Ahead is what requests admitted before this one (on any instance)
+	// and not yet answered held then: the upstream may count them after
+	// this one, so Sync never raises a level past them. An admitted
+	// request's own request and input charge count as unanswered until
+	// its Sync, or a Settle that releases them.
+	Ahead [3]float64
 	Mode  SharedMode
 }
 
@@ -150,6 +156,9 @@ type SharedAdmission struct {
 type SharedCorrection struct {
 	Budget SharedBudget
 	Delta  [3]float64
+	// Release is what a request that ends without a Sync held as
+	// unanswered (see SharedAdmission.Ahead).
+	Release [3]float64
 }
 
 // SharedSync is what one response's headers say about a budget.
@@ -170,6 +179,10 @@ type SharedSync struct {
 	// (false when the configured limit is not the upstream's).
 	Gran  [3]float64
 	Raise [3]bool
+	// Ahead is the request's SharedAdmission.Ahead; Release is what it
+	// held as unanswered (its request and input charge), released now.
+	Ahead   [3]float64
+	Release [3]float64
 }
 
 // SharedSyncResult is the budget after a Sync.
@@ -188,5 +201,11 @@ type SharedView struct {
 	InstancesAlive int
 	Disabled       map[string]string // key name → reason
 	OrgIDs         map[string]string // key name → upstream organization id
-	Refreshed      time.Time
+	// Epoch names the life of the pool's state in the store: it changes
+	// when the store lost that state (Redis restarted empty). EpochMine
+	// says this instance started the current one, and so is the one that
+	// rebuilds the store from what it knows.
+	Epoch     string
+	EpochMine bool
+	Refreshed time.Time
 }

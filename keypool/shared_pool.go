@@ -31,9 +31,23 @@ func (p *Pool) acquireShared(ctx context.Context, req *Request, res *Reservation
 	sh := p.cfg.Shared
 	st := p.st
 	p.applyView(sh.View())
+	// A session's pin is read from the store before the pick when this
+	// instance knows nothing of the session (its last turns went to other
+	// instances); when it does, the read goes out beside the reservation,
+	// so that admission costs one round trip, and a pin that moved
+	// meanwhile undoes the reservation and picks again.
 	pinned := ""
+	var pinRead chan string
 	if p.cfg.Sticky && req.Session != 0 {
-		pinned = p.followPin(ctx, req)
+		if p.knowsSession(req.Session) {
+			pinRead = make(chan string, 1)
+			go func() {
+				name, _ := sh.Pinned(ctx, req.Session, time.Duration(p.ttl))
+				pinRead <- name
+			}()
+		} else {
+			pinned = p.followPin(ctx, req)
+		}
 	}
 	start := st.clock.Now()
 	var hint time.Duration
@@ -57,9 +71,20 @@ func (p *Pool) acquireShared(ctx context.Context, req *Request, res *Reservation
 		b, admit, charge := p.sharedRequest(res)
 		a := sh.Reserve(ctx, b, admit, charge)
 		if p.applyAdmission(res, a, charge) {
-			if res.Sticky != StickyNone && pinned != res.ks.name {
+			key := res.ks.name
+			if pinRead != nil {
+				pinned = <-pinRead
+				pinRead = nil
+				if pinned != "" && pinned != key && p.follow(req, pinned) {
+					// The conversation moved to another key on another
+					// instance: follow it there.
+					p.undoAdmission(res)
+					continue
+				}
+			}
+			if res.Sticky != StickyNone && pinned != key {
 				p.background(func(ctx context.Context) {
-					sh.Pin(ctx, req.Session, res.ks.name, time.Duration(p.ttl))
+					sh.Pin(ctx, req.Session, key, time.Duration(p.ttl))
 				})
 			}
 			return nil
@@ -77,6 +102,52 @@ func (p *Pool) acquireShared(ctx context.Context, req *Request, res *Reservation
 			return &NoCapacityError{RetryAfter: max(hint, 0)}
 		}
 	}
+}
+
+// knowsSession reports whether this instance's session table pins the
+// session.
+func (p *Pool) knowsSession(session uint64) bool {
+	st := p.st
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	ks, _, _ := st.sticky.get(session, st.clock.Now().UnixNano(), p.ttl)
+	return ks != nil
+}
+
+// follow pins the session locally to the key the store names, when that
+// key may serve the request; it reports whether it did.
+func (p *Pool) follow(req *Request, name string) bool {
+	st := p.st
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	ks := st.keys[name]
+	if ks == nil || ks.disabled != "" {
+		return false
+	}
+	i, ok := p.byKey[ks]
+	if !ok || !servable(req.Only, i) || req.Attempts.excludes(ks) {
+		return false
+	}
+	st.sticky.pin(req.Session, ks, st.clock.Now().UnixNano(), p.ttl, p.cfg.StickyMaxSessions, 0, -1)
+	return true
+}
+
+// undoAdmission gives back a reservation the store admitted, locally and
+// in the store (in the background), as if it had never been made.
+func (p *Pool) undoAdmission(res *Reservation) {
+	st := p.st
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	l := res.link
+	o, _ := res.current()
+	c := SharedCorrection{
+		Budget:  SharedBudget{Org: o.name, Class: st.cnames[res.class], Caps: p.members[res.idx].caps},
+		Delta:   [3]float64{-l.charged[0], -l.charged[1], -l.charged[2]},
+		Release: l.unanswered(),
+	}
+	l.phase = linkDone
+	res.withdraw(st.clock.Now().UnixNano())
+	p.background(func(ctx context.Context) { l.sh.Settle(ctx, []SharedCorrection{c}) })
 }
 
 // sharedRequest is what the store must admit and charge for res: one
@@ -103,10 +174,13 @@ func (p *Pool) applyAdmission(res *Reservation, a SharedAdmission, charge [3]flo
 	defer st.mu.Unlock()
 	now := st.clock.Now().UnixNano()
 	o, b := res.current()
+	if a.Mode == SharedModeLocalFallback {
+		st.fellBack = true
+	}
 	p.mirror(res.idx, b, a.Levels, a.Known, a.Caps, a.Mode, now)
 	switch a.Outcome {
 	case SharedAdmitted:
-		res.link = &sharedLink{sh: p.cfg.Shared, charged: charge, marks: a.Marks}
+		res.link = &sharedLink{sh: p.cfg.Shared, charged: charge, marks: a.Marks, ahead: a.Ahead}
 		return true
 	case SharedCooling:
 		if at := capUntil(now, a.Until, MaxCooldown); at > b.coolUntil {
@@ -151,9 +225,16 @@ func (p *Pool) mirror(i int, b *budget, levels [3]float64, known [3]bool, caps [
 	}
 }
 
+// unanswered is what the reservation holds in the store's unanswered sums
+// until a sync or its settle releases it: its request and input charge.
+func (l *sharedLink) unanswered() [3]float64 {
+	return [3]float64{l.charged[kindRequests], l.charged[kindInput], 0}
+}
+
 // withdraw undoes a local reservation the store refused, as if it had
 // never been made. st.mu is held.
 func (r *Reservation) withdraw(now int64) {
+	r.answered()
 	b := r.bud
 	b.buckets[kindRequests].charge(-1)
 	b.buckets[kindInput].charge(-r.est)
@@ -209,6 +290,22 @@ func (p *Pool) applyView(v SharedView) {
 	}
 	p.viewAt = at
 	now := st.clock.Now().UnixNano()
+	if v.Epoch != "" && v.Epoch != st.epoch {
+		if st.epoch != "" && v.EpochMine && !st.fellBack {
+			// The store lost the pool's state and this instance was
+			// first to see it: it charges the store with what its mirror
+			// says was spent, as a reload adding redis does, so that a
+			// Redis restarted empty does not hand out a fresh budget.
+			// (After a fallback the mirror holds this instance's share,
+			// not the pool's, and the store's rejoin charged what it
+			// spent meanwhile.)
+			p.moveStateUp(now)
+		}
+		st.epoch = v.Epoch
+	}
+	if v.Mode == SharedModeShared {
+		st.fellBack = false
+	}
 	changed := false
 	for i := range p.members {
 		m := &p.members[i]
@@ -258,6 +355,7 @@ type sharedLink struct {
 	sh      SharedState
 	charged [numKinds]float64 // what the store charged at admission
 	marks   [numKinds]float64 // its running totals before that
+	ahead   [numKinds]float64 // the store's unanswered sums before that
 	phase   linkPhase
 	// final is the correction Settle left while a sync was in flight.
 	final SharedCorrection
@@ -303,7 +401,11 @@ func (r *Reservation) observeShared(now int64, status int, h RateLimitHeaders, l
 		l.sh.Settle(context.Background(), []SharedCorrection{{Budget: budget, Delta: [3]float64{-1, -r.est, 0}}})
 		st.mu.Lock()
 	}
-	s := SharedSync{Budget: budget, Observed: time.Unix(0, now), Own: l.charged}
+	r.answered()
+	s := SharedSync{Budget: budget, Observed: time.Unix(0, now), Own: l.charged, Ahead: l.ahead}
+	if l.phase == linkAdmitted {
+		s.Release = l.unanswered()
+	}
 	for k, lim := range lims {
 		s.Limit[k], s.Remaining[k] = lim.Limit, lim.Remaining
 		if lim.Limit > 0 {
@@ -390,12 +492,16 @@ func (r *Reservation) settleShared() {
 		Budget: SharedBudget{Org: o.name, Class: r.p.st.cnames[r.class], Caps: r.p.members[r.idx].caps},
 		Delta:  d,
 	}
-	if l.phase == linkSyncing {
+	switch l.phase {
+	case linkSyncing:
 		l.phase, l.final = linkSettledSyncing, c
 		return
+	case linkAdmitted:
+		// No headers came: the store still counts it as unanswered.
+		c.Release = l.unanswered()
 	}
 	l.phase = linkDone
-	if d == [3]float64{} {
+	if c.Delta == [3]float64{} && c.Release == [3]float64{} {
 		return
 	}
 	r.p.background(func(ctx context.Context) { l.sh.Settle(ctx, []SharedCorrection{c}) })

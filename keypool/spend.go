@@ -62,6 +62,11 @@ func (c *Clients) Load(ctx context.Context, store SpendStore) error {
 			// period inside it) still counts.
 			if found && rec.PeriodStart.UnixNano() >= st.periodStart && rec.SpentPicoUSD > 0 {
 				st.spent = st.spent.Plus(pricing.PicoUSD(rec.SpentPicoUSD))
+				if cs.shared != nil {
+					// Stored spend was shared already: a floor for the
+					// shared total, not spend to add to it again.
+					st.base = st.base.Plus(pricing.PicoUSD(rec.SpentPicoUSD))
+				}
 			}
 		}
 		cs.mu.Unlock()
@@ -122,4 +127,157 @@ func (c *Clients) Dirty() bool {
 		}
 	}
 	return false
+}
+
+// SpendKey names one client's spend in one budget period: by the client's
+// name, never its token, and the period's kind and start.
+type SpendKey struct {
+	Client      string
+	Period      Period
+	PeriodStart time.Time
+}
+
+// SpendUpdate is one client's part of an exchange with a SharedSpend.
+type SpendUpdate struct {
+	SpendKey
+	// Add is this instance's spend not yet in the shared total; 0 only
+	// reads the total.
+	Add pricing.PicoUSD
+	// Floor is the shared total this instance last saw. A total that is
+	// missing or lower (the store lost it: a Redis restarted empty) is
+	// raised back to it before Add is added, unless the total was reset
+	// since (its Resets differ): a restart does not hand out a budget
+	// again, and an operator's reset is not undone.
+	Floor pricing.PicoUSD
+	// Resets is the total's reset count this instance last saw.
+	Resets int64
+	// Reserved is what this instance's requests in flight hold of the
+	// client's budget now: the other instances count it as reserved
+	// until this instance's next exchange replaces it, or until it is
+	// no longer alive.
+	Reserved pricing.PicoUSD
+	// Reset sets the total to Add and counts one more reset: an
+	// operator's reset (Clients.Reset) reaching every instance.
+	Reset bool
+}
+
+// SpendTotal is a client's shared total after an exchange.
+type SpendTotal struct {
+	Spent  pricing.PicoUSD
+	Resets int64
+	// Others is what the other live instances' requests in flight hold
+	// of the budget, as each last reported it.
+	Others pricing.PicoUSD
+}
+
+// SharedSpend keeps client spend shared by several relay instances: the
+// Redis engine in internal/redisstate implements it, one total per client
+// name and budget period. Admission never calls it: each instance keeps
+// the last shared total of every client plus its own spend since, and
+// exchanges both in one batch (Clients.ShareSpend, about once a second).
+type SharedSpend interface {
+	// Add applies the updates in one batch (one round trip) and returns
+	// the totals after, in the same order. On an error nothing is known
+	// to have been applied: the caller keeps counting locally and sends
+	// the same spend again with the next exchange (a reply lost after
+	// the batch ran then counts it twice: the error errs on the safe
+	// side).
+	Add(ctx context.Context, us []SpendUpdate) ([]SpendTotal, error)
+	// Instances is the number of relay instances sharing the spend, at
+	// least 1: each enforces its share of a client's per-minute limits.
+	Instances() int
+}
+
+// UseShared makes the client state share spend through sp from now on
+// (nil: back to this process alone). What the state has counted so far
+// becomes each client's floor: a shared total lower than it (an empty
+// Redis) is raised to it, one that is higher wins, so switching on shared
+// spend never counts a period's spend twice. It applies to every
+// configuration of the state.
+func (c *Clients) UseShared(sp SharedSpend) {
+	cs := c.cs
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	for _, st := range cs.clients {
+		if sp != nil && cs.shared == nil {
+			st.base = st.spent
+		}
+		if sp == nil {
+			st.others = 0
+		}
+	}
+	cs.shared = sp
+}
+
+// share is the number of instances each client's per-minute limits are
+// split over: 1 without shared spend. Call with cs.mu held.
+func (cs *ClientState) share() float64 {
+	if cs.shared == nil {
+		return 1
+	}
+	return float64(max(1, cs.shared.Instances()))
+}
+
+// ShareSpend exchanges spend with the shared store, when there is one: it
+// adds every client's spend not yet shared to its shared total and reads
+// the totals of the others, in one batch. Admission then counts the
+// shared total plus this instance's spend since. While the store is
+// unreachable it returns the error and changes nothing: spend keeps
+// counting locally and goes up with the next exchange that succeeds.
+func (c *Clients) ShareSpend(ctx context.Context) error {
+	cs := c.cs
+	cs.flushMu.Lock()
+	defer cs.flushMu.Unlock()
+	type sent struct {
+		st    *clientState
+		gen   uint64
+		spent pricing.PicoUSD // st.spent when the update was made
+	}
+	cs.mu.Lock()
+	sp := cs.shared
+	if sp == nil {
+		cs.mu.Unlock()
+		return nil
+	}
+	now := cs.clock.Now()
+	us := make([]SpendUpdate, 0, len(c.members))
+	sents := make([]sent, 0, len(c.members))
+	for _, m := range c.members {
+		st := m.st
+		st.roll(now, m.cfg.Period)
+		us = append(us, SpendUpdate{
+			SpendKey: SpendKey{Client: st.name, Period: st.period, PeriodStart: time.Unix(0, st.periodStart).UTC()},
+			Add:      st.spent.Plus(-st.base), Floor: st.base, Resets: st.resets, Reset: st.resetDue,
+			Reserved: st.reserved,
+		})
+		sents = append(sents, sent{st, st.sharedGen, st.spent})
+		st.resetDue = false
+	}
+	cs.mu.Unlock()
+	totals, err := sp.Add(ctx, us)
+	if err == nil && len(totals) != len(us) {
+		err = errors.New("shared spend: reply does not match the updates")
+	}
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	for i, s := range sents {
+		st := s.st
+		if err == nil {
+			// Holds of requests in flight are not tied to a total.
+			st.others = totals[i].Others
+		}
+		if st.sharedGen != s.gen {
+			// A reset or a new period since: the reply is of a total
+			// this instance no longer counts.
+			continue
+		}
+		if err != nil {
+			st.resetDue = st.resetDue || us[i].Reset
+			continue
+		}
+		t := totals[i]
+		st.spent = t.Spent.Plus(st.spent.Plus(-s.spent))
+		st.base, st.resets = t.Spent, t.Resets
+	}
+	return err
 }

@@ -243,6 +243,12 @@
     head.appendChild(el("span", { class: "verdict " + (serving ? "serving" : "blocked") },
       serving ? counts.ok + " of " + keys.length + " keys ready" : "no key can serve"));
     head.appendChild(el("span", { class: "small" }, "strategy " + (p.strategy || "–")));
+    if (p.mode && p.mode !== "local") {
+      // Shared on redis: whether this instance is in the shared pool or
+      // serving from its share while redis is away.
+      head.appendChild(el("span", { class: "small mode", "data-mode": p.mode },
+        "redis " + p.mode + " · " + fmtNum(p.instances_alive || 0) + " instances alive"));
+    }
 
     const fact = function (v, k) { return el("li", null, el("span", { class: "v" }, v), el("span", { class: "k" }, k)); };
     sec.appendChild(el("ul", { class: "facts" },

@@ -18,6 +18,10 @@ import (
 //	{p:pool}:disabled       hash  key name → reason
 //	{p:pool}:orgids         hash  key name → upstream organization id
 //	p:pool:pin:<hex>        string key name, with the pin's TTL
+//	{p:pool}:spend:<period>:<start>:<client>
+//	                        hash  s picodollars spent, r resets: one client
+//	                              (by name) in one budget period (start in
+//	                              unix seconds), expiring after the period
 type keys struct{ prefix, pool string }
 
 var escaper = strings.NewReplacer("%", "%25", "{", "%7B", "}", "%7D")
@@ -36,6 +40,10 @@ func (k keys) poolTag() string   { return "{" + esc(k.prefix) + ":" + esc(k.pool
 func (k keys) instances() string { return k.poolTag() + ":instances" }
 func (k keys) disabled() string  { return k.poolTag() + ":disabled" }
 func (k keys) orgIDs() string    { return k.poolTag() + ":orgids" }
+func (k keys) epoch() string     { return k.poolTag() + ":epoch" }
+func (k keys) spend(client, period string, start int64) string {
+	return k.poolTag() + ":spend:" + period + ":" + strconv.FormatInt(start, 10) + ":" + esc(client)
+}
 func (k keys) pin(h uint64) string {
 	return esc(k.prefix) + ":" + esc(k.pool) + ":pin:" + strconv.FormatUint(h, 16)
 }

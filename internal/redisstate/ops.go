@@ -50,9 +50,11 @@ func (s *Store) Reserve(ctx context.Context, b keypool.SharedBudget, admit, char
 			args = append(args, fmtFloat(v))
 		}
 		args = append(args, s.ttlMillis())
+		// What the request holds as unanswered: its request and input.
+		args = append(args, fmtFloat(charge[0]), fmtFloat(charge[1]), "0")
 		var err error
 		vs, err = reserveScript.Exec(ctx, c, []string{s.keys.budget(b.Org, b.Class), s.keys.org(b.Org)}, args).ToArray()
-		if err == nil && len(vs) != 12 {
+		if err == nil && len(vs) != 15 {
 			err = errMalformed
 		}
 		return err
@@ -67,6 +69,9 @@ func (s *Store) Reserve(ctx context.Context, b keypool.SharedBudget, admit, char
 		a.Known[i] = !math.IsNaN(a.Levels[i])
 		a.Marks[i] = num(vs[6+i])
 		a.Caps[i] = num(vs[9+i])
+		if v := num(vs[12+i]); v > 0 { // NaN on a refusal
+			a.Ahead[i] = v
+		}
 	}
 	switch outcome {
 	case 0:
@@ -111,7 +116,7 @@ func (s *Store) Settle(ctx context.Context, cs []keypool.SharedCorrection) keypo
 func (s *Store) settleBatch(ctx context.Context, c rueidis.Client, cs []keypool.SharedCorrection) error {
 	execs := make([]rueidis.LuaExec, len(cs))
 	for i, cr := range cs {
-		args := make([]string, 0, 7)
+		args := make([]string, 0, 10)
 		for _, v := range cr.Budget.Caps {
 			args = append(args, fmtFloat(max(v, 0)))
 		}
@@ -119,6 +124,9 @@ func (s *Store) settleBatch(ctx context.Context, c rueidis.Client, cs []keypool.
 			args = append(args, fmtFloat(v))
 		}
 		args = append(args, s.ttlMillis())
+		for _, v := range cr.Release {
+			args = append(args, fmtFloat(v))
+		}
 		execs[i] = rueidis.LuaExec{Keys: []string{s.keys.budget(cr.Budget.Org, cr.Budget.Class)}, Args: args}
 	}
 	for _, r := range settleScript.ExecMulti(ctx, c, execs...) {
@@ -150,6 +158,12 @@ func (s *Store) Sync(ctx context.Context, sy keypool.SharedSync) keypool.SharedS
 			}
 			args = append(args, fmtFloat(max(sy.Budget.Caps[i], 0)), fmtInt(sy.Limit[i]), fmtInt(sy.Remaining[i]),
 				mark, fmtFloat(sy.Own[i]), fmtFloat(max(sy.Gran[i], 1)), raise)
+		}
+		for _, v := range sy.Ahead {
+			args = append(args, fmtFloat(max(v, 0)))
+		}
+		for _, v := range sy.Release {
+			args = append(args, fmtFloat(v))
 		}
 		var err error
 		vs, err = syncScript.Exec(ctx, c, []string{s.keys.budget(sy.Budget.Org, sy.Budget.Class)}, args).ToArray()

@@ -78,6 +78,15 @@ func mustRefuse(t *testing.T, in *instance, req keypool.Request) *keypool.NoCapa
 	return nc
 }
 
+// headersWith is a response's rate-limit headers with every triple absent
+// but what set says.
+func headersWith(set func(h *keypool.RateLimitHeaders)) keypool.RateLimitHeaders {
+	absent := keypool.Limit{Limit: -1, Remaining: -1}
+	h := keypool.RateLimitHeaders{Requests: absent, InputTokens: absent, OutputTokens: absent, Tokens: absent}
+	set(&h)
+	return h
+}
+
 func ok200() keypool.Result {
 	return keypool.Result{Status: 200, Usage: keypool.Usage{InputTokens: 10, OutputTokens: 5, HaveInput: true, HaveOutput: true}}
 }
@@ -165,12 +174,7 @@ func TestHeadersSyncTheSharedBudget(t *testing.T) {
 	a, b := newInstance(t, srv, key), newInstance(t, srv, key)
 	r := mustAcquire(t, a, keypool.Request{Model: sonnet, Bytes: 400})
 	// The upstream has 2 requests left (someone else uses the org too).
-	r.ObserveHeaders(200, keypool.RateLimitHeaders{
-		Requests:     keypool.Limit{Limit: 50, Remaining: 2},
-		InputTokens:  keypool.Limit{Limit: -1, Remaining: -1},
-		OutputTokens: keypool.Limit{Limit: -1, Remaining: -1},
-		Tokens:       keypool.Limit{Limit: -1, Remaining: -1},
-	})
+	r.ObserveHeaders(200, headersWith(func(h *keypool.RateLimitHeaders) { h.Requests = keypool.Limit{Limit: 50, Remaining: 2} }))
 	r.Settle(ok200())
 	a.pool.WaitShared()
 	mustAcquire(t, b, keypool.Request{Model: sonnet, Bytes: 400})
@@ -184,12 +188,7 @@ func TestLearnedLimitsAreShared(t *testing.T) {
 	key := keypool.KeyConfig{Name: "a", Org: "o"} // nothing configured
 	a, b := newInstance(t, srv, key), newInstance(t, srv, key)
 	r := mustAcquire(t, a, keypool.Request{Model: sonnet, Bytes: 400})
-	r.ObserveHeaders(200, keypool.RateLimitHeaders{
-		Requests:     keypool.Limit{Limit: 3, Remaining: 1},
-		InputTokens:  keypool.Limit{Limit: -1, Remaining: -1},
-		OutputTokens: keypool.Limit{Limit: -1, Remaining: -1},
-		Tokens:       keypool.Limit{Limit: -1, Remaining: -1},
-	})
+	r.ObserveHeaders(200, headersWith(func(h *keypool.RateLimitHeaders) { h.Requests = keypool.Limit{Limit: 3, Remaining: 1} }))
 	r.Settle(ok200())
 	a.pool.WaitShared()
 	// b never saw a header: it learns the limit (3) and the level (1)
@@ -209,9 +208,7 @@ func TestCooldownIsShared(t *testing.T) {
 	x, y := newInstance(t, srv, keys...), newInstance(t, srv, keys...)
 	only := []bool{true, false}
 	r := mustAcquire(t, x, keypool.Request{Model: sonnet, Bytes: 400, Only: only})
-	r.ObserveHeaders(429, keypool.RateLimitHeaders{RetryAfter: time.Minute, HasRetryAfter: true,
-		Requests: keypool.Limit{Limit: -1, Remaining: -1}, InputTokens: keypool.Limit{Limit: -1, Remaining: -1},
-		OutputTokens: keypool.Limit{Limit: -1, Remaining: -1}, Tokens: keypool.Limit{Limit: -1, Remaining: -1}})
+	r.ObserveHeaders(429, headersWith(func(h *keypool.RateLimitHeaders) { h.RetryAfter, h.HasRetryAfter = time.Minute, true }))
 	r.Settle(keypool.Result{Status: 429})
 	x.pool.WaitShared()
 	nc := mustRefuse(t, y, keypool.Request{Model: sonnet, Bytes: 400, Only: only})
@@ -322,9 +319,7 @@ func TestRedisDownStillServes(t *testing.T) {
 		if err := p.Acquire(context.Background(), &keypool.Request{Model: sonnet, Bytes: 400, Session: uint64(i + 1)}, r); err != nil {
 			t.Fatalf("request %d with Redis down: %v", i, err)
 		}
-		r.ObserveHeaders(200, keypool.RateLimitHeaders{Requests: keypool.Limit{Limit: 60, Remaining: 50},
-			InputTokens: keypool.Limit{Limit: -1, Remaining: -1}, OutputTokens: keypool.Limit{Limit: -1, Remaining: -1},
-			Tokens: keypool.Limit{Limit: -1, Remaining: -1}})
+		r.ObserveHeaders(200, headersWith(func(h *keypool.RateLimitHeaders) { h.Requests = keypool.Limit{Limit: 60, Remaining: 50} }))
 		r.Settle(ok200())
 		if d := time.Since(start); d > 3*failTimeout {
 			t.Fatalf("request %d took %v with Redis down", i, d)
@@ -491,10 +486,10 @@ func TestRestartedEmptyRedisIsRebuiltConservatively(t *testing.T) {
 	}
 	a.pool.WaitShared()
 	srv.Restart() // empty: no persistence
+	// The heartbeat finds the pool's epoch gone and starts a new one:
+	// this instance rebuilds the store from its mirror (or, had it
+	// fallen back meanwhile, the store's rejoin charges what it spent).
 	a.store.beat()
-	// The first call after the restart finds the connection gone and
-	// falls back; the next heartbeat rejoins and charges what the
-	// fallback budget spent.
 	mustAcquire(t, a, req).Settle(ok200())
 	a.pool.WaitShared()
 	a.store.beat()
@@ -508,8 +503,10 @@ func TestRestartedEmptyRedisIsRebuiltConservatively(t *testing.T) {
 			admitted++
 		}
 	}
-	if admitted >= 6 {
-		t.Fatalf("a fresh instance got the whole budget (%d) from a Redis restarted empty", admitted)
+	// 6 a minute, 5 spent by a: one is left (the test's run time may
+	// refill a fraction).
+	if admitted > 1 {
+		t.Fatalf("a fresh instance got %d of a budget of which 1 was left, from a Redis restarted empty", admitted)
 	}
 }
 
@@ -522,12 +519,10 @@ func TestSyncedInputIsNotCorrectedTwice(t *testing.T) {
 	a, b := newInstance(t, srv, key), newInstance(t, srv, key)
 	mustAcquire(t, b, keypool.Request{Model: sonnet, Bytes: 40}).Settle(ok200())
 	r := mustAcquire(t, a, keypool.Request{Model: sonnet, Bytes: 3200})
-	r.ObserveHeaders(200, keypool.RateLimitHeaders{
-		Requests:     keypool.Limit{Limit: -1, Remaining: -1},
-		InputTokens:  keypool.Limit{Limit: 10000, Remaining: 5000},
-		OutputTokens: keypool.Limit{Limit: -1, Remaining: -1},
-		Tokens:       keypool.Limit{Limit: -1, Remaining: -1},
-	})
+	r.ObserveHeaders(200, headersWith(func(h *keypool.RateLimitHeaders) {
+		h.InputTokens = keypool.Limit{Limit: 10000, Remaining: 5000}
+		h.Tokens = keypool.Limit{Limit: 10000, Remaining: 5000}
+	}))
 	// The real input was far below the estimate; the upstream's 5000
 	// (rounded down to thousands) already counts it.
 	r.Settle(keypool.Result{Status: 200, Usage: keypool.Usage{InputTokens: 100, HaveInput: true, OutputTokens: 1, HaveOutput: true}})
@@ -536,5 +531,61 @@ func TestSyncedInputIsNotCorrectedTwice(t *testing.T) {
 	got := b.pool.Snapshot().Keys[0].Budgets[0].InputTokens.Remaining
 	if got < 5000 || got > 6100 {
 		t.Fatalf("shared input level %d, want within the upstream's [5000, 5999] (plus refill)", got)
+	}
+}
+
+// A request admitted on one instance before a request on another, but
+// not yet counted by the upstream when the other's response says what is
+// left, is not handed out again: the sync stops below it.
+func TestSyncDoesNotRaisePastUnansweredRequestsOfOtherInstances(t *testing.T) {
+	srv := redistest.Start(t)
+	key := keypool.KeyConfig{Name: "a", Org: "o", Limits: keypool.Limits{RPM: 10}}
+	a, b := newInstance(t, srv, key), newInstance(t, srv, key)
+	req := keypool.Request{Model: sonnet, Bytes: 400}
+	e := mustAcquire(t, a, req) // still on its way to the upstream
+	r := mustAcquire(t, b, req)
+	// The upstream saw r, not yet e: 9 of 10 left.
+	r.ObserveHeaders(200, headersWith(func(h *keypool.RateLimitHeaders) { h.Requests = keypool.Limit{Limit: 10, Remaining: 9} }))
+	r.Settle(ok200())
+	b.pool.WaitShared()
+	a.pool.RefreshShared(context.Background())
+	if got := a.pool.Snapshot().Keys[0].Budgets[0].Requests.Remaining; got != 8 {
+		t.Fatalf("%d requests left after the sync, want 8: e is still coming", got)
+	}
+	e.Settle(ok200())
+}
+
+// An instance whose session table still pins a conversation to a key the
+// conversation left on another instance follows it: the pin read beside
+// the reservation wins, and the reservation on the old key is undone.
+func TestStalePinFollowsTheConversation(t *testing.T) {
+	srv := redistest.Start(t)
+	keys := []keypool.KeyConfig{{Name: "a", Org: "o1", Limits: keypool.Limits{RPM: 50}}, {Name: "b", Org: "o2", Limits: keypool.Limits{RPM: 50}}}
+	x, y := newInstance(t, srv, keys...), newInstance(t, srv, keys...)
+	onlyA, onlyB := []bool{true, false}, []bool{false, true}
+	const s = 42
+	r := mustAcquire(t, y, keypool.Request{Model: sonnet, Bytes: 4000, Session: s, Only: onlyA})
+	r.Settle(ok200())
+	y.pool.WaitShared()
+	// The conversation moves to b on x (a was out for it).
+	r = mustAcquire(t, x, keypool.Request{Model: sonnet, Bytes: 4400, Session: s, Only: onlyB})
+	r.Settle(ok200())
+	x.pool.WaitShared()
+	// y still pins it to a; the store says b.
+	r = mustAcquire(t, y, keypool.Request{Model: sonnet, Bytes: 4800, Session: s})
+	if r.KeyName() != "b" {
+		t.Fatalf("the next turn went to %s on the instance with a stale pin, want b", r.KeyName())
+	}
+	r.Settle(ok200())
+	y.pool.WaitShared()
+	// The undone reservation on a left nothing behind: a's organization
+	// has had one request (the first turn).
+	y.pool.RefreshShared(context.Background())
+	for _, k := range y.pool.Snapshot().Keys {
+		if k.Name == "a" {
+			if got := k.Budgets[0].Requests.Remaining; got != 49 {
+				t.Fatalf("a's organization has %d left, want 49", got)
+			}
+		}
 	}
 }

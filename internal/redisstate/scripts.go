@@ -9,6 +9,11 @@ import (
 // The scripts run with EVALSHA and fall back to EVAL when the server does
 // not know them (a restart empties its script cache): rueidis.Lua does both.
 var (
+	// preludeSrc holds the local functions the budget scripts share
+	// (Redis's clock, capacity, refill, expiry); each of those scripts is
+	// the prelude followed by its body, one self-contained script.
+	//go:embed lua/prelude.lua
+	preludeSrc string
 	//go:embed lua/reserve.lua
 	reserveSrc string
 	//go:embed lua/settle.lua
@@ -19,14 +24,17 @@ var (
 	untilSrc string
 	//go:embed lua/heartbeat.lua
 	heartbeatSrc string
+	//go:embed lua/spend.lua
+	spendSrc string
 	// enableSrc runs with a plain EVAL, pipelined with the HDEL of the
 	// disabled key: it is rare and short.
 	//go:embed lua/enable.lua
 	enableSrc string
 
-	reserveScript   = rueidis.NewLuaScript(reserveSrc)
-	settleScript    = rueidis.NewLuaScript(settleSrc)
-	syncScript      = rueidis.NewLuaScript(syncSrc)
+	reserveScript   = rueidis.NewLuaScript(preludeSrc + reserveSrc)
+	settleScript    = rueidis.NewLuaScript(preludeSrc + settleSrc)
+	syncScript      = rueidis.NewLuaScript(preludeSrc + syncSrc)
 	untilScript     = rueidis.NewLuaScript(untilSrc)
 	heartbeatScript = rueidis.NewLuaScript(heartbeatSrc)
+	spendScript     = rueidis.NewLuaScript(spendSrc)
 )

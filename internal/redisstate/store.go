@@ -16,9 +16,12 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/url"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/redis/rueidis"
@@ -114,6 +117,9 @@ func ClientOptions(rawURL string, timeout time.Duration) (rueidis.ClientOption, 
 	opt.ConnWriteTimeout = timeout
 	opt.DisableRetry = true
 	opt.DisableCache = true
+	// 2^2 = 4 connections pipelined (the client's default on this many
+	// cores, set so that maxReconnects covers them all).
+	opt.PipelineMultiplex = pipelineMultiplex
 	return opt, nil
 }
 
@@ -139,6 +145,12 @@ type Store struct {
 	// instance during an outage still reaches the others.
 	pendingMu sync.Mutex
 	pending   []pendingWrite
+
+	// epoch is the pool's epoch in Redis as last seen, and epochMine
+	// whether this instance's heartbeat set it.
+	epochMu   sync.Mutex
+	epoch     string
+	epochMine bool
 
 	stop chan struct{}
 	done chan struct{}
@@ -231,7 +243,7 @@ func (s *Store) call(parent context.Context, op string, fn func(ctx context.Cont
 	ctx, cancel := context.WithTimeout(parent, s.cfg.Timeout)
 	defer cancel()
 	start := time.Now()
-	err := fn(ctx, *c)
+	err := attempt(ctx, *c, fn)
 	if s.cfg.OnRoundTrip != nil {
 		s.cfg.OnRoundTrip(op, time.Since(start), err)
 	}
@@ -247,6 +259,35 @@ func (s *Store) call(parent context.Context, op string, fn func(ctx context.Cont
 }
 
 func isRedisNil(err error) bool { return rueidis.IsRedisNil(err) }
+
+// attempt runs fn, again while the connection it got was found closed
+// under the client (Redis restarted, a proxy dropped it): the client
+// dials anew once it has seen that, so more tries within the same
+// deadline tell a dead Redis from dead connections (the client multiplexes
+// a few, and each fails once). A script whose reply was lost may run
+// twice: a charge counted twice errs on the side of fewer 429s.
+func attempt(ctx context.Context, c rueidis.Client, fn func(ctx context.Context, c rueidis.Client) error) error {
+	err := fn(ctx, c)
+	for try := 0; brokenConn(err) && ctx.Err() == nil && try < maxReconnects; try++ {
+		err = fn(ctx, c)
+	}
+	return err
+}
+
+// maxReconnects bounds the tries on connections found closed: one more
+// than the client's 1<<pipelineMultiplex connections, each of which may
+// fail once.
+const (
+	pipelineMultiplex = 2
+	maxReconnects     = 1<<pipelineMultiplex + 1
+)
+
+// brokenConn reports an error of a connection that was closed, not of
+// Redis or of the deadline.
+func brokenConn(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
 
 // trip moves shared → local-fallback: the breaker opens.
 func (s *Store) trip(err error) {
@@ -276,11 +317,16 @@ func (s *Store) beat() {
 	defer cancel()
 	start := time.Now()
 	k := s.keys
-	vs, err := heartbeatScript.Exec(ctx, *c,
-		[]string{k.instances(), k.disabled(), k.orgIDs()},
-		[]string{s.cfg.Instance, fmtInt(s.cfg.Alive.Milliseconds())}).ToArray()
+	var vs []rueidis.RedisMessage
+	err := attempt(ctx, *c, func(ctx context.Context, c rueidis.Client) error {
+		var err error
+		vs, err = heartbeatScript.Exec(ctx, c,
+			[]string{k.instances(), k.disabled(), k.orgIDs(), k.epoch()},
+			[]string{s.cfg.Instance, fmtInt(s.cfg.Alive.Milliseconds()), s.cfg.Instance + ":" + fmtInt(time.Now().UnixNano())}).ToArray()
+		return err
+	})
 	s.report("heartbeat", time.Since(start), err)
-	if err != nil || len(vs) != 4 {
+	if err != nil || len(vs) != 6 {
 		if err == nil {
 			err = errors.New("redis: heartbeat reply malformed")
 		}
@@ -290,6 +336,8 @@ func (s *Store) beat() {
 	alive, _ := vs[1].AsInt64()
 	disabled, _ := vs[2].AsStrMap()
 	orgIDs, _ := vs[3].AsStrMap()
+	epoch, _ := vs[4].ToString()
+	created, _ := vs[5].AsInt64()
 	if disabled == nil {
 		disabled = map[string]string{}
 	}
@@ -301,6 +349,8 @@ func (s *Store) beat() {
 		InstancesAlive: int(alive),
 		Disabled:       disabled,
 		OrgIDs:         orgIDs,
+		Epoch:          epoch,
+		EpochMine:      s.ownEpoch(epoch, created == 1),
 		Refreshed:      time.Now(),
 	})
 	if s.Mode() == keypool.SharedModeLocalFallback {
@@ -317,6 +367,17 @@ func (s *Store) beat() {
 	}
 	// N for the next outage is the instances alive now.
 	s.share.Store(max(1, alive))
+}
+
+// ownEpoch reports whether this instance started the pool's current
+// epoch in the store (created says this heartbeat did), until it changes.
+func (s *Store) ownEpoch(epoch string, created bool) bool {
+	s.epochMu.Lock()
+	defer s.epochMu.Unlock()
+	if epoch != s.epoch {
+		s.epoch, s.epochMine = epoch, created
+	}
+	return s.epochMine
 }
 
 type pendingWrite struct {
@@ -351,7 +412,7 @@ func (s *Store) replay(c rueidis.Client) error {
 		w := s.pending[0]
 		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Timeout)
 		start := time.Now()
-		err := w.fn(ctx, c)
+		err := attempt(ctx, c, w.fn)
 		cancel()
 		s.report(w.op, time.Since(start), err)
 		if err != nil && !isRedisNil(err) {
@@ -379,7 +440,7 @@ func (s *Store) rejoin() error {
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Timeout)
 	defer cancel()
 	start := time.Now()
-	err := s.settleBatch(ctx, *c, debts)
+	err := attempt(ctx, *c, func(ctx context.Context, c rueidis.Client) error { return s.settleBatch(ctx, c, debts) })
 	s.report("rejoin", time.Since(start), err)
 	if err == nil {
 		s.local.reset()

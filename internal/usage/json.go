@@ -325,25 +325,27 @@ func (s *JSONScanner) endValue() {
 		return
 	}
 	v := *s.buf
+	d := getDecoder()
 	switch m {
 	case memberUsage:
-		var o usageObject
-		if decodeObject(v, &o) {
+		o := &d.usage
+		*o = usageObject{}
+		if d.decodeObject(v, o) {
 			s.u.clearCounts()
 			o.apply(&s.u)
 		}
 	case memberModel:
-		var model *string
-		if json.Unmarshal(v, &model) == nil && model != nil {
-			s.u.Model = *model
+		// A string, or null, which leaves the model alone.
+		d.model = ""
+		if d.decode(v, &d.model) && string(bytes.TrimSpace(v)) != "null" {
+			s.u.Model = d.model
 		}
 	case memberError:
-		var e struct {
-			Type string `json:"type"`
-		}
-		if decodeObject(v, &e) && e.Type != "" {
-			s.u.ErrorType = e.Type
+		d.err = errorObject{}
+		if d.decodeObject(v, &d.err) && d.err.Type != "" {
+			s.u.ErrorType = d.err.Type
 		}
 	}
+	d.release()
 	s.releaseBuf()
 }

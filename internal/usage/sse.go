@@ -367,15 +367,13 @@ func (s *SSEScanner) parse(data []byte) {
 // event is the data of an event the scanner reads, as the Messages API
 // sends it.
 type event struct {
-	Type    string `json:"type"`
+	Type    eventType `json:"type"`
 	Message struct {
 		Model string      `json:"model"`
 		Usage usageObject `json:"usage"`
 	} `json:"message"`
 	Usage usageObject `json:"usage"`
-	Error struct {
-		Type string `json:"type"`
-	} `json:"error"`
+	Error errorObject `json:"error"`
 }
 
 // applyEvent applies to u the data of an event named name ("" if it had no
@@ -385,23 +383,26 @@ type event struct {
 // the wrong type) is ignored; a count that is not an integer is only
 // absent.
 func applyEvent(u *Usage, data, name []byte) {
-	var ev event
-	if !decodeObject(data, &ev) {
+	d := getDecoder()
+	defer d.release()
+	ev := &d.ev
+	*ev = event{}
+	if !d.decodeObject(data, ev) {
 		return
 	}
 	typ := ev.Type
-	if typ == "" {
-		typ = string(name)
+	if typ == typeNone {
+		typ = typeOf(name)
 	}
 	switch typ {
-	case "message_start":
+	case typeMessageStart:
 		if ev.Message.Model != "" {
 			u.Model = ev.Message.Model
 		}
 		ev.Message.Usage.apply(u)
-	case "message_delta":
+	case typeMessageDelta:
 		ev.Usage.apply(u)
-	case "error":
+	case typeError:
 		if ev.Error.Type != "" {
 			u.ErrorType = ev.Error.Type
 		}

@@ -14,7 +14,6 @@
 package usage
 
 import (
-	"encoding/json"
 	"strconv"
 )
 
@@ -134,19 +133,6 @@ func (u *Usage) clearCounts() {
 // surround an event-stream value).
 func isSpace(c byte) bool {
 	return c == ' ' || c == '\t' || c == '\n' || c == '\r'
-}
-
-// decodeObject decodes raw, which must be a JSON object, into v with
-// encoding/json, and reports whether that succeeded.
-func decodeObject(raw []byte, v any) bool {
-	i := 0
-	for i < len(raw) && isSpace(raw[i]) {
-		i++
-	}
-	if i == len(raw) || raw[i] != '{' {
-		return false
-	}
-	return json.Unmarshal(raw, v) == nil
 }
 
 // appendBounded appends p to buf unless that would make buf longer than
