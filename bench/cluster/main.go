@@ -66,7 +66,7 @@ var (
 	flagDeltaDelay = flag.Duration("delta-delay", 100*time.Millisecond, "mock: pause before each of the 8 stream deltas")
 	flagSeed       = flag.Uint64("seed", 1, "seed of the generated traffic")
 	flagOut        = flag.String("out", "", "directory for the configurations and Caddy and Redis logs (default: a new temp dir)")
-	flagVerbose    = flag.Bool("v", false, "per-relay detail")
+	flagVerbose    = flag.Bool("v", false, "print the relays' metrics for the pool, summed")
 
 	flagSerial = flag.Int("serial", 0, "overhead: interleaved steps at one request in flight (default 3000, quick 1000)")
 	flagPairs  = flag.Int("pairs", 0, "overhead: pairs of rounds at 32 in flight (default 10, quick 5)")
