@@ -150,6 +150,11 @@ type SharedAdmission struct {
 	// its Sync, or a Settle that releases them.
 	Ahead [3]float64
 	Mode  SharedMode
+	// Ticket, when not nil, is the implementation's handle on a charge
+	// it admitted without a round trip and writes later: Marks and Ahead
+	// are then unknown (NaN, 0) here, and the request's SharedSync
+	// passes the ticket back so that the implementation fills them in.
+	Ticket any
 }
 
 // SharedCorrection is a signed correction to one budget.
@@ -183,6 +188,10 @@ type SharedSync struct {
 	// held as unanswered (its request and input charge), released now.
 	Ahead   [3]float64
 	Release [3]float64
+	// Ticket is the request's SharedAdmission.Ticket while its Marks
+	// still date its charge (nil otherwise): the implementation takes
+	// the marks and ahead from it where Mark is NaN.
+	Ticket any
 }
 
 // SharedSyncResult is the budget after a Sync.

@@ -17,10 +17,12 @@ import (
 // or park, and the request picks again — another organization, or a wait
 // in the local queue until the mirror says the budget has refilled.
 //
-// Per request: Reserve (one round trip), Sync when the response's headers
-// arrive (one), and a correction after it ends (sent in the background; the
-// client's auto-pipelining batches concurrent ones). A request with a
-// session also reads its pin (one) and writes it when it moves.
+// Per request: Reserve (one round trip near the limit, none far from it
+// with redisstate's lease), Sync when the response's headers arrive and a
+// correction after it ends (both in the background; redisstate batches
+// them). A request with a session reads its pin when this instance does
+// not know the session, or knows it and the reservation asked the store;
+// it writes the pin when it moves (and every half ttl, to keep it alive).
 
 // maxSharedTries bounds how often one request may be refused by the store
 // and pick again before it is refused itself; each refusal lowers the
@@ -33,20 +35,19 @@ func (p *Pool) acquireShared(ctx context.Context, req *Request, res *Reservation
 	p.applyView(sh.View())
 	// A session's pin is read from the store before the pick when this
 	// instance knows nothing of the session (its last turns went to other
-	// instances); when it does, the read goes out beside the reservation,
-	// so that admission costs one round trip, and a pin that moved
-	// meanwhile undoes the reservation and picks again.
-	pinned := ""
-	var pinRead chan string
+	// instances). A session this instance knows is served from its own
+	// table, and its pin is read only when the store admitted with a round
+	// trip anyway (near the limit, where moves happen: the pinned key ran
+	// out of capacity); a pin that moved on another instance then undoes
+	// the reservation and the request follows it. Far from the limit,
+	// where the store admits without a round trip (a lease: Ticket set),
+	// nothing is read: a move made elsewhere is followed here once this
+	// instance's reservations ask the store again.
+	pinned, read := "", false
+	known := false
 	if p.cfg.Sticky && req.Session != 0 {
-		if p.knowsSession(req.Session) {
-			pinRead = make(chan string, 1)
-			go func() {
-				name, _ := sh.Pinned(ctx, req.Session, time.Duration(p.ttl))
-				pinRead <- name
-			}()
-		} else {
-			pinned = p.followPin(ctx, req)
+		if known = p.knowsSession(req.Session); !known {
+			pinned, read = p.followPin(ctx, req), true
 		}
 	}
 	start := st.clock.Now()
@@ -71,18 +72,18 @@ func (p *Pool) acquireShared(ctx context.Context, req *Request, res *Reservation
 		b, admit, charge := p.sharedRequest(res)
 		a := sh.Reserve(ctx, b, admit, charge)
 		if p.applyAdmission(res, a, charge) {
-			key := res.ks.name
-			if pinRead != nil {
-				pinned = <-pinRead
-				pinRead = nil
-				if pinned != "" && pinned != key && p.follow(req, pinned) {
+			if known && a.Ticket == nil && a.Mode == SharedModeShared {
+				pinned, _ = sh.Pinned(ctx, req.Session, time.Duration(p.ttl))
+				read = true
+				if pinned != "" && pinned != res.ks.name && p.follow(req, pinned) {
 					// The conversation moved to another key on another
 					// instance: follow it there.
 					p.undoAdmission(res)
+					known = false
 					continue
 				}
 			}
-			if res.Sticky != StickyNone && pinned != key {
+			if key := res.ks.name; res.Sticky != StickyNone && p.sharePin(req.Session, res.Sticky, key, pinned, read) {
 				p.background(func(ctx context.Context) {
 					sh.Pin(ctx, req.Session, key, time.Duration(p.ttl))
 				})
@@ -102,6 +103,21 @@ func (p *Pool) acquireShared(ctx context.Context, req *Request, res *Reservation
 			return &NoCapacityError{RetryAfter: max(hint, 0)}
 		}
 	}
+}
+
+// sharePin reports whether the session's pin to key must be written to the
+// store: it differs from the pin read there, or (not read) this instance
+// pinned it anew (so is not a hit) or has not written it for half its ttl.
+func (p *Pool) sharePin(session uint64, so StickyOutcome, key, pinned string, read bool) bool {
+	st := p.st
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	now := st.clock.Now().UnixNano()
+	if read && pinned == key {
+		st.sticky.shareDue(session, now, p.ttl, true) // the read refreshed it
+		return false
+	}
+	return st.sticky.shareDue(session, now, p.ttl, read || so != StickyHit)
 }
 
 // knowsSession reports whether this instance's session table pins the
@@ -180,7 +196,7 @@ func (p *Pool) applyAdmission(res *Reservation, a SharedAdmission, charge [3]flo
 	p.mirror(res.idx, b, a.Levels, a.Known, a.Caps, a.Mode, now)
 	switch a.Outcome {
 	case SharedAdmitted:
-		res.link = &sharedLink{sh: p.cfg.Shared, charged: charge, marks: a.Marks, ahead: a.Ahead}
+		res.link = &sharedLink{sh: p.cfg.Shared, charged: charge, marks: a.Marks, ahead: a.Ahead, ticket: a.Ticket}
 		return true
 	case SharedCooling:
 		if at := capUntil(now, a.Until, MaxCooldown); at > b.coolUntil {
@@ -356,7 +372,10 @@ type sharedLink struct {
 	charged [numKinds]float64 // what the store charged at admission
 	marks   [numKinds]float64 // its running totals before that
 	ahead   [numKinds]float64 // the store's unanswered sums before that
-	phase   linkPhase
+	// ticket is the store's handle on a charge it admitted without a
+	// round trip (SharedAdmission.Ticket): marks and ahead come from it.
+	ticket any
+	phase  linkPhase
 	// final is the correction Settle left while a sync was in flight.
 	final SharedCorrection
 }
@@ -414,6 +433,7 @@ func (r *Reservation) observeShared(now int64, status int, h RateLimitHeaders, l
 		s.Mark[k] = math.NaN()
 		if r.marksValid() && o == r.o {
 			s.Mark[k] = l.marks[k]
+			s.Ticket = l.ticket
 		}
 		s.Gran[k] = 1
 		if k != kindRequests && lim.Remaining >= 0 && lim.Remaining%1000 == 0 {

@@ -22,12 +22,15 @@ type stickyEntry struct {
 	// The session's last request: body size and model class, to price
 	// the next turn of a conversation by what it added.
 	bytes, class int32
+	// shared is when this instance last wrote the pin to the shared
+	// store (unix ns; 0 never), which keeps it alive there.
+	shared int64
 }
 
 // stickyEntrySize is the approximate memory one pinned session costs: the
-// entry (40 bytes) plus a map slot (8-byte key, 4-byte value, control byte
-// and load-factor slack), about 64 bytes in all.
-const stickyEntrySize = 64
+// entry (48 bytes) plus a map slot (8-byte key, 4-byte value, control byte
+// and load-factor slack), about 72 bytes in all.
+const stickyEntrySize = 72
 
 func newStickyTable() *stickyTable {
 	return &stickyTable{idx: map[uint64]int32{}, head: -1, tail: -1}
@@ -135,6 +138,23 @@ func (t *stickyTable) pin(h uint64, ks *keyState, now, ttl int64, maxEntries int
 	ks.sticky++
 	t.idx[h] = i
 	t.pushFront(i)
+}
+
+// shareDue reports whether the session's pin should be written to the
+// shared store now: force (it changed), never written by this instance, or
+// last written more than half its ttl ago (the store's copy would expire
+// while the conversation goes on here). It records the write.
+func (t *stickyTable) shareDue(h uint64, now, ttl int64, force bool) bool {
+	i, ok := t.idx[h]
+	if !ok {
+		return force
+	}
+	e := &t.entries[i]
+	if !force && e.shared != 0 && now-e.shared < ttl/2 {
+		return false
+	}
+	e.shared = now
+	return true
 }
 
 // dropKey forgets every session pinned to ks (the key left the config).

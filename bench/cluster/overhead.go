@@ -164,7 +164,7 @@ func runOverhead(e *env) bool {
 	pairedMed := ccload.Pct(paired, 50)
 
 	// Many in flight.
-	calls0, usec0, _ := scriptStats(rdb)
+	stats0, _ := readRedisStats(rdb)
 	var sentR int
 	var ratios, rpsL, rpsR []float64
 	for i := range pairs {
@@ -191,9 +191,12 @@ func runOverhead(e *env) bool {
 	lo, hi := slices.Min(ratios), slices.Max(ratios)
 	fmt.Fprintf(tw, "%d\treq/s (median of %d rounds)\t%.0f\t%.0f\t%.3fx [%.3f … %.3f]\t\n", conc, pairs, median(rpsL), median(rpsR), median(ratios), lo, hi)
 	tw.Flush()
-	if calls1, usec1, err := scriptStats(rdb); err == nil {
+	if stats1, err := readRedisStats(rdb); err == nil {
+		calls0, usec0 := stats0.scripts()
+		calls1, usec1 := stats1.scripts()
 		fmt.Printf("Redis during the %d-in-flight rounds: %.2f scripts (EVALSHA/EVAL) run, %.0f µs of redis-server time in them, per request\n"+
 			"with Redis (INFO commandstats; the relay's heartbeat included)\n", conc, float64(calls1-calls0)/float64(max(sentR, 1)), float64(usec1-usec0)/float64(max(sentR, 1)))
+		perRequest(stats0, stats1, sentR)
 	}
 	fmt.Printf("errors: without Redis %d, with Redis %d\n", errs["local"], errs["redis"])
 	ok := added <= 200*time.Microsecond && median(ratios) >= 0.85 && errs["local"]+errs["redis"] == 0
@@ -238,17 +241,25 @@ func median(v []float64) float64 {
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
-// scriptStats sums the calls and microseconds of the scripts redis-server
-// ran (EVALSHA and EVAL in INFO commandstats; the commands a script calls
-// are counted there too, so they are left out).
-func scriptStats(rdb *redistest.Server) (calls, usec int64, err error) {
+// redisStats is what redis-server reports of its work: per command the
+// calls and microseconds (INFO commandstats; the commands a script calls
+// count there too), and the CPU time of the whole process (INFO cpu: user +
+// system, which includes reading and writing the connections).
+type redisStats struct {
+	calls, usec map[string]int64
+	cpu         float64 // seconds
+}
+
+func readRedisStats(rdb *redistest.Server) (redisStats, error) {
+	st := redisStats{calls: map[string]int64{}, usec: map[string]int64{}}
 	info, err := rdb.Do("INFO", "commandstats")
 	if err != nil {
-		return 0, 0, err
+		return st, err
 	}
 	for _, line := range strings.Split(info, "\n") {
 		name, fields, ok := strings.Cut(strings.TrimSpace(line), ":")
-		if !ok || (name != "cmdstat_evalsha" && name != "cmdstat_eval") {
+		cmd, isCmd := strings.CutPrefix(name, "cmdstat_")
+		if !ok || !isCmd {
 			continue
 		}
 		for _, f := range strings.Split(fields, ",") {
@@ -256,11 +267,45 @@ func scriptStats(rdb *redistest.Server) (calls, usec int64, err error) {
 			n, _ := strconv.ParseInt(v, 10, 64)
 			switch k {
 			case "calls":
-				calls += n
+				st.calls[cmd] += n
 			case "usec":
-				usec += n
+				st.usec[cmd] += n
 			}
 		}
 	}
-	return calls, usec, nil
+	info, err = rdb.Do("INFO", "cpu")
+	if err != nil {
+		return st, err
+	}
+	for _, line := range strings.Split(info, "\n") {
+		k, v, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if ok && (k == "used_cpu_sys" || k == "used_cpu_user") {
+			f, _ := strconv.ParseFloat(v, 64)
+			st.cpu += f
+		}
+	}
+	return st, nil
+}
+
+// scripts is the scripts run (EVALSHA and EVAL) and their microseconds.
+func (st redisStats) scripts() (calls, usec int64) {
+	return st.calls["evalsha"] + st.calls["eval"], st.usec["evalsha"] + st.usec["eval"]
+}
+
+// perRequest prints, per request sent, what redis-server did between a
+// and b: its CPU, and every command's calls and microseconds.
+func perRequest(a, b redisStats, n int) {
+	d := float64(max(n, 1))
+	fmt.Printf("redis-server CPU (INFO cpu, user + sys): %.0f µs per request; per command, calls / µs per request:", (b.cpu-a.cpu)*1e6/d)
+	cmds := make([]string, 0, len(b.calls))
+	for c := range b.calls {
+		if b.calls[c] > a.calls[c] {
+			cmds = append(cmds, c)
+		}
+	}
+	slices.Sort(cmds)
+	for _, c := range cmds {
+		fmt.Printf(" %s %.2f / %.1f", c, float64(b.calls[c]-a.calls[c])/d, float64(b.usec[c]-a.usec[c])/d)
+	}
+	fmt.Println()
 }

@@ -34,62 +34,26 @@ func num(m rueidis.RedisMessage) float64 {
 
 func (s *Store) ttlMillis() string { return fmtInt(s.cfg.BucketTTL.Milliseconds()) }
 
-// Reserve admits a request against an organization × class budget with one
-// script: the whole admission is one round trip.
+// Reserve admits a request against an organization × class budget: far
+// from the limit from this instance's lease on its share of the headroom
+// (no round trip; the charge is written with the next flush), else with
+// one script that Redis runs behind this instance's queued charges (see
+// flush.go).
 func (s *Store) Reserve(ctx context.Context, b keypool.SharedBudget, admit, charge [3]float64) keypool.SharedAdmission {
-	var vs []rueidis.RedisMessage
-	err := s.call(ctx, "reserve", func(ctx context.Context, c rueidis.Client) error {
-		args := make([]string, 0, 10)
-		for _, v := range b.Caps {
-			args = append(args, fmtFloat(max(v, 0)))
-		}
-		for _, v := range admit {
-			args = append(args, fmtFloat(v))
-		}
-		for _, v := range charge {
-			args = append(args, fmtFloat(v))
-		}
-		args = append(args, s.ttlMillis())
-		// What the request holds as unanswered: its request and input.
-		args = append(args, fmtFloat(charge[0]), fmtFloat(charge[1]), "0")
-		var err error
-		vs, err = reserveScript.Exec(ctx, c, []string{s.keys.budget(b.Org, b.Class), s.keys.org(b.Org)}, args).ToArray()
-		if err == nil && len(vs) != 15 {
-			err = errMalformed
-		}
-		return err
-	})
-	if err != nil {
+	if s.Mode() != keypool.SharedModeShared {
 		return s.local.reserve(b, admit, charge)
 	}
-	a := keypool.SharedAdmission{Mode: keypool.SharedModeShared}
-	outcome, _ := vs[0].AsInt64()
-	for i := range 3 {
-		a.Levels[i] = num(vs[3+i])
-		a.Known[i] = !math.IsNaN(a.Levels[i])
-		a.Marks[i] = num(vs[6+i])
-		a.Caps[i] = num(vs[9+i])
-		if v := num(vs[12+i]); v > 0 { // NaN on a refusal
-			a.Ahead[i] = v
+	// A reservation of nothing is a read (RefreshShared): Redis answers.
+	if admit != ([3]float64{}) || charge != ([3]float64{}) {
+		if a, ok := s.lease(b, admit, charge); ok {
+			return a
 		}
 	}
-	switch outcome {
-	case 0:
-		a.Outcome = keypool.SharedAdmitted
-	case 1:
-		a.Outcome = keypool.SharedWait
-		a.Wait = time.Duration(num(vs[1])) * time.Microsecond
-	case 2, 3:
-		a.Outcome = keypool.SharedCooling
-		if outcome == 3 {
-			a.Outcome = keypool.SharedParked
-		}
-		a.Until = time.UnixMilli(int64(num(vs[1])))
-		a.Reason, _ = vs[2].ToString()
-		return a
+	r, ok := s.submit(ctx, b, &op{kind: opReserve, admit: admit, charge: charge}, true)
+	if !ok {
+		return s.local.reserve(b, admit, charge)
 	}
-	s.local.remember(b, a.Levels, a.Known, a.Caps)
-	return a
+	return r.a
 }
 
 type malformed struct{}
@@ -98,21 +62,20 @@ func (malformed) Error() string { return "redis: script reply malformed" }
 
 var errMalformed error = malformed{}
 
-// Settle applies the corrections in one pipelined batch.
+// Settle applies the corrections with the next flush and waits for it.
 func (s *Store) Settle(ctx context.Context, cs []keypool.SharedCorrection) keypool.SharedMode {
 	if len(cs) == 0 {
 		return s.Mode()
 	}
-	err := s.call(ctx, "settle", func(ctx context.Context, c rueidis.Client) error {
-		return s.settleBatch(ctx, c, cs)
-	})
-	if err != nil {
+	if s.Mode() != keypool.SharedModeShared || !s.submitAll(ctx, cs) {
 		s.local.settle(cs)
 		return keypool.SharedModeLocalFallback
 	}
 	return keypool.SharedModeShared
 }
 
+// settleBatch applies corrections at once, one settle.lua each in one
+// pipeline: the rejoin's charge of what was spent during an outage.
 func (s *Store) settleBatch(ctx context.Context, c rueidis.Client, cs []keypool.SharedCorrection) error {
 	execs := make([]rueidis.LuaExec, len(cs))
 	for i, cr := range cs {
@@ -137,55 +100,18 @@ func (s *Store) settleBatch(ctx context.Context, c rueidis.Client, cs []keypool.
 	return nil
 }
 
-// Sync learns from one response's rate-limit headers.
+// Sync learns from one response's rate-limit headers with the next flush
+// and waits for it.
 func (s *Store) Sync(ctx context.Context, sy keypool.SharedSync) keypool.SharedSyncResult {
-	var vs []rueidis.RedisMessage
-	err := s.call(ctx, "sync", func(ctx context.Context, c rueidis.Client) error {
-		obs := int64(0)
-		if !sy.Observed.IsZero() {
-			obs = sy.Observed.UnixMilli()
-		}
-		args := make([]string, 0, 24)
-		args = append(args, fmtInt(obs), s.ttlMillis(), fmtFloat(s.cfg.MaxLimit))
-		for i := range 3 {
-			mark := ""
-			if !math.IsNaN(sy.Mark[i]) {
-				mark = fmtFloat(sy.Mark[i])
-			}
-			raise := "0"
-			if sy.Raise[i] {
-				raise = "1"
-			}
-			args = append(args, fmtFloat(max(sy.Budget.Caps[i], 0)), fmtInt(sy.Limit[i]), fmtInt(sy.Remaining[i]),
-				mark, fmtFloat(sy.Own[i]), fmtFloat(max(sy.Gran[i], 1)), raise)
-		}
-		for _, v := range sy.Ahead {
-			args = append(args, fmtFloat(max(v, 0)))
-		}
-		for _, v := range sy.Release {
-			args = append(args, fmtFloat(v))
-		}
-		var err error
-		vs, err = syncScript.Exec(ctx, c, []string{s.keys.budget(sy.Budget.Org, sy.Budget.Class)}, args).ToArray()
-		if err == nil && len(vs) != 9 {
-			err = errMalformed
-		}
-		return err
-	})
-	if err != nil {
+	if s.Mode() != keypool.SharedModeShared {
 		return s.local.sync(sy)
 	}
-	r := keypool.SharedSyncResult{Mode: keypool.SharedModeShared}
-	var known [3]bool
-	for i := range 3 {
-		m, _ := vs[i].AsInt64()
-		r.Moved[i] = m == 1
-		r.Levels[i] = num(vs[3+i])
-		r.Caps[i] = num(vs[6+i])
-		known[i] = !math.IsNaN(r.Levels[i])
+	t, _ := sy.Ticket.(*ticket)
+	r, ok := s.submit(ctx, sy.Budget, &op{kind: opSync, sync: sy, t: t}, false)
+	if !ok {
+		return s.local.sync(sy)
 	}
-	s.local.remember(sy.Budget, r.Levels, known, r.Caps)
-	return r
+	return r.sync
 }
 
 func (s *Store) until(ctx context.Context, op, key, field string, until time.Time, reason string, longest time.Duration) error {

@@ -18,8 +18,8 @@ var (
 	reserveSrc string
 	//go:embed lua/settle.lua
 	settleSrc string
-	//go:embed lua/sync.lua
-	syncSrc string
+	//go:embed lua/flush.lua
+	flushSrc string
 	//go:embed lua/until.lua
 	untilSrc string
 	//go:embed lua/heartbeat.lua
@@ -33,7 +33,7 @@ var (
 
 	reserveScript   = rueidis.NewLuaScript(preludeSrc + reserveSrc)
 	settleScript    = rueidis.NewLuaScript(preludeSrc + settleSrc)
-	syncScript      = rueidis.NewLuaScript(preludeSrc + syncSrc)
+	flushScript     = rueidis.NewLuaScript(preludeSrc + flushSrc)
 	untilScript     = rueidis.NewLuaScript(untilSrc)
 	heartbeatScript = rueidis.NewLuaScript(heartbeatSrc)
 	spendScript     = rueidis.NewLuaScript(spendSrc)

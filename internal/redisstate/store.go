@@ -4,7 +4,9 @@
 // names a redis URL.
 //
 // Every operation is one server-side script or command with a short
-// timeout and no client-level retry. The first failure trips a circuit
+// timeout and no client-level retry; the budget scripts of many requests
+// go in batches (flush.go), and far from the limit admission makes no
+// round trip. The first failure trips a circuit
 // breaker: the store stops calling Redis on the request path and answers
 // from local budgets of this instance's share of each limit until the
 // heartbeat's probe (about once a second) succeeds again.
@@ -51,6 +53,15 @@ type Config struct {
 	// default 130 s: longer than a refill from the debt bound (one capacity
 	// below zero) to full, so an expired bucket is a full one.
 	BucketTTL time.Duration
+	// FlushInterval is how long corrections, header syncs and the charges
+	// of requests admitted without a round trip may wait to be sent to
+	// Redis in one batch (see flush.go); default 20 ms. A view of a
+	// budget older than two intervals is not trusted for admission.
+	FlushInterval time.Duration
+	// LeaseFloor is the share of each limit below which every admission
+	// asks Redis; above it an instance admits without a round trip (see
+	// flush.go); default 0.1. 1 makes every admission ask Redis.
+	LeaseFloor float64
 	// MaxPark is the furthest ahead a park may lie; default 31 days.
 	MaxPark time.Duration
 	// MaxLimit bounds a limit learned from headers; default 1e9.
@@ -81,6 +92,12 @@ func (c *Config) setDefaults() {
 	}
 	if c.BucketTTL <= 0 {
 		c.BucketTTL = 130 * time.Second
+	}
+	if c.FlushInterval <= 0 {
+		c.FlushInterval = 20 * time.Millisecond
+	}
+	if c.LeaseFloor <= 0 {
+		c.LeaseFloor = 0.1
 	}
 	if c.MaxPark <= 0 {
 		c.MaxPark = 31 * 24 * time.Hour
@@ -152,6 +169,10 @@ type Store struct {
 	epoch     string
 	epochMine bool
 
+	// flush batches the budget scripts (flush.go).
+	flush     flusher
+	flushDone chan struct{}
+
 	stop chan struct{}
 	done chan struct{}
 	once sync.Once
@@ -167,18 +188,21 @@ func New(cfg Config) (*Store, error) {
 		return nil, err
 	}
 	s := &Store{
-		cfg:  cfg,
-		opt:  opt,
-		keys: keys{prefix: cfg.Prefix, pool: cfg.Pool},
-		stop: make(chan struct{}),
-		done: make(chan struct{}),
+		cfg:       cfg,
+		opt:       opt,
+		keys:      keys{prefix: cfg.Prefix, pool: cfg.Pool},
+		stop:      make(chan struct{}),
+		done:      make(chan struct{}),
+		flushDone: make(chan struct{}),
 	}
+	s.flush.init()
 	s.local.init(cfg.Clock)
 	s.share.Store(1)
 	s.mode.Store(uint32(keypool.SharedModeLocalFallback))
 	s.view.Store(&keypool.SharedView{Instance: cfg.Instance, Mode: keypool.SharedModeLocalFallback, InstancesAlive: 1})
 	s.beat() // join now if Redis answers
 	go s.run()
+	go s.runFlusher()
 	return s, nil
 }
 
@@ -198,8 +222,12 @@ func (s *Store) View() keypool.SharedView {
 // Close stops the heartbeat, leaves the registry and closes the client.
 func (s *Store) Close() error {
 	s.once.Do(func() {
+		s.flush.mu.Lock()
+		s.flush.closed = true
+		s.flush.mu.Unlock()
 		close(s.stop)
 		<-s.done
+		<-s.flushDone // the last flush sends what was queued
 		if c := s.client.Load(); c != nil {
 			if s.Mode() == keypool.SharedModeShared {
 				ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Timeout)

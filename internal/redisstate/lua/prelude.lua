@@ -1,5 +1,5 @@
 -- prelude: the arithmetic the budget scripts share. scripts.go prepends it
--- once to each of reserve, settle and sync at load, so each script sent to
+-- once to each of reserve, settle and flush at load, so each script sent to
 -- Redis still stands alone (EVALSHA of one body).
 
 -- now_us is Redis's clock in microseconds: the one clock every instance's
