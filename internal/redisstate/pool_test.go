@@ -563,7 +563,6 @@ func TestSyncDoesNotRaisePastUnansweredRequestsOfOtherInstances(t *testing.T) {
 
 // An instance whose session table still pins a conversation to a key the
 
-
 func TestStalePinFollowsTheConversation(t *testing.T) {
 	srv := redistest.Start(t)
 	keys := []keypool.KeyConfig{{Name: "a", Org: "o1", Limits: keypool.Limits{RPM: 50}}, {Name: "b", Org: "o2", Limits: keypool.Limits{RPM: 50}}}
