@@ -461,6 +461,14 @@ func (r *Reservation) observeShared(now int64, status int, h RateLimitHeaders, l
 	idx, class, tracksInput := r.idx, r.class, s.Remaining[kindInput] >= 0
 	p.background(func(ctx context.Context) {
 		res := l.sh.Sync(ctx, s)
+		var final []SharedCorrection
+		// The correction goes out after the lock is released: the store
+		// may hold it for its next batch.
+		defer func() {
+			if final != nil {
+				l.sh.Settle(ctx, final)
+			}
+		}()
 		st.mu.Lock()
 		defer st.mu.Unlock()
 		known := [3]bool{!math.IsNaN(res.Levels[0]), !math.IsNaN(res.Levels[1]), !math.IsNaN(res.Levels[2])}
@@ -478,7 +486,7 @@ func (r *Reservation) observeShared(now int64, status int, h RateLimitHeaders, l
 				l.final.Delta[kindInput] = 0
 			}
 			if l.final.Delta != [3]float64{} {
-				l.sh.Settle(ctx, []SharedCorrection{l.final})
+				final = []SharedCorrection{l.final}
 			}
 		}
 	})

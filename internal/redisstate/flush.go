@@ -22,28 +22,32 @@ import (
 //
 // Far from the limit admission needs no round trip: every flush's reply
 // tells this instance its budgets' levels (its view), and while the view
-// is fresh the instance admits locally (a lease) what it may spend before
-// its next view without any instance's admission taking the shared bucket
-// below zero. With F = LeaseFloor × capacity, N instances alive (one more
-// than the last heartbeat counted, for one that joined since), since =
-// what this instance charged that its view does not hold yet, and the
-// view's level refilled to now, a request is admitted locally when
+// is fresh the instance admits locally (a lease) a small share of what it
+// saw: with N the instances alive (one more than the last heartbeat
+// counted, for one that joined since), since what this instance charged
+// that its view does not hold yet and level the view's level refilled to
+// now, a request is admitted locally when, for every bucket,
 //
-//	since + admit ≤ F / N   and   since + admit ≤ (level − F) / N.
+//	since + admit ≤ LeaseShare × level / N        (LeaseShare 0.1)
 //
-// Why that holds: each instance's charges that Redis has not applied, or
-// that another's view does not show, are at most F/N (the first bound), so
-// a view overstates the bucket by at most (N − 1)·F/N and the level
-// after every instance's unseen charges is at least level − F ≥ N·(since
-// + admit) > 0 (the second). Those charges go to Redis with the next flush
-// (write-behind), whose reply refreshes the view. Near the limit (the
-// level below F plus the instances' shares), with a view older than two
-// flush intervals (an idle instance knows nothing of the others' spending)
-// or in a cooldown or park, admission waits for Redis: the reservation
-// rides an immediate flush behind this instance's queued charges, so Redis
-// decides on the whole account. A busy pool far from its limits (the
-// overhead benchmark) thus admits without a round trip, and one that
-// spends close to them (bench/cluster's quota run) admits as before.
+// so that all instances together charge Redis at most a tenth of the
+// level between two views of theirs. A view is trusted for two flush
+// intervals (40 ms), in which an instance refreshes it about twice: the
+// others' unseen charges come to at most about 2 × 0.1 of the level, and
+// no instance admits what the shared bucket would have refused unless
+// the level fell by most of itself within 40 ms, which the same rule on
+// every instance does not allow. (A share of the capacity instead of the
+// level would not shrink near the limit, and a configured limit above the
+// upstream's leaves the level far below capacity for good.) The charges
+// go to Redis with the next flush (write-behind), whose reply refreshes
+// the view. Near the limit (a tenth of the level split N ways is less
+// than the request), with a view older than two flush intervals (an idle
+// instance knows nothing of the others' spending) or in a cooldown or
+// park, admission waits for Redis: the reservation rides an immediate
+// flush behind this instance's queued charges, so Redis decides on the
+// whole account. A busy pool far from its limits (the overhead benchmark)
+// thus admits without a round trip, and one that spends close to them
+// (bench/cluster's quota run) mostly as before.
 
 // opKind is what a queued operation asks of its budget.
 type opKind uint8
@@ -248,7 +252,7 @@ func (s *Store) lease(b keypool.SharedBudget, admit, charge [3]float64) (keypool
 	k := keyOf(b)
 	v := f.views[k]
 	now := s.cfg.Clock.Now().UnixNano()
-	if f.closed || v == nil || now-v.at > int64(2*s.cfg.FlushInterval) || v.cool > now || v.park > now {
+	if s.cfg.LeaseShare <= 0 || f.closed || v == nil || now-v.at > int64(2*s.cfg.FlushInterval) || v.cool > now || v.park > now {
 		return keypool.SharedAdmission{}, false
 	}
 	// One instance more than the last heartbeat counted: one that joined
@@ -261,8 +265,7 @@ func (s *Store) lease(b keypool.SharedBudget, admit, charge [3]float64) (keypool
 			continue
 		}
 		lv[i] = min(c, v.levels[i]+float64(now-v.at)*c/nanosPerMinute)
-		floor, need := s.cfg.LeaseFloor*c, v.since[i]+admit[i]
-		if need > floor/n || need > (lv[i]-floor)/n {
+		if v.since[i]+admit[i] > s.cfg.LeaseShare*lv[i]/n {
 			return keypool.SharedAdmission{}, false
 		}
 	}

@@ -58,10 +58,10 @@ type Config struct {
 	// Redis in one batch (see flush.go); default 20 ms. A view of a
 	// budget older than two intervals is not trusted for admission.
 	FlushInterval time.Duration
-	// LeaseFloor is the share of each limit below which every admission
-	// asks Redis; above it an instance admits without a round trip (see
-	// flush.go); default 0.1. 1 makes every admission ask Redis.
-	LeaseFloor float64
+	// LeaseShare is the share of each bucket's level that the instances
+	// together may admit without a round trip between two views of it
+	// (see flush.go); default 0.1. Negative: every admission asks Redis.
+	LeaseShare float64
 	// MaxPark is the furthest ahead a park may lie; default 31 days.
 	MaxPark time.Duration
 	// MaxLimit bounds a limit learned from headers; default 1e9.
@@ -96,8 +96,8 @@ func (c *Config) setDefaults() {
 	if c.FlushInterval <= 0 {
 		c.FlushInterval = 20 * time.Millisecond
 	}
-	if c.LeaseFloor <= 0 {
-		c.LeaseFloor = 0.1
+	if c.LeaseShare == 0 {
+		c.LeaseShare = 0.1
 	}
 	if c.MaxPark <= 0 {
 		c.MaxPark = 31 * 24 * time.Hour

@@ -36,7 +36,7 @@ func newStore(t *testing.T, srv *redistest.Server, mod ...func(*Config)) *Store 
 
 // askEveryTime makes every admission a round trip (no lease): for the
 // tests of what Redis decides per reservation.
-func askEveryTime(c *Config) { c.LeaseFloor = 1 }
+func askEveryTime(c *Config) { c.LeaseShare = -1 }
 
 // failTimeout is the timeout of the tests that stall or kill Redis: the
 // default 100 ms with room for a loaded machine; they assert that calls
@@ -313,7 +313,7 @@ func TestBreakerOnStalledRedis(t *testing.T) {
 	var mu sync.Mutex
 	s := newStore(t, srv, func(c *Config) {
 		c.Timeout = failTimeout
-		c.LeaseFloor = 1 // every reservation a round trip: the breaker is about those
+		c.LeaseShare = -1 // every reservation a round trip: the breaker is about those
 		c.OnRoundTrip = func(op string, d time.Duration, err error) {
 			if op == "flush" {
 				calls.Add(1)
@@ -397,7 +397,7 @@ func TestBreakerOnStalledRedis(t *testing.T) {
 // and the empty bucket is charged with what was spent meanwhile.
 func TestKillAndRestartEmpty(t *testing.T) {
 	srv := redistest.Start(t)
-	s := newStore(t, srv, func(c *Config) { c.Timeout, c.LeaseFloor = failTimeout, 1 })
+	s := newStore(t, srv, func(c *Config) { c.Timeout, c.LeaseShare = failTimeout, -1 })
 	ctx := context.Background()
 	b := budget("cfg:k", 60, 0, 0)
 	for range 30 {
