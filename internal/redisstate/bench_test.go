@@ -29,7 +29,7 @@ func BenchmarkReserveClient(b *testing.B) {
 	args := func(i int64) ([]string, []string) {
 		org := "cfg:o" + strconv.FormatInt(i%64, 10)
 		return []string{k.budget(org, "sonnet"), k.org(org)},
-			[]string{"1e9", "1e12", "1e12", "1", "4400", "0", "1", "4000", "0", "130000"}
+			[]string{"1e9", "1e12", "1e12", "130000", "1e9", "r", "1", "4400", "0", "1", "4000", "0"}
 	}
 
 	ropt, err := ClientOptions(srv.URL(), benchTimeout)
@@ -50,7 +50,7 @@ func BenchmarkReserveClient(b *testing.B) {
 	gopt.PoolSize = 32
 	gc := redis.NewClient(gopt)
 	defer gc.Close()
-	gscript := redis.NewScript(reserveSrc)
+	gscript := redis.NewScript(preludeSrc + flushSrc)
 
 	ctx := context.Background()
 	clients := []struct {
@@ -59,7 +59,7 @@ func BenchmarkReserveClient(b *testing.B) {
 	}{
 		{"rueidis", func(i int64) error {
 			ks, as := args(i)
-			return reserveScript.Exec(ctx, rc, ks, as).Error()
+			return flushScript.Exec(ctx, rc, ks, as).Error()
 		}},
 		{"go-redis", func(i int64) error {
 			ks, as := args(i)

@@ -74,25 +74,15 @@ func (s *Store) Settle(ctx context.Context, cs []keypool.SharedCorrection) keypo
 	return keypool.SharedModeShared
 }
 
-// settleBatch applies corrections at once, one settle.lua each in one
+// settleBatch applies corrections at once, one flush.lua each in one
 // pipeline: the rejoin's charge of what was spent during an outage.
 func (s *Store) settleBatch(ctx context.Context, c rueidis.Client, cs []keypool.SharedCorrection) error {
 	execs := make([]rueidis.LuaExec, len(cs))
 	for i, cr := range cs {
-		args := make([]string, 0, 10)
-		for _, v := range cr.Budget.Caps {
-			args = append(args, fmtFloat(max(v, 0)))
-		}
-		for _, v := range cr.Delta {
-			args = append(args, fmtFloat(v))
-		}
-		args = append(args, s.ttlMillis())
-		for _, v := range cr.Release {
-			args = append(args, fmtFloat(v))
-		}
-		execs[i] = rueidis.LuaExec{Keys: []string{s.keys.budget(cr.Budget.Org, cr.Budget.Class)}, Args: args}
+		bt := &batch{b: cr.Budget, ops: []*op{{kind: opSettle, corr: cr}}}
+		execs[i] = rueidis.LuaExec{Keys: []string{s.keys.budget(cr.Budget.Org, cr.Budget.Class), s.keys.org(cr.Budget.Org)}, Args: s.flushArgs(bt)}
 	}
-	for _, r := range settleScript.ExecMulti(ctx, c, execs...) {
+	for _, r := range flushScript.ExecMulti(ctx, c, execs...) {
 		if err := r.Error(); err != nil {
 			return err
 		}

@@ -9,15 +9,11 @@ import (
 // The scripts run with EVALSHA and fall back to EVAL when the server does
 // not know them (a restart empties its script cache): rueidis.Lua does both.
 var (
-	// preludeSrc holds the local functions the budget scripts share
-	// (Redis's clock, capacity, refill, expiry); each of those scripts is
-	// the prelude followed by its body, one self-contained script.
+	// preludeSrc holds the local functions of the budget arithmetic
+	// (Redis's clock, capacity, refill, expiry); the budget script is the
+	// prelude followed by flush.lua, one self-contained script.
 	//go:embed lua/prelude.lua
 	preludeSrc string
-	//go:embed lua/reserve.lua
-	reserveSrc string
-	//go:embed lua/settle.lua
-	settleSrc string
 	//go:embed lua/flush.lua
 	flushSrc string
 	//go:embed lua/until.lua
@@ -31,8 +27,6 @@ var (
 	//go:embed lua/enable.lua
 	enableSrc string
 
-	reserveScript   = rueidis.NewLuaScript(preludeSrc + reserveSrc)
-	settleScript    = rueidis.NewLuaScript(preludeSrc + settleSrc)
 	flushScript     = rueidis.NewLuaScript(preludeSrc + flushSrc)
 	untilScript     = rueidis.NewLuaScript(untilSrc)
 	heartbeatScript = rueidis.NewLuaScript(heartbeatSrc)

@@ -1,6 +1,6 @@
--- prelude: the arithmetic the budget scripts share. scripts.go prepends it
--- once to each of reserve, settle and flush at load, so each script sent to
--- Redis still stands alone (EVALSHA of one body).
+-- prelude: the budget arithmetic (Redis's clock, capacity, refill,
+-- expiry). scripts.go prepends it to flush.lua at load, so the script sent
+-- to Redis still stands alone (EVALSHA of one body).
 
 -- now_us is Redis's clock in microseconds: the one clock every instance's
 -- refill is timed by.
