@@ -1,25 +1,38 @@
 -- flush: one budget's queued operations, in the order the instance made
--- them, in one script: what reserve.lua, settle.lua and sync.lua do for one
--- request each, here for a batch (one round trip and one script per budget
--- per flush instead of two or three scripts per request). The hash is read
--- once and written once.
+-- them, in one script (one round trip and one script per budget per flush,
+-- not one or more per request). The hash is read once and written once.
 -- Runs after prelude.lua (now_us, capacity, refill, keep), prepended at load.
 -- KEYS[1] budget hash, KEYS[2] organization hash (same hash slot).
 -- ARGV[1..3] configured caps (0: learned limit m1..m3), ARGV[4] expiry ms,
 -- ARGV[5] max limit, then the operations, each its kind and its fields:
---   'r' admit1..3 charge1..3: a reservation (reserve.lua's rule; holds
---       its request and input as unanswered)
+--   'r' admit1..3 charge1..3: a reservation. Refused while the organization
+--       is parked or the budget cools down; else admitted only if every
+--       bucket (refilled continuously by Redis TIME, capacity = limit,
+--       limit/60 a second) holds its admit amount (one larger than the
+--       bucket when the bucket is full), then charged charge, debt bounded
+--       at one capacity below zero. Refused: the wait until refill admits.
 --   'c' charge1..3: a charge the instance admitted without a round trip
---       (far from the limit, its share of the headroom): charged whatever
---       the level, debt bounded at one capacity; held as unanswered
---   'd' delta1..3 release1..3: a correction (settle.lua's rule)
+--       (far from the limit, its share of the level; flush.go): charged
+--       whatever the level, debt bounded at one capacity.
+--   'd' delta1..3 release1..3: a signed correction, the level clamped to
+--       [-capacity, capacity].
 --   's' observed ms, per bucket (limit, remaining, mark, own, gran, raise),
---       ahead1..3, release1..3: a header sync (sync.lua's rule); a mark or
---       ahead of '#i' is the one the i-th operation of this batch got (the
---       request's own charge), '' unknown
+--       ahead1..3, release1..3: one response's headers. Limits: the newest
+--       observation wins (mt1..3), at most the max limit. Levels: an
+--       observation older than the last applied (s1..3) is ignored; else
+--       the level moves into [remaining - later - ahead, remaining - later
+--       + gran - 1], later = what was charged after the request (c now -
+--       mark - own), rising only when raise is allowed and the mark known.
+--       A mark or ahead of '#i' is what the i-th operation of this batch
+--       (the request's own charge) was charged after; '' unknown.
+-- Unanswered sums u1..3: 'r' and 'c' add their request and input charge
+-- (and report the sums before it: the request's ahead, what requests
+-- admitted earlier on any instance may still add at the upstream); 's' and
+-- 'd' release what the request held.
 -- Reply: {l1, l2, l3, cap1, cap2, cap3, cooldown until ms, park until ms,
--- then per operation: r: outcome, wait_us|until_ms, reason, marks1..3,
--- ahead1..3; c: marks1..3, ahead1..3; d: nothing; s: moved1..3}.
+-- then per operation: r: outcome (0 admitted, 1 wait, 2 cooling, 3
+-- parked), wait_us|until_ms, reason, marks1..3, ahead1..3; c: marks1..3,
+-- ahead1..3; d: nothing; s: moved1..3}; '' for a level or cap unknown.
 local now = now_us()
 local nowms = math.floor(now / 1000)
 local maxlim = tonumber(ARGV[5])
