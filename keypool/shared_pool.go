@@ -402,23 +402,23 @@ const (
 
 // observeShared is ObserveHeaders with a shared store: the headers move
 // the store's budget (Sync, in the background: the response is not held
-// for it) and the mirror follows. st.mu is held on entry and on return; a
-// 5xx's refund is written before the sync, with the lock released.
+// for it) and the mirror follows; a 5xx's refund is written before the
+// sync, in the same background write. st.mu is held.
 func (r *Reservation) observeShared(now int64, status int, h RateLimitHeaders, lims [numKinds]Limit) {
 	p := r.p
 	st := p.st
 	l := r.link
 	o, b := r.current()
 	budget := SharedBudget{Org: o.name, Class: st.cnames[r.class], Caps: p.members[r.idx].caps}
+	var refund []SharedCorrection
 	if status >= 500 && r.input <= inputSynced {
 		// As syncHeaders: the upstream took neither the request nor its
-		// input. The store gets the refund before the sync.
+		// input. The store gets the refund before the sync (in the same
+		// background write: the response does not wait for the store).
 		b.buckets[kindRequests].charge(-1)
 		b.buckets[kindInput].charge(-r.est)
 		r.input = inputRefunded
-		st.mu.Unlock()
-		l.sh.Settle(context.Background(), []SharedCorrection{{Budget: budget, Delta: [3]float64{-1, -r.est, 0}}})
-		st.mu.Lock()
+		refund = []SharedCorrection{{Budget: budget, Delta: [3]float64{-1, -r.est, 0}}}
 	}
 	r.answered()
 	s := SharedSync{Budget: budget, Observed: time.Unix(0, now), Own: l.charged, Ahead: l.ahead}
@@ -455,11 +455,17 @@ func (r *Reservation) observeShared(now int64, status int, h RateLimitHeaders, l
 		p.background(func(ctx context.Context) { l.sh.Cool(ctx, budget, time.Unix(0, cool), why) })
 	}
 	if l.phase != linkAdmitted {
+		if refund != nil {
+			p.background(func(ctx context.Context) { l.sh.Settle(ctx, refund) })
+		}
 		return // one sync per reservation
 	}
 	l.phase = linkSyncing
 	idx, class, tracksInput := r.idx, r.class, s.Remaining[kindInput] >= 0
 	p.background(func(ctx context.Context) {
+		if refund != nil {
+			l.sh.Settle(ctx, refund)
+		}
 		res := l.sh.Sync(ctx, s)
 		var final []SharedCorrection
 		// The correction goes out after the lock is released: the store

@@ -272,3 +272,39 @@ func TestPoolFarFromTheLimitAdmitsWithoutRoundTrips(t *testing.T) {
 		t.Fatalf("other instance sees %d requests left, want at most the 100 the headers said", got)
 	}
 }
+
+// A 5xx's refund reaches Redis (before the response's sync, in the same
+// background write), for a leased request too.
+func TestServerErrorRefundReachesRedis(t *testing.T) {
+	srv := redistest.Start(t)
+	key := keypool.KeyConfig{Name: "a", Org: "o", Limits: keypool.Limits{RPM: 60}}
+	s := newStore(t, srv, func(c *Config) { c.Pool = t.Name(); c.FlushInterval = 100 * time.Millisecond })
+	cs := &countingState{SharedState: s}
+	p, err := keypool.NewState(clock.NewFake(time.Now())).NewPool(poolConfig([]keypool.KeyConfig{key}, cs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	acquire := func() *keypool.Reservation {
+		var r keypool.Reservation
+		if err := p.Acquire(context.Background(), &keypool.Request{Model: sonnet, Bytes: 400}, &r); err != nil {
+			t.Fatal(err)
+		}
+		return &r
+	}
+	start := time.Now()
+	acquire().Settle(ok200()) // asks Redis: a view
+	r := acquire()
+	if cs.leased.Load() != 1 {
+		t.Fatalf("the second request was not leased (%d asked)", cs.asked.Load())
+	}
+	r.ObserveHeaders(529, headersWith(func(*keypool.RateLimitHeaders) {}))
+	r.Settle(keypool.Result{Status: 529})
+	p.WaitShared()
+	s.Close() // sends what is queued
+	b := keypool.SharedBudget{Org: "cfg:o", Class: "sonnet", Caps: [3]float64{60}}
+	// 59 and what refilled (one a second): without the refund it would
+	// be 58 and that.
+	if l, elapsed := level(t, srv, s, b, 0), time.Since(start).Seconds(); l < 58.95 || elapsed > 0.9 {
+		t.Fatalf("level %v after one request and one 529 in %.2f s, want 59 (the 529 refunded)", l, elapsed)
+	}
+}
