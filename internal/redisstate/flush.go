@@ -112,14 +112,13 @@ type batch struct {
 
 // view is a budget as the last flush's reply left it.
 type view struct {
-	levels      [3]float64
-	known       [3]bool
-	caps        [3]float64
-	cool, park  int64 // unix ns
-	at          int64 // unix ns of the reply
-	since       [3]float64
-	inFlight    [3]float64 // since's part in the batch sent, not yet replied
-	flushedOnce bool
+	levels     [3]float64
+	known      [3]bool
+	caps       [3]float64
+	cool, park int64 // unix ns
+	at         int64 // unix ns of the reply
+	since      [3]float64
+	inFlight   [3]float64 // since's part in the batch sent, not yet replied
 }
 
 // flusher queues operations and sends them.
