@@ -662,3 +662,54 @@ func TestHeartbeatLoopRejoins(t *testing.T) {
 	}
 	s.Close() // idempotent
 }
+
+// A stall (SIGSTOP ... SIGCONT) that Redis survives with its data: after
+// the rejoin the shared bucket holds what was really spent, once. Neither
+// the reservation that timed out when the stall began (served locally, and
+// still in the connection when Redis continued) nor what the bucket had
+// spent before the outage is charged again (bench/cluster's outage run: the
+// pool admitted almost nothing for 19 s after a SIGCONT).
+func TestStallChargesTheOutageOnce(t *testing.T) {
+	srv := redistest.Start(t)
+	s := newStore(t, srv, func(c *Config) { c.Timeout = failTimeout })
+	newStore(t, srv, func(c *Config) { c.Pool = t.Name() })
+	s.beat() // two instances alive: the fallback share is half
+	if n := s.View().InstancesAlive; n != 2 {
+		t.Fatalf("alive %d", n)
+	}
+	ctx := context.Background()
+	const rpm = 30 // refills half a request a second
+	b := budget("cfg:s", rpm, 0, 0)
+	one, none := [3]float64{1, 0, 0}, [3]float64{}
+	start := time.Now()
+	var a keypool.SharedAdmission
+	for range 20 {
+		a = s.Reserve(ctx, b, one, one)
+	}
+	before := a.Levels[0]
+	srv.Pause()
+	for i := range 4 {
+		if a := s.Reserve(ctx, b, one, one); a.Outcome != keypool.SharedAdmitted || a.Mode != keypool.SharedModeLocalFallback {
+			t.Fatalf("reservation %d on a stalled redis: %+v", i, a)
+		}
+	}
+	srv.Resume()
+	for i := 0; s.Mode() != keypool.SharedModeShared; i++ {
+		if i == 50 {
+			t.Fatal("did not rejoin after resume")
+		}
+		s.beat()
+		time.Sleep(20 * time.Millisecond)
+	}
+	// Replies that the client gave up on may still be on their way: a
+	// script run late would show within a round trip.
+	c := direct(t, srv)
+	if err := c.Do(ctx, c.B().Ping().Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	got := s.Reserve(ctx, b, none, none).Levels[0]
+	refilled := time.Since(start).Seconds() * rpm / 60
+	if want := before - 4; got < want-1e-6 || got > want+refilled+1e-6 {
+		t.Fatalf("shared level %.3f after the stall, want %.0f spent of %.3f: %.3f (+ up to %.3f refilled)", got, 4.0, before, want, refilled)
+	}
+}
