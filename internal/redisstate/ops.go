@@ -51,7 +51,7 @@ func (s *Store) Reserve(ctx context.Context, b keypool.SharedBudget, admit, char
 		}
 		args = append(args, s.ttlMillis())
 		// What the request holds as unanswered: its request and input.
-		args = append(args, fmtFloat(charge[0]), fmtFloat(charge[1]), "0")
+		args = append(args, fmtFloat(charge[0]), fmtFloat(charge[1]), "0", s.deadline(ctx))
 		var err error
 		vs, err = reserveScript.Exec(ctx, c, []string{s.keys.budget(b.Org, b.Class), s.keys.org(b.Org)}, args).ToArray()
 		if err == nil && len(vs) != 15 {
@@ -127,6 +127,7 @@ func (s *Store) settleBatch(ctx context.Context, c rueidis.Client, cs []keypool.
 		for _, v := range cr.Release {
 			args = append(args, fmtFloat(v))
 		}
+		args = append(args, s.deadline(ctx))
 		execs[i] = rueidis.LuaExec{Keys: []string{s.keys.budget(cr.Budget.Org, cr.Budget.Class)}, Args: args}
 	}
 	for _, r := range settleScript.ExecMulti(ctx, c, execs...) {
@@ -165,6 +166,7 @@ func (s *Store) Sync(ctx context.Context, sy keypool.SharedSync) keypool.SharedS
 		for _, v := range sy.Release {
 			args = append(args, fmtFloat(v))
 		}
+		args = append(args, s.deadline(ctx))
 		var err error
 		vs, err = syncScript.Exec(ctx, c, []string{s.keys.budget(sy.Budget.Org, sy.Budget.Class)}, args).ToArray()
 		if err == nil && len(vs) != 9 {

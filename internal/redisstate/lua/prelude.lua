@@ -26,6 +26,17 @@ local function refill(l, last, now, c)
   return l
 end
 
+-- late reports whether the caller's deadline (ms on Redis's clock, 0 none)
+-- has passed at now (us). A caller that gave up on a call served its request
+-- from its local share, and its rejoin charges what it spent meanwhile: a
+-- script that waited in a connection while Redis was stalled (SIGSTOP, a
+-- long fork) and runs when it continues must change nothing, or the same
+-- spending is counted twice.
+local function late(now, deadline)
+  local d = tonumber(deadline) or 0
+  return d > 0 and now > d * 1000
+end
+
 -- keep makes key live at least ttl ms more.
 local function keep(key, ttl)
   if redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end

@@ -9,10 +9,13 @@
 -- ARGV[11..13] what the request holds as unanswered until its response's
 -- headers (sync.lua) or its settle release it (u1..u3: what requests
 -- admitted and not yet answered hold, on any instance).
+-- ARGV[14] the caller's deadline (ms, Redis's clock; 0 none): past it the
+-- script changes nothing and fails (see late in prelude.lua).
 -- Reply: {outcome, wait_us|until_ms, reason, l1, l2, l3, c1, c2, c3, cap1, cap2, cap3,
 -- u1, u2, u3} with u the unanswered sums before this request (its ahead).
 -- outcome 0 admitted, 1 wait, 2 cooling, 3 parked; levels '' when unknown.
 local now = now_us()
+if late(now, ARGV[14]) then return redis.error_reply('ERR deadline passed') end
 local nowms = math.floor(now / 1000)
 local park = redis.call('HMGET', KEYS[2], 'pu', 'pr')
 local pu = tonumber(park[1])

@@ -3,11 +3,13 @@
 -- KEYS[1] budget hash. ARGV[1..3] configured caps (0: learned),
 -- ARGV[4..6] deltas (positive charges, negative refunds), ARGV[7] expiry ms,
 -- ARGV[8..10] unanswered sums to release (a request that ends with no
--- headers synced).
+-- headers synced), ARGV[11] the caller's deadline (ms, Redis's clock; 0
+-- none): past it the script changes nothing and fails (see late).
 -- A bucket the store does not hold counts as full (an expired bucket is
 -- full: the expiry is longer than a refill from the debt bound).
 -- Reply: {l1, l2, l3} ('' unknown).
 local now = now_us()
+if late(now, ARGV[11]) then return redis.error_reply('ERR deadline passed') end
 local h = redis.call('HMGET', KEYS[1], 'l1', 'l2', 'l3', 't', 'c1', 'c2', 'c3', 'm1', 'm2', 'm3', 'u1', 'u2', 'u3')
 local last = tonumber(h[4])
 local set = {'t', now}

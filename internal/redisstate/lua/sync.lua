@@ -5,7 +5,9 @@
 -- then per bucket k (7 values from ARGV[4 + 7*(k-1)]):
 --   configured cap, limit (-1), remaining (-1), mark ('' unknown), own, gran, raise (1/0)
 -- then ARGV[25..27] ahead (the unanswered sums at the request's admission)
--- and ARGV[28..30] what the request held as unanswered, released here.
+-- and ARGV[28..30] what the request held as unanswered, released here;
+-- ARGV[31] the caller's deadline (ms, Redis's clock; 0 none): past it the
+-- script changes nothing and fails (see late in prelude.lua).
 -- Limits: the newest observation wins (mt1..3). Levels: an observation
 -- older than the last one applied (s1..3) is ignored; otherwise the level
 -- moves into [remaining - later - ahead, remaining - later + gran - 1],
@@ -15,6 +17,7 @@
 -- rising only when raise is allowed and later is known.
 -- Reply: {moved1, moved2, moved3, l1, l2, l3, cap1, cap2, cap3}
 local now = now_us()
+if late(now, ARGV[31]) then return redis.error_reply('ERR deadline passed') end
 local obs = tonumber(ARGV[1]) or 0
 if obs <= 0 then obs = math.floor(now / 1000) end
 local maxlim = tonumber(ARGV[3])
