@@ -4,7 +4,6 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"errors"
-	"hash/maphash"
 	"math"
 	"net/http"
 	"os"
@@ -17,10 +16,9 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/cc-relay/caddy-cc-relay/internal/reqscan"
+	"github.com/cc-relay/caddy-cc-relay/internal/stablehash"
 	"github.com/cc-relay/caddy-cc-relay/keypool"
 )
-
-var sessionSeed = maphash.MakeSeed()
 
 // ServeHTTP authenticates the client, reserves a key and calls next with it,
 // retrying on another key when the upstream refuses the key before any byte
@@ -473,8 +471,8 @@ func (rq *relayedRequest) placeholder(name string) (any, bool) {
 // client cannot steer another's sessions: the session id header, else the
 // session in metadata.user_id, else the conversation's start.
 func sessionHash(client, header string, info *reqscan.Info) uint64 {
-	var mh maphash.Hash
-	mh.SetSeed(sessionSeed)
+	var mh stablehash.Hash // every instance names a conversation alike
+	mh.Reset()
 	mh.WriteString(client)
 	mh.WriteByte(0)
 	switch {
@@ -491,11 +489,7 @@ func sessionHash(client, header string, info *reqscan.Info) uint64 {
 			return 0
 		}
 		mh.WriteByte(1)
-		var b [8]byte
-		for i := range b {
-			b[i] = byte(ph >> (8 * i))
-		}
-		mh.Write(b[:])
+		mh.WriteUint64(ph)
 	}
 	if s := mh.Sum64(); s != 0 {
 		return s

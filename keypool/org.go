@@ -100,9 +100,11 @@ func (st *State) learnOrg(ks *keyState, id string, now int64, caps [numKinds]flo
 		}
 		st.learnedOrgs++
 		if !moving {
-			// First sighting: this organization simply gets its name.
+			// First sighting: this organization simply gets its name,
+			// and the name it goes by in shared state.
 			cur.id = id
 			st.orgs["id:"+id] = cur
+			cur.name = sharedName(cur.name, "id:"+id)
 			return
 		}
 		target = st.orgNamed("id:" + id)
@@ -124,7 +126,18 @@ func (st *State) learnOrg(ks *keyState, id string, now int64, caps [numKinds]flo
 		return
 	}
 	cur.into = target
+	target.name = sharedName(target.name, cur.name)
 }
+
+// sharedName is the name of an organization that two names describe: the
+// name it goes by in shared state (internal/redisstate keys its budgets by
+// it), which must be the same on every instance, whichever of its keys
+// each saw first and in whatever order the merges came. A configured
+// organization keeps its own name ("cfg:" sorts first), a learned one is
+// its id ("id:" before "key:"), and of two configured ones that turn out
+// to be one the least label wins. Reservations admitted under the old name
+// keep settling there (sharedLink.budget).
+func sharedName(a, b string) string { return min(a, b) }
 
 // mergeBudgets lowers dst's budgets to src's where src's are lower,
 // comparing the two levels at the same moment (a budget drained long ago

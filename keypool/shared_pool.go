@@ -71,7 +71,7 @@ func (p *Pool) acquireShared(ctx context.Context, req *Request, res *Reservation
 		}
 		b, admit, charge := p.sharedRequest(res)
 		a := sh.Reserve(ctx, b, admit, charge)
-		if p.applyAdmission(res, a, charge) {
+		if p.applyAdmission(res, b, a, charge) {
 			if known && a.Ticket == nil && a.Mode == SharedModeShared {
 				pinned, _ = sh.Pinned(ctx, req.Session, time.Duration(p.ttl))
 				read = true
@@ -155,9 +155,8 @@ func (p *Pool) undoAdmission(res *Reservation) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	l := res.link
-	o, _ := res.current()
 	c := SharedCorrection{
-		Budget:  SharedBudget{Org: o.name, Class: st.cnames[res.class], Caps: p.members[res.idx].caps},
+		Budget:  l.budget,
 		Delta:   [3]float64{-l.charged[0], -l.charged[1], -l.charged[2]},
 		Release: l.unanswered(),
 	}
@@ -184,7 +183,7 @@ func (p *Pool) sharedRequest(res *Reservation) (SharedBudget, [3]float64, [3]flo
 // applyAdmission records the store's answer: the mirror takes its levels,
 // learned limits, cooldown or park; an admitted reservation remembers what
 // the store charged; a refused one is withdrawn. It reports admission.
-func (p *Pool) applyAdmission(res *Reservation, a SharedAdmission, charge [3]float64) bool {
+func (p *Pool) applyAdmission(res *Reservation, sb SharedBudget, a SharedAdmission, charge [3]float64) bool {
 	st := p.st
 	st.mu.Lock()
 	defer st.mu.Unlock()
@@ -196,7 +195,7 @@ func (p *Pool) applyAdmission(res *Reservation, a SharedAdmission, charge [3]flo
 	p.mirror(res.idx, b, a.Levels, a.Known, a.Caps, a.Mode, now)
 	switch a.Outcome {
 	case SharedAdmitted:
-		res.link = &sharedLink{sh: p.cfg.Shared, charged: charge, marks: a.Marks, ahead: a.Ahead, ticket: a.Ticket}
+		res.link = &sharedLink{sh: p.cfg.Shared, budget: sb, charged: charge, marks: a.Marks, ahead: a.Ahead, ticket: a.Ticket}
 		return true
 	case SharedCooling:
 		if at := capUntil(now, a.Until, MaxCooldown); at > b.coolUntil {
@@ -368,7 +367,12 @@ func (p *Pool) WaitShared() { p.st.sharedOps.Wait() }
 // arrive after the caller has settled (and reused) the reservation.
 // Guarded by the pool's lock.
 type sharedLink struct {
-	sh      SharedState
+	sh SharedState
+	// budget is the store's budget that admitted and charged it: its
+	// corrections and its part in the unanswered sums go there even when
+	// its organization has since been merged or renamed (see
+	// State.learnOrg), as the charge does not move with them.
+	budget  SharedBudget
 	charged [numKinds]float64 // what the store charged at admission
 	marks   [numKinds]float64 // its running totals before that
 	ahead   [numKinds]float64 // the store's unanswered sums before that
@@ -410,6 +414,10 @@ func (r *Reservation) observeShared(now int64, status int, h RateLimitHeaders, l
 	l := r.link
 	o, b := r.current()
 	budget := SharedBudget{Org: o.name, Class: st.cnames[r.class], Caps: p.members[r.idx].caps}
+	// The headers describe the organization as it is now (the budget
+	// its keys share at present); what this request was charged lies in
+	// the budget that admitted it.
+	same := budget.Org == l.budget.Org
 	var refund []SharedCorrection
 	if status >= 500 && r.input <= inputSynced {
 		// As syncHeaders: the upstream took neither the request nor its
@@ -418,12 +426,17 @@ func (r *Reservation) observeShared(now int64, status int, h RateLimitHeaders, l
 		b.buckets[kindRequests].charge(-1)
 		b.buckets[kindInput].charge(-r.est)
 		r.input = inputRefunded
-		refund = []SharedCorrection{{Budget: budget, Delta: [3]float64{-1, -r.est, 0}}}
+		refund = []SharedCorrection{{Budget: l.budget, Delta: [3]float64{-1, -r.est, 0}}}
 	}
 	r.answered()
-	s := SharedSync{Budget: budget, Observed: time.Unix(0, now), Own: l.charged, Ahead: l.ahead}
+	s := SharedSync{Budget: budget, Observed: time.Unix(0, now), Own: l.charged}
 	if l.phase == linkAdmitted {
-		s.Release = l.unanswered()
+		if same {
+			s.Release, s.Ahead = l.unanswered(), l.ahead
+		} else {
+			rel := SharedCorrection{Budget: l.budget, Release: l.unanswered()}
+			p.background(func(ctx context.Context) { l.sh.Settle(ctx, []SharedCorrection{rel}) })
+		}
 	}
 	for k, lim := range lims {
 		s.Limit[k], s.Remaining[k] = lim.Limit, lim.Remaining
@@ -431,7 +444,7 @@ func (r *Reservation) observeShared(now int64, status int, h RateLimitHeaders, l
 			b.buckets[k].learned = learnedLimit(k, lim.Limit)
 		}
 		s.Mark[k] = math.NaN()
-		if r.marksValid() && o == r.o {
+		if r.marksValid() && o == r.o && same {
 			s.Mark[k] = l.marks[k]
 			s.Ticket = l.ticket
 		}
@@ -461,7 +474,9 @@ func (r *Reservation) observeShared(now int64, status int, h RateLimitHeaders, l
 		return // one sync per reservation
 	}
 	l.phase = linkSyncing
-	idx, class, tracksInput := r.idx, r.class, s.Remaining[kindInput] >= 0
+	// A sync of another budget than the one charged leaves the charge's
+	// correction to be made.
+	idx, class, tracksInput := r.idx, r.class, s.Remaining[kindInput] >= 0 && same
 	p.background(func(ctx context.Context) {
 		if refund != nil {
 			l.sh.Settle(ctx, refund)
@@ -519,13 +534,9 @@ func (r *Reservation) settleShared() {
 	if l == nil {
 		return
 	}
-	o, _ := r.current()
 	d := r.delta
 	d[kindOutput] -= l.charged[kindOutput]
-	c := SharedCorrection{
-		Budget: SharedBudget{Org: o.name, Class: r.p.st.cnames[r.class], Caps: r.p.members[r.idx].caps},
-		Delta:  d,
-	}
+	c := SharedCorrection{Budget: l.budget, Delta: d}
 	switch l.phase {
 	case linkSyncing:
 		l.phase, l.final = linkSettledSyncing, c

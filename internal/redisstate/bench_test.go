@@ -29,7 +29,7 @@ func BenchmarkReserveClient(b *testing.B) {
 	args := func(i int64) ([]string, []string) {
 		org := "cfg:o" + strconv.FormatInt(i%64, 10)
 		return []string{k.budget(org, "sonnet"), k.org(org)},
-			[]string{"1e9", "1e12", "1e12", "130000", "1e9", "r", "1", "4400", "0", "1", "4000", "0"}
+			[]string{"1e9", "1e12", "1e12", "130000", "1e9", "0", "r", "1", "4400", "0", "1", "4000", "0"}
 	}
 
 	ropt, err := ClientOptions(srv.URL(), benchTimeout)

@@ -142,6 +142,9 @@ func (f *flusher) init() {
 	f.flushed.L = &f.mu
 }
 
+// argDeadline is the index of flush.lua's deadline argument.
+const argDeadline = 5
+
 // maxBatchOps flushes at once when this many operations are queued.
 const maxBatchOps = 256
 
@@ -364,7 +367,8 @@ func (s *Store) flushArgs(bt *batch) []string {
 	for _, v := range bt.b.Caps {
 		args = append(args, fmtFloat(max(v, 0)))
 	}
-	args = append(args, s.ttlMillis(), fmtFloat(s.cfg.MaxLimit))
+	// argDeadline is set when the script is sent (the call's deadline).
+	args = append(args, s.ttlMillis(), fmtFloat(s.cfg.MaxLimit), "0")
 	f3 := func(v [3]float64) {
 		for _, x := range v {
 			args = append(args, fmtFloat(x))
@@ -431,6 +435,7 @@ func (s *Store) syncMarks(bt *batch, o *op) (marks, ahead [3]string) {
 func (s *Store) flushBatch(k batchKey, bt *batch, args []string) {
 	var vs []rueidis.RedisMessage
 	err := s.call(context.Background(), "flush", func(ctx context.Context, c rueidis.Client) error {
+		args[argDeadline] = s.deadline(ctx)
 		var err error
 		vs, err = flushScript.Exec(ctx, c, []string{s.keys.budget(bt.b.Org, bt.b.Class), s.keys.org(bt.b.Org)}, args).ToArray()
 		if err == nil && len(vs) < 8 {

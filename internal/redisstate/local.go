@@ -27,14 +27,22 @@ type fbBucket struct {
 	last    int64
 	cool    int64
 	coolWhy string
+	// spent is what this instance charged (net of corrections) and
+	// released of the unanswered sums while Redis was away: what a Redis
+	// that kept its data has not seen.
+	spent, released [3]float64
 }
 
 // localBudgets are the budgets of local-fallback, and the last shared view
 // of each budget they start from.
 type localBudgets struct {
-	clk     clock.Clock
-	mu      sync.Mutex
-	n       int64
+	clk clock.Clock
+	mu  sync.Mutex
+	n   int64
+	// epoch is the pool's epoch in Redis when the fallback began ("" when
+	// the instance never joined): the rejoin tells by it whether Redis
+	// kept the pool's state.
+	epoch   string
 	seen    map[budgetKey]seen
 	buckets map[budgetKey]*fbBucket
 	parks   map[string]parkState
@@ -62,10 +70,11 @@ func (l *localBudgets) remember(b keypool.SharedBudget, levels [3]float64, known
 	l.mu.Unlock()
 }
 
-// enter starts a fallback period with n instances sharing each limit.
-func (l *localBudgets) enter(n int64) {
+// enter starts a fallback period with n instances sharing each limit,
+// Redis's state being of epoch.
+func (l *localBudgets) enter(n int64, epoch string) {
 	l.mu.Lock()
-	l.n = max(1, n)
+	l.n, l.epoch = max(1, n), epoch
 	l.mu.Unlock()
 }
 
@@ -137,6 +146,7 @@ func (l *localBudgets) reserve(b keypool.SharedBudget, admit, charge [3]float64)
 		if c := fb.caps[i]; c > 0 {
 			fb.levels[i] = max(fb.levels[i]-charge[i], -c)
 		}
+		fb.spent[i] += charge[i]
 	}
 	a.Levels = fb.levels
 	for i := range a.Marks {
@@ -155,6 +165,8 @@ func (l *localBudgets) settle(cs []keypool.SharedCorrection) {
 			if cp := fb.caps[i]; cp > 0 {
 				fb.levels[i] = max(min(fb.levels[i]-c.Delta[i], cp), -cp)
 			}
+			fb.spent[i] += c.Delta[i]
+			fb.released[i] += c.Release[i]
 		}
 	}
 }
@@ -169,6 +181,7 @@ func (l *localBudgets) sync(s keypool.SharedSync) keypool.SharedSyncResult {
 	n := float64(l.n)
 	r := keypool.SharedSyncResult{Mode: keypool.SharedModeLocalFallback}
 	for i := range 3 {
+		fb.released[i] += s.Release[i]
 		if s.Budget.Caps[i] <= 0 && s.Limit[i] > 0 && fb.caps[i] <= 0 {
 			fb.caps[i] = float64(s.Limit[i]) / n
 			fb.levels[i] = fb.caps[i]
@@ -212,14 +225,37 @@ func (l *localBudgets) unpark(org string) {
 	}
 }
 
-// debts are what this instance spent during the outage and has not yet
-// refilled at its share's rate: each fallback bucket's deficit from full.
-func (l *localBudgets) debts() []keypool.SharedCorrection {
+// debts are what the shared budgets must be charged with on rejoin, Redis's
+// state being of epoch now.
+//
+// A Redis that kept the pool's state (the epoch is the one the fallback
+// began in: a stall, a network outage, timeouts) refilled the budgets
+// itself meanwhile and holds what was spent before the outage: it is
+// charged exactly what this instance spent during it, and released what
+// it answered. Scripts sent before the outage that ran late change
+// nothing (their deadline had passed, see late in lua/prelude.lua), so
+// nothing is counted twice. Charging the deficit instead charged the
+// budgets' spending before the outage a second time (a fallback bucket
+// starts from the last shared level): after a 5 s stall the buckets were
+// a capacity in debt and the pool admitted nearly nothing for 19 s.
+//
+// A Redis that lost it (restarted empty; or this instance never joined)
+// holds full budgets: each instance charges its fallback bucket's deficit
+// from full, which, as the bucket started from this instance's share of
+// the last shared level, rebuilds what was spent before the outage too.
+func (l *localBudgets) debts(epoch string) []keypool.SharedCorrection {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.now()
+	kept := l.epoch != "" && l.epoch == epoch
 	var out []keypool.SharedCorrection
 	for _, fb := range l.buckets {
+		if kept {
+			if fb.spent != [3]float64{} || fb.released != [3]float64{} {
+				out = append(out, keypool.SharedCorrection{Budget: fb.b, Delta: fb.spent, Release: fb.released})
+			}
+			continue
+		}
 		fb = l.bucket(fb.b, now)
 		var d [3]float64
 		any := false

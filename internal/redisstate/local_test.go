@@ -17,7 +17,7 @@ func TestLocalShareStartsFromLastSharedLevel(t *testing.T) {
 	b := keypool.SharedBudget{Org: "cfg:a", Class: "sonnet", Caps: [3]float64{60, 0, 0}}
 	// Redis said: 12 of 60 requests left, input limit 6000 learned, 600 left.
 	l.remember(b, [3]float64{12, 600, 0}, [3]bool{true, true, false}, [3]float64{60, 6000, 0})
-	l.enter(3)
+	l.enter(3, "e1")
 	a := l.reserve(b, [3]float64{1, 100, 0}, [3]float64{1, 100, 0})
 	if a.Outcome != keypool.SharedAdmitted || a.Mode != keypool.SharedModeLocalFallback {
 		t.Fatalf("%+v", a)
@@ -42,13 +42,21 @@ func TestLocalShareStartsFromLastSharedLevel(t *testing.T) {
 	if a := l.reserve(b, [3]float64{1, 0, 0}, [3]float64{1, 0, 0}); a.Outcome != keypool.SharedAdmitted {
 		t.Fatalf("after the share's refill: %+v", a)
 	}
-	// What was spent and not refilled is the debt charged on rejoin.
-	d := l.debts()
+	// Redis restarted empty (a new epoch): what was spent and not
+	// refilled, from the last shared level on, is the debt charged on
+	// rejoin.
+	d := l.debts("e2")
 	if len(d) != 1 || d[0].Delta[0] != 20 || d[0].Budget != b {
 		t.Fatalf("debts %+v, want the whole 20 of the share", d)
 	}
+	// Redis kept its state: it is charged what was spent during the
+	// outage, 5 requests and 100 input tokens, nothing more.
+	d = l.debts("e1")
+	if len(d) != 1 || d[0].Delta != [3]float64{5, 100, 0} || d[0].Budget != b {
+		t.Fatalf("debts %+v, want the 5 requests and 100 tokens spent", d)
+	}
 	l.reset()
-	if d := l.debts(); len(d) != 0 {
+	if d := l.debts("e1"); len(d) != 0 {
 		t.Fatalf("debts after reset: %+v", d)
 	}
 }
@@ -57,7 +65,7 @@ func TestLocalSyncOnlyLowersAndParksCooldownsApply(t *testing.T) {
 	clk := clock.NewFake(time.Unix(1e9, 0))
 	var l localBudgets
 	l.init(clk)
-	l.enter(2)
+	l.enter(2, "e1")
 	b := keypool.SharedBudget{Org: "cfg:a", Class: "opus", Caps: [3]float64{100, 0, 0}}
 	r := l.sync(keypool.SharedSync{Budget: b, Limit: [3]int64{-1, 8000, -1}, Remaining: [3]int64{80, 10000, -1}, Gran: [3]float64{1, 1000, 1}})
 	if r.Levels[0] != 40 || !r.Moved[0] {

@@ -80,7 +80,9 @@ func (s *Store) settleBatch(ctx context.Context, c rueidis.Client, cs []keypool.
 	execs := make([]rueidis.LuaExec, len(cs))
 	for i, cr := range cs {
 		bt := &batch{b: cr.Budget, ops: []*op{{kind: opSettle, corr: cr}}}
-		execs[i] = rueidis.LuaExec{Keys: []string{s.keys.budget(cr.Budget.Org, cr.Budget.Class), s.keys.org(cr.Budget.Org)}, Args: s.flushArgs(bt)}
+		args := s.flushArgs(bt)
+		args[argDeadline] = s.deadline(ctx)
+		execs[i] = rueidis.LuaExec{Keys: []string{s.keys.budget(cr.Budget.Org, cr.Budget.Class), s.keys.org(cr.Budget.Org)}, Args: args}
 	}
 	for _, r := range flushScript.ExecMulti(ctx, c, execs...) {
 		if err := r.Error(); err != nil {

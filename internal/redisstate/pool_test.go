@@ -597,3 +597,56 @@ func TestStalePinFollowsTheConversation(t *testing.T) {
 		}
 	}
 }
+
+// Keys of one upstream organization, with nothing configured, are one
+// budget on every instance, whichever of its keys answered each instance
+// first: the organization learned from anthropic-organization-id has the
+// same name in the store everywhere. (Named after the first key an
+// instance saw, two instances kept two budgets of one organization, each
+// admitting what the upstream had left: bench/cluster's learned run.)
+func TestLearnedOrganizationIsOneBudgetOnEveryInstance(t *testing.T) {
+	srv := redistest.Start(t)
+	keys := []keypool.KeyConfig{{Name: "a1"}, {Name: "a2"}}
+	x, y := newInstance(t, srv, keys...), newInstance(t, srv, keys...)
+	// Each instance's first answer comes from another key of org-a, which
+	// has 4 requests of 10 left.
+	first := func(in *instance, only []bool) {
+		r := mustAcquire(t, in, keypool.Request{Model: sonnet, Bytes: 400, Only: only})
+		r.ObserveHeaders(200, headersWith(func(h *keypool.RateLimitHeaders) {
+			h.OrganizationID = "org-a"
+			h.Requests = keypool.Limit{Limit: 10, Remaining: 4}
+		}))
+		r.Settle(ok200())
+		in.pool.WaitShared()
+	}
+	first(x, []bool{true, false})
+	first(y, []bool{false, true})
+	// The heartbeats tell each which other key belongs to org-a.
+	x.store.beat()
+	y.store.beat()
+	admitted := 0
+	for i := range 10 {
+		in := x
+		if i%2 == 1 {
+			in = y
+		}
+		if r, err := in.acquire(keypool.Request{Model: sonnet, Bytes: 400}); err == nil {
+			admitted++
+			r.Settle(ok200())
+			in.pool.WaitShared()
+		}
+	}
+	if admitted != 4 {
+		t.Fatalf("the two instances admitted %d requests, want the organization's 4 left", admitted)
+	}
+	// The first requests were charged to their key's own budget before the
+	// organization was known: their part in its unanswered sums was
+	// released there, not in the organization's.
+	c := direct(t, srv)
+	for _, org := range []string{"key:a1", "key:a2", "id:org-a"} {
+		u, err := c.Do(context.Background(), c.B().Hget().Key(x.store.keys.budget(org, "sonnet")).Field("u1").Build()).ToString()
+		if err != nil || u != "0" {
+			t.Fatalf("%s: unanswered requests %q (%v), want 0", org, u, err)
+		}
+	}
+}

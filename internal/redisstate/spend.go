@@ -35,8 +35,8 @@ func (sp *Spend) Add(ctx context.Context, us []keypool.SpendUpdate) ([]keypool.S
 	ks := make([]string, len(us))
 	// Holds count for as long as the instance counts as alive: a dead
 	// instance's requests in flight stop counting with it.
-	args := make([]string, 0, 2+6*len(us))
-	args = append(args, sp.s.cfg.Instance, fmtInt(sp.s.cfg.Alive.Milliseconds()))
+	args := make([]string, 0, 3+6*len(us))
+	args = append(args, sp.s.cfg.Instance, fmtInt(sp.s.cfg.Alive.Milliseconds()), "0")
 	for i, u := range us {
 		ks[i] = sp.s.keys.spend(u.Client, u.Period.String(), u.PeriodStart.Unix())
 		op := "add"
@@ -49,6 +49,7 @@ func (sp *Spend) Add(ctx context.Context, us []keypool.SpendUpdate) ([]keypool.S
 	}
 	var vs []rueidis.RedisMessage
 	err := sp.s.call(ctx, "spend", func(ctx context.Context, c rueidis.Client) error {
+		args[2] = sp.s.deadline(ctx)
 		var err error
 		vs, err = spendScript.Exec(ctx, c, ks, args).ToArray()
 		if err == nil && len(vs) != 3*len(us) {

@@ -223,6 +223,44 @@ func TestSharedSpendThroughOutage(t *testing.T) {
 	}
 }
 
+// Redis stalled (SIGSTOP) while an exchange was on its way: the instance
+// gives up on it at its timeout and sends the same spend again with its
+// next exchange after the SIGCONT; the script that waited in the
+// connection and ran when Redis continued added nothing, so the total is
+// exact, not that spend twice.
+func TestSharedSpendThroughStall(t *testing.T) {
+	srv := redistest.Start(t)
+	clk := clock.NewFake(midday())
+	ins := twoInstances(t, srv, clk, 100*pricing.PerUSD)
+	ctx := context.Background()
+	var sum pricing.PicoUSD
+	for range 2 {
+		c, _ := ins[0].spend(t)
+		sum += c
+	}
+	if err := ins[0].clients.ShareSpend(ctx); err != nil {
+		t.Fatal(err)
+	}
+	srv.Pause()
+	c, _ := ins[0].spend(t)
+	sum += c
+	if err := ins[0].clients.ShareSpend(ctx); err == nil {
+		srv.Resume()
+		t.Fatal("an exchange with a stalled redis succeeded")
+	}
+	srv.Resume()
+	for i := 0; ins[0].store.Mode() != keypool.SharedModeShared || ins[0].clients.ShareSpend(ctx) != nil; i++ {
+		if i == 50 {
+			t.Fatal("did not rejoin after the stall")
+		}
+		ins[0].store.beat()
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := sharedTotal(t, srv, ins[0], clk.Now()); got != sum {
+		t.Fatalf("total %s after the stall, want %s (the exchange that timed out counted %s)", got, sum, got-sum)
+	}
+}
+
 // An operator's reset on one instance reaches the other, and a floor does
 // not undo it.
 func TestSharedSpendReset(t *testing.T) {

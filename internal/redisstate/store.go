@@ -173,6 +173,12 @@ type Store struct {
 	flush     flusher
 	flushDone chan struct{}
 
+	// offset is Redis's clock less this instance's, in ms, as the
+	// heartbeat measured it (offsetKnown once it has): the budget scripts
+	// get their caller's deadline on Redis's clock.
+	offset      atomic.Int64
+	offsetKnown atomic.Bool
+
 	stop chan struct{}
 	done chan struct{}
 	once sync.Once
@@ -320,7 +326,10 @@ func brokenConn(err error) bool {
 // trip moves shared → local-fallback: the breaker opens.
 func (s *Store) trip(err error) {
 	if s.mode.CompareAndSwap(uint32(keypool.SharedModeShared), uint32(keypool.SharedModeLocalFallback)) {
-		s.local.enter(s.share.Load())
+		s.epochMu.Lock()
+		epoch := s.epoch
+		s.epochMu.Unlock()
+		s.local.enter(s.share.Load(), epoch)
 		if s.cfg.OnMode != nil {
 			s.cfg.OnMode(keypool.SharedModeShared, keypool.SharedModeLocalFallback, err)
 		}
@@ -353,13 +362,17 @@ func (s *Store) beat() {
 			[]string{s.cfg.Instance, fmtInt(s.cfg.Alive.Milliseconds()), s.cfg.Instance + ":" + fmtInt(time.Now().UnixNano())}).ToArray()
 		return err
 	})
-	s.report("heartbeat", time.Since(start), err)
+	rtt := time.Since(start)
+	s.report("heartbeat", rtt, err)
 	if err != nil || len(vs) != 6 {
 		if err == nil {
 			err = errors.New("redis: heartbeat reply malformed")
 		}
 		s.trip(err)
 		return
+	}
+	if nowms, err := vs[0].AsInt64(); err == nil {
+		s.learnOffset(nowms, start, rtt)
 	}
 	alive, _ := vs[1].AsInt64()
 	disabled, _ := vs[2].AsStrMap()
@@ -382,7 +395,7 @@ func (s *Store) beat() {
 		Refreshed:      time.Now(),
 	})
 	if s.Mode() == keypool.SharedModeLocalFallback {
-		if err := s.rejoin(); err != nil {
+		if err := s.rejoin(epoch); err != nil {
 			return
 		}
 		s.mode.Store(uint32(keypool.SharedModeShared))
@@ -395,6 +408,37 @@ func (s *Store) beat() {
 	}
 	// N for the next outage is the instances alive now.
 	s.share.Store(max(1, alive))
+}
+
+// learnOffset takes Redis's clock (nowms) from a heartbeat sent at start
+// and answered after rtt: Redis read it about halfway. A quick round trip
+// (within a quarter of the timeout) replaces the offset; a slow one only
+// stands in until a quick one comes.
+func (s *Store) learnOffset(nowms int64, start time.Time, rtt time.Duration) {
+	if rtt > s.cfg.Timeout/4 && s.offsetKnown.Load() {
+		return
+	}
+	s.offset.Store(nowms - start.Add(rtt/2).UnixMilli())
+	s.offsetKnown.Store(true)
+}
+
+// deadline is when the caller of a budget script gives up (ctx's deadline
+// less a quarter of the timeout, for the reply's way back and the offset's
+// error), in ms on Redis's clock: the script does nothing after it. "0"
+// (none) while the offset is not known.
+//
+// Why a deadline, not a correction afterwards: a call that times out was
+// written to a connection, and a stalled Redis (SIGSTOP, a long fork, a
+// paused VM) runs it when it continues, long after this instance served
+// the request from its local share; the reply, if any, comes to a caller
+// that is gone, so only Redis can tell a late script from a timely one,
+// and only at the moment it runs.
+func (s *Store) deadline(ctx context.Context) string {
+	dl, ok := ctx.Deadline()
+	if !ok || !s.offsetKnown.Load() {
+		return "0"
+	}
+	return fmtInt(dl.Add(-s.cfg.Timeout/4).UnixMilli() + s.offset.Load())
 }
 
 // ownEpoch reports whether this instance started the pool's current
@@ -452,14 +496,14 @@ func (s *Store) replay(c rueidis.Client) error {
 }
 
 // rejoin charges the shared budgets with what this instance spent locally
-// during the outage (the local buckets' deficit, already decayed by
-// refill), so that neither a Redis that kept counting nor one restarted
-// empty hands out budget twice.
-func (s *Store) rejoin() error {
+// during the outage (see localBudgets.debts: Redis's state being of epoch
+// now tells whether it kept counting or restarted empty), so that neither
+// hands out budget twice nor charges it twice.
+func (s *Store) rejoin(epoch string) error {
 	if err := s.replay(*s.client.Load()); err != nil {
 		return err
 	}
-	debts := s.local.debts()
+	debts := s.local.debts(epoch)
 	if len(debts) == 0 {
 		s.local.reset()
 		return nil

@@ -27,10 +27,11 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
-	"hash/maphash"
 	"math/bits"
 	"strconv"
 	"strings"
+
+	"github.com/cc-relay/caddy-cc-relay/internal/stablehash"
 )
 
 // Info is what the relay needs from a Messages API request body.
@@ -62,10 +63,6 @@ type Info struct {
 // encoding/json accepts is deep enough to be accepted here, and a hostile
 // body cannot make the scanner's depth bookkeeping grow.
 const maxDepth = 10000
-
-// hashSeed is fixed for the life of the process so that equal prefixes hash
-// equal across requests.
-var hashSeed = maphash.MakeSeed()
 
 // Scan reads body, which must be one JSON object, and returns the fields
 // described by Info.
@@ -236,8 +233,8 @@ func prefixHash(system, first []byte) uint64 {
 	if system == nil && first == nil {
 		return 0
 	}
-	var h maphash.Hash
-	h.SetSeed(hashSeed)
+	var h stablehash.Hash // equal prefixes hash equal in every process
+	h.Reset()
 	// A leading tag records which parts are present, so that a body with
 	// only a system prompt cannot collide with one whose first message has
 	// the same bytes. No separator is needed between the parts because a
@@ -268,7 +265,7 @@ func prefixHash(system, first []byte) uint64 {
 // depends only on what the conversation says. Scalars are followed by a 0
 // byte so adjacent tokens cannot run together. It reports false, having
 // written a prefix, for values nested deeper than 64 levels.
-func hashTokens(h *maphash.Hash, v []byte) bool {
+func hashTokens(h *stablehash.Hash, v []byte) bool {
 	s := scanner{data: v}
 	var objects uint64 // bit d: the container at depth d is an object
 	depth, wantKey := 0, false

@@ -555,3 +555,22 @@ func TestScanDuplicates(t *testing.T) {
 		checkScan(t, []byte(body))
 	}
 }
+
+// BenchmarkPrefixHash hashes a 42 KB system prompt, the size of Claude
+// Code's. On the machine of docs/perf: 3.5 µs (xxhash, stablehash) against
+// 4.0 µs with hash/maphash before it.
+func BenchmarkPrefixHash(b *testing.B) {
+	body := []byte(`{"system":[{"type":"text","text":"` + strings.Repeat("You are a careful assistant. ", 1500) +
+		`","cache_control":{"type":"ephemeral"}}],"messages":[{"role":"user","content":[{"type":"text","text":"hello there"}]}]}`)
+	info, err := Scan(body)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(int64(len(body)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if info.PrefixHash() == 0 {
+			b.Fatal("PrefixHash = 0")
+		}
+	}
+}

@@ -4,7 +4,9 @@
 -- Runs after prelude.lua (now_us, capacity, refill, keep), prepended at load.
 -- KEYS[1] budget hash, KEYS[2] organization hash (same hash slot).
 -- ARGV[1..3] configured caps (0: learned limit m1..m3), ARGV[4] expiry ms,
--- ARGV[5] max limit, then the operations, each its kind and its fields:
+-- ARGV[5] max limit, ARGV[6] the caller's deadline (ms, Redis's clock; 0
+-- none): past it the script changes nothing and fails (see late in
+-- prelude.lua); then the operations, each its kind and its fields:
 --   'r' admit1..3 charge1..3: a reservation. Refused while the organization
 --       is parked or the budget cools down; else admitted only if every
 --       bucket (refilled continuously by Redis TIME, capacity = limit,
@@ -34,6 +36,7 @@
 -- parked), wait_us|until_ms, reason, marks1..3, ahead1..3; c: marks1..3,
 -- ahead1..3; d: nothing; s: moved1..3}; '' for a level or cap unknown.
 local now = now_us()
+if late(now, ARGV[6]) then return redis.error_reply('ERR deadline passed') end
 local nowms = math.floor(now / 1000)
 local maxlim = tonumber(ARGV[5])
 local h = redis.call('HMGET', KEYS[1], 'l1', 'l2', 'l3', 't', 'c1', 'c2', 'c3', 'm1', 'm2', 'm3',
@@ -73,7 +76,7 @@ local function charge(amounts)
   un[2] = un[2] + amounts[2]
   return marks, ahead
 end
-local i, n = 6, 0
+local i, n = 7, 0
 while i <= #ARGV do
   local kind = ARGV[i]
   n = n + 1

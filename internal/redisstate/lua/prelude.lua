@@ -1,6 +1,6 @@
--- prelude: the budget arithmetic (Redis's clock, capacity, refill,
--- expiry). scripts.go prepends it to flush.lua at load, so the script sent
--- to Redis still stands alone (EVALSHA of one body).
+-- prelude: the budget arithmetic (Redis's clock, capacity, refill, the
+-- caller's deadline, expiry). scripts.go prepends it to flush.lua at load,
+-- so the script sent to Redis still stands alone (EVALSHA of one body).
 
 -- now_us is Redis's clock in microseconds: the one clock every instance's
 -- refill is timed by.
@@ -24,6 +24,17 @@ local function refill(l, last, now, c)
   if l == nil or last == nil then return c end
   if now > last then return l + (now - last) * c / 60000000 end
   return l
+end
+
+-- late reports whether the caller's deadline (ms on Redis's clock, 0 none)
+-- has passed at now (us). A caller that gave up on a call served its request
+-- from its local share, and its rejoin charges what it spent meanwhile: a
+-- script that waited in a connection while Redis was stalled (SIGSTOP, a
+-- long fork) and runs when it continues must change nothing, or the same
+-- spending is counted twice.
+local function late(now, deadline)
+  local d = tonumber(deadline) or 0
+  return d > 0 and now > d * 1000
 end
 
 -- keep makes key live at least ttl ms more.

@@ -2,7 +2,11 @@
 -- s picodollars spent, r resets, and h:<instance> what that instance's
 -- requests in flight hold ("<picodollars> <deadline ms>").
 -- KEYS[i] the hashes (one hash slot). ARGV[1] this instance, ARGV[2] how
--- long its holds count (ms); then per key, 6 values from 2 + 6 * (i - 1) + 1:
+-- long its holds count (ms), ARGV[3] the caller's deadline (ms, Redis's
+-- clock; 0 none): past it the script changes nothing and fails (an
+-- exchange that timed out is sent again with what was spent since: run
+-- late, as after a stall, it would count twice); then per key, 6 values
+-- from 3 + 6 * (i - 1) + 1:
 --   op ('add' or 'set'), amount, floor, resets seen, held, expire-at ms.
 -- Amounts stay decimal strings: Lua numbers are doubles, exact only up to
 -- 2^53 picodollars ($9007); HINCRBY and HGET are exact up to 2^63. Holds
@@ -19,12 +23,14 @@ local function less(a, b)
 end
 local t = redis.call('TIME')
 local nowms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local deadline = tonumber(ARGV[3]) or 0
+if deadline > 0 and nowms > deadline then return redis.error_reply('ERR deadline passed') end
 local soonest = nowms + 3600000
 local me = 'h:' .. ARGV[1]
 local alive = tonumber(ARGV[2])
 local out = {}
 for i = 1, #KEYS do
-  local a = 2 + 6 * (i - 1)
+  local a = 3 + 6 * (i - 1)
   local k, op, amt, floor, seen, held = KEYS[i], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
   if op == 'set' then
     redis.call('HSET', k, 's', amt)
