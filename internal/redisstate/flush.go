@@ -142,6 +142,14 @@ func (f *flusher) init() {
 	f.flushed.L = &f.mu
 }
 
+// A reservation's outcome in flush.lua's reply.
+const (
+	replyAdmitted = 0
+	replyWait     = 1
+	replyCooling  = 2
+	replyParked   = 3
+)
+
 // argDeadline is the index of flush.lua's deadline argument.
 const argDeadline = 5
 
@@ -522,7 +530,7 @@ func (s *Store) parseFlush(bt *batch, vs []rueidis.RedisMessage, levels [3]float
 			a := keypool.SharedAdmission{Mode: keypool.SharedModeShared, Levels: levels, Known: known, Caps: caps}
 			outcome, _ := v[0].AsInt64()
 			switch outcome {
-			case 0:
+			case replyAdmitted:
 				a.Outcome = keypool.SharedAdmitted
 				for i := range 3 {
 					a.Marks[i] = num(v[3+i])
@@ -530,12 +538,12 @@ func (s *Store) parseFlush(bt *batch, vs []rueidis.RedisMessage, levels [3]float
 						a.Ahead[i] = x
 					}
 				}
-			case 1:
+			case replyWait:
 				a.Outcome = keypool.SharedWait
 				a.Wait = time.Duration(num(v[1])) * time.Microsecond
-			default:
+			default: // replyCooling, replyParked
 				a.Outcome = keypool.SharedCooling
-				if outcome == 3 {
+				if outcome == replyParked {
 					a.Outcome = keypool.SharedParked
 				}
 				a.Until = time.UnixMilli(int64(num(v[1])))
